@@ -1,0 +1,345 @@
+//! The VMSAv8-64 stage 1 walk of the EL1&0 regime, exactly as the SPU performs it for a
+//! Profiling Buffer write (spec sheet §3; ARM-D8, ARM-D17.7.6).
+//!
+//! This is the engine; the strategies are policies over it. A walk returns the IPA, the level and
+//! block size, and every table page it read in walk order (what pin-buffer pins and what
+//! fault-translate makes present) or a fault with its level and the pages read before it.
+//! Each walk reads at most five descriptors, so no table layout can make it loop; tables that
+//! point back at an ancestor are still refused unless asked for.
+
+pub mod builder;
+mod fault;
+mod range;
+mod regime;
+
+use core::fmt;
+
+pub use fault::{FaultCause, FaultKind, Stage1Fault, WalkError};
+pub use range::{MappedRun, RangeLimits, RangeTranslation};
+pub use regime::{Stage1Regs, TxSzOutOfRange, WalkOptions};
+
+use crate::addr::{Gva, Ipa};
+use crate::arch::pmbsr::FaultLevel;
+use crate::guest_memory::GuestMemoryRead;
+use regime::{HalfParams, level_shift};
+
+/// The most table pages one walk reads: levels -1 to 3.
+pub const MAX_WALK_DEPTH: usize = 5;
+
+/// The table pages a single walk read, in walk order. Fixed size: a walk never allocates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TablesTouched {
+    len: u8,
+    pages: [Ipa; MAX_WALK_DEPTH],
+}
+
+impl TablesTouched {
+    /// The pages, in walk order.
+    #[inline]
+    pub fn as_slice(&self) -> &[Ipa] {
+        &self.pages[..self.len as usize]
+    }
+
+    #[inline]
+    fn push(&mut self, page: Ipa) {
+        // A walk has at most MAX_WALK_DEPTH levels; the bound is structural.
+        if let Some(slot) = self.pages.get_mut(self.len as usize) {
+            *slot = page;
+            self.len += 1;
+        }
+    }
+
+    #[inline]
+    fn contains(&self, page: Ipa) -> bool {
+        self.as_slice().contains(&page)
+    }
+}
+
+impl fmt::Debug for TablesTouched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// A successful stage 1 translation of one VA for an SPU write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Translation {
+    /// The input VA.
+    pub va: Gva,
+    /// The output IPA.
+    pub ipa: Ipa,
+    /// The level of the leaf descriptor (3 for a page). With stage 1 disabled, 0.
+    pub level: FaultLevel,
+    /// The size the leaf maps: the page size, or the block size. With stage 1 disabled, the
+    /// whole output address space.
+    pub block_size: u64,
+    /// The IPA of the leaf descriptor (what a hardware AF/dirty update would write).
+    pub leaf_descriptor: Option<Ipa>,
+    /// The table pages read, in walk order.
+    pub tables_touched: TablesTouched,
+    /// The write relied on a hardware Access flag update (AF was 0).
+    pub sets_access_flag: bool,
+    /// The write relied on a hardware dirty state update (DBM=1, AP[2] was 1).
+    pub sets_dirty: bool,
+}
+
+/// The walker: a stage 1 regime over a guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Walker<M> {
+    regs: Stage1Regs,
+    options: WalkOptions,
+    memory: M,
+}
+
+/// Where a walk resumes: used by the range walker to share the upper levels between
+/// neighbouring pages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WalkState {
+    pub level: FaultLevel,
+    pub table: u64,
+    pub no_write: bool,
+    pub tables: TablesTouched,
+}
+
+impl WalkState {
+    /// The state before reading the root table.
+    #[inline]
+    pub(crate) fn root(p: &HalfParams) -> Self {
+        WalkState {
+            level: p.start_level,
+            table: p.root,
+            no_write: false,
+            tables: TablesTouched::default(),
+        }
+    }
+}
+
+impl<M: GuestMemoryRead> Walker<M> {
+    /// A walker over `memory` with the given registers and default options.
+    pub fn new(regs: Stage1Regs, memory: M) -> Self {
+        Self::with_options(regs, WalkOptions::default(), memory)
+    }
+
+    /// A walker with explicit features and model choices.
+    pub fn with_options(regs: Stage1Regs, options: WalkOptions, memory: M) -> Self {
+        Walker {
+            regs,
+            options,
+            memory,
+        }
+    }
+
+    /// The registers.
+    pub fn regs(&self) -> &Stage1Regs {
+        &self.regs
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// Translates `va` for an SPU buffer write.
+    pub fn translate(&self, va: Gva) -> Result<Translation, WalkError> {
+        match self.params(va).map_err(WalkError::Fault)? {
+            None => self.flat(va),
+            Some(p) => self.walk_from(va, &p, WalkState::root(&p), None),
+        }
+    }
+
+    /// The walk parameters for `va` (`None` when stage 1 is disabled), or its level 0 fault.
+    #[inline]
+    pub(crate) fn params(&self, va: Gva) -> Result<Option<HalfParams>, Stage1Fault> {
+        let fault = |cause, kind| Stage1Fault {
+            va,
+            kind,
+            level: 0,
+            cause,
+            tables_touched: TablesTouched::default(),
+        };
+        if !self.regs.sctlr.m() {
+            return Ok(None);
+        }
+        let p = self
+            .regs
+            .half_params(va, &self.options)
+            .map_err(|cause| fault(cause, FaultKind::Translation))?;
+        if !p.oa_in_range(p.root) {
+            return Err(fault(
+                FaultCause::TableBaseOutOfRange { base: Ipa(p.root) },
+                FaultKind::AddressSize,
+            ));
+        }
+        Ok(Some(p))
+    }
+
+    /// Stage 1 disabled (SCTLR_EL1.M = 0): the IPA is the VA, which must fit the implemented
+    /// physical address size (pseudocode AArch64.S1DisabledOutput), else a level 0 address
+    /// size fault.
+    pub(crate) fn flat(&self, va: Gva) -> Result<Translation, WalkError> {
+        let pa_bits: u32 = if self.options.feat_lpa || self.options.feat_lpa2 {
+            52
+        } else {
+            48
+        };
+        if va.0 >> pa_bits != 0 {
+            return Err(WalkError::Fault(Stage1Fault {
+                va,
+                kind: FaultKind::AddressSize,
+                level: 0,
+                cause: FaultCause::OutputAddressOutOfRange { output: Ipa(va.0) },
+                tables_touched: TablesTouched::default(),
+            }));
+        }
+        Ok(Translation {
+            va,
+            ipa: Ipa(va.0),
+            level: 0,
+            block_size: 1 << pa_bits,
+            leaf_descriptor: None,
+            tables_touched: TablesTouched::default(),
+            sets_access_flag: false,
+            sets_dirty: false,
+        })
+    }
+
+    /// Walks from `state` down to a leaf. When `states` is given, records the state at each
+    /// level so a neighbouring VA can resume there.
+    #[inline]
+    pub(crate) fn walk_from(
+        &self,
+        va: Gva,
+        p: &HalfParams,
+        mut s: WalkState,
+        mut states: Option<&mut [Option<WalkState>; MAX_WALK_DEPTH]>,
+    ) -> Result<Translation, WalkError> {
+        let fault = |kind, level, cause, tables| {
+            WalkError::Fault(Stage1Fault {
+                va,
+                kind,
+                level,
+                cause,
+                tables_touched: tables,
+            })
+        };
+        loop {
+            if let Some(states) = states.as_deref_mut() {
+                if let Some(slot) = states.get_mut((s.level - p.start_level) as usize) {
+                    *slot = Some(s);
+                }
+            }
+            let level = s.level;
+            let desc_ipa = Ipa(s.table | (p.index(va.0, level) << 3));
+            let raw =
+                self.memory
+                    .read_descriptor(desc_ipa)
+                    .map_err(|e| WalkError::TableUnreadable {
+                        va,
+                        level,
+                        descriptor: desc_ipa,
+                        tables_touched: s.tables,
+                        source: Box::new(e),
+                    })?;
+            s.tables.push(desc_ipa.page_base(p.granule));
+            let desc = if p.big_endian {
+                u64::from_be_bytes(raw)
+            } else {
+                u64::from_le_bytes(raw)
+            };
+
+            // Descriptor type (spec sheet §3.4).
+            if desc & 1 == 0 {
+                let cause = FaultCause::InvalidDescriptor { descriptor: desc };
+                return Err(fault(FaultKind::Translation, level, cause, s.tables));
+            }
+            let is_table_or_page = desc & 0b10 != 0;
+            if level < 3 && is_table_or_page {
+                let next = p.layout.output_address(desc, p.granule.shift());
+                if !p.oa_in_range(next) {
+                    let cause = FaultCause::TableAddressOutOfRange { table: Ipa(next) };
+                    return Err(fault(FaultKind::AddressSize, level, cause, s.tables));
+                }
+                let next_page = Ipa(next).page_base(p.granule);
+                if !self.options.allow_recursive_tables && s.tables.contains(next_page) {
+                    return Err(WalkError::TableCycle {
+                        va,
+                        level,
+                        table: next_page,
+                        tables_touched: s.tables,
+                    });
+                }
+                // APTable[1] (bit 62) removes write access below this table (§3.5).
+                s.no_write |= p.hierarchical && desc & (1 << 62) != 0;
+                s.table = next;
+                s.level += 1;
+                continue;
+            }
+            if level == 3 && !is_table_or_page {
+                let cause = FaultCause::ReservedPageDescriptor { descriptor: desc };
+                return Err(fault(FaultKind::Translation, level, cause, s.tables));
+            }
+            if level < 3 && !p.block_allowed(level) {
+                let cause = FaultCause::BlockNotAllowed { descriptor: desc };
+                return Err(fault(FaultKind::Translation, level, cause, s.tables));
+            }
+            return self.leaf(va, p, level, desc, desc_ipa, s);
+        }
+    }
+
+    /// Checks a leaf in the order of spec sheet §3.10: address size, access flag, permission.
+    #[inline]
+    fn leaf(
+        &self,
+        va: Gva,
+        p: &HalfParams,
+        level: FaultLevel,
+        desc: u64,
+        desc_ipa: Ipa,
+        s: WalkState,
+    ) -> Result<Translation, WalkError> {
+        let fault = |kind, cause| {
+            WalkError::Fault(Stage1Fault {
+                va,
+                kind,
+                level,
+                cause,
+                tables_touched: s.tables,
+            })
+        };
+        let shift = level_shift(p.granule, level);
+        let oa = p.layout.output_address(desc, shift);
+        if !p.oa_in_range(oa) {
+            let cause = FaultCause::OutputAddressOutOfRange { output: Ipa(oa) };
+            return Err(fault(FaultKind::AddressSize, cause));
+        }
+        let af = desc & (1 << 10) != 0;
+        if !af && !p.hw_af {
+            return Err(fault(FaultKind::AccessFlag, FaultCause::AccessFlagClear));
+        }
+        // SPU writes are privileged writes with PAN treated as 0 (§3.5): only AP[2] and
+        // APTable matter.
+        if s.no_write {
+            return Err(fault(FaultKind::Permission, FaultCause::TableRemovesWrite));
+        }
+        let read_only = desc & (1 << 7) != 0;
+        let dbm = desc & (1 << 51) != 0;
+        if read_only && !(dbm && p.hw_dirty) {
+            let cause = FaultCause::ReadOnly { dbm_ignored: dbm };
+            return Err(fault(FaultKind::Permission, cause));
+        }
+        let size = 1u64 << shift;
+        Ok(Translation {
+            va,
+            ipa: Ipa(oa | (va.0 & (size - 1))),
+            level,
+            block_size: size,
+            leaf_descriptor: Some(desc_ipa),
+            tables_touched: s.tables,
+            sets_access_flag: !af,
+            sets_dirty: read_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

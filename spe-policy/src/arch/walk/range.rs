@@ -1,0 +1,182 @@
+//! Walking a whole VA range (a profiling buffer): the distinct IPA runs and table pages,
+//! sharing the upper levels between neighbouring pages the way a hardware walk cache does.
+
+use std::collections::HashSet;
+
+use crate::addr::{Granule, Gva, Ipa};
+use crate::arch::walk::regime::level_shift;
+use crate::arch::walk::{MAX_WALK_DEPTH, Stage1Fault, WalkError, WalkState, Walker};
+use crate::guest_memory::GuestMemoryRead;
+
+/// Bounds on the work of a range walk, so a guest-controlled range (PMBPTR..PMBLIMITR) cannot
+/// make the host walk or allocate without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RangeLimits {
+    /// Most leaf lookups: one per page, or one per block.
+    pub max_steps: u64,
+}
+
+impl Default for RangeLimits {
+    /// 2^20 lookups: 4GiB of 4KB pages.
+    fn default() -> Self {
+        RangeLimits { max_steps: 1 << 20 }
+    }
+}
+
+/// A run of VAs mapped to contiguous IPAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MappedRun {
+    /// First VA.
+    pub va: Gva,
+    /// IPA of the first VA.
+    pub ipa: Ipa,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The translation of a VA range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeTranslation {
+    /// Runs of mapped VAs in VA order, merged where both VA and IPA are contiguous. They cover
+    /// the range up to the first fault.
+    pub runs: Vec<MappedRun>,
+    /// Distinct table pages, in the order first read.
+    pub tables_touched: Vec<Ipa>,
+    /// The first fault in the range, if any; nothing after it was walked.
+    pub fault: Option<Stage1Fault>,
+    /// Leaf lookups performed.
+    pub steps: u64,
+}
+
+impl RangeTranslation {
+    /// Bytes of the range that translated.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.runs.iter().map(|r| r.len).sum()
+    }
+
+    /// The distinct IPA pages (of `granule`) the mapped part of the range lands in, in VA
+    /// order; a page shared by two runs appears once.
+    pub fn ipa_pages(&self, granule: Granule) -> Vec<Ipa> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for run in &self.runs {
+            let end = run.ipa.0 + run.len;
+            let mut page = run.ipa.page_base(granule).0;
+            while page < end {
+                if seen.insert(page) {
+                    out.push(Ipa(page));
+                }
+                page += granule.size();
+            }
+        }
+        out
+    }
+}
+
+/// The walk states of the previous page, for resuming below the shared upper levels.
+struct WalkCache {
+    va: u64,
+    ttbr: u8,
+    states: [Option<WalkState>; MAX_WALK_DEPTH],
+}
+
+impl<M: GuestMemoryRead> Walker<M> {
+    /// Translates every byte of `start..start + len` for SPU writes, stopping at the first
+    /// fault. Memory errors and table loops end the walk with an error; so does a range that
+    /// needs more than `limits.max_steps` leaf lookups. A range that would wrap past 2^64 ends
+    /// at the top of the address space.
+    pub fn translate_range(
+        &self,
+        start: Gva,
+        len: u64,
+        limits: RangeLimits,
+    ) -> Result<RangeTranslation, WalkError> {
+        let mut out = RangeTranslation {
+            runs: Vec::new(),
+            tables_touched: Vec::new(),
+            fault: None,
+            steps: 0,
+        };
+        let end = start.0.saturating_add(len);
+        let mut seen: HashSet<Ipa> = HashSet::new();
+        let mut cache: Option<WalkCache> = None;
+        let mut va = start.0;
+        while va < end {
+            if out.steps >= limits.max_steps {
+                return Err(WalkError::RangeTooLarge {
+                    start,
+                    len,
+                    max_steps: limits.max_steps,
+                });
+            }
+            out.steps += 1;
+            let result = match self.params(Gva(va)) {
+                Err(fault) => Err(WalkError::Fault(fault)),
+                Ok(None) => self.flat(Gva(va)),
+                Ok(Some(p)) => {
+                    let mut states = [None; MAX_WALK_DEPTH];
+                    let mut resume = (WalkState::root(&p), 0);
+                    let ttbr = crate::arch::walk::Stage1Regs::ttbr_index(Gva(va));
+                    if let Some(prev) = cache.as_ref().filter(|c| c.ttbr == ttbr) {
+                        // The table at level L is shared when the indices of every level above
+                        // L agree: the VA bits from level_shift(L) + stride up.
+                        for (i, st) in prev.states.iter().enumerate() {
+                            match st {
+                                Some(st)
+                                    if i == 0
+                                        || (va ^ prev.va)
+                                            >> (level_shift(p.granule, st.level)
+                                                + p.granule.stride())
+                                            == 0 =>
+                                {
+                                    states[i] = Some(*st);
+                                    resume = (*st, i);
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                    let r = self.walk_from(Gva(va), &p, resume.0, Some(&mut states));
+                    cache = Some(WalkCache { va, ttbr, states });
+                    let touched = match &r {
+                        Ok(t) => t.tables_touched.as_slice(),
+                        Err(e) => e.tables_touched(),
+                    };
+                    for page in touched.iter().skip(resume.1) {
+                        if seen.insert(*page) {
+                            out.tables_touched.push(*page);
+                        }
+                    }
+                    r
+                }
+            };
+            match result {
+                Ok(t) => {
+                    let block_end = (va & !(t.block_size - 1)).saturating_add(t.block_size);
+                    let next = block_end.min(end);
+                    let run_len = next - va;
+                    match out.runs.last_mut() {
+                        Some(run)
+                            if run.va.0 + run.len == va
+                                && run.ipa.0.wrapping_add(run.len) == t.ipa.0 =>
+                        {
+                            run.len += run_len;
+                        }
+                        _ => out.runs.push(MappedRun {
+                            va: Gva(va),
+                            ipa: t.ipa,
+                            len: run_len,
+                        }),
+                    }
+                    va = next;
+                }
+                Err(WalkError::Fault(f)) => {
+                    out.fault = Some(f);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}

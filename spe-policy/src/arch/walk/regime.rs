@@ -1,0 +1,272 @@
+//! The EL1&0 stage 1 regime as the SPU sees it: registers, implemented features and the
+//! per-half walk parameters derived from them (spec sheet §3.1-§3.3, §3.8).
+
+use crate::addr::{Granule, Gva};
+use crate::arch::pmbsr::FaultLevel;
+use crate::arch::translation_regs::{Sctlr, Tcr, Ttbr};
+use crate::arch::walk::fault::FaultCause;
+
+/// The registers a stage 1 walk for an SPU write depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Stage1Regs {
+    /// TCR_EL1.
+    pub tcr: Tcr,
+    /// TTBR0_EL1.
+    pub ttbr0: Ttbr,
+    /// TTBR1_EL1.
+    pub ttbr1: Ttbr,
+    /// SCTLR_EL1 (M: stage 1 enabled; EE: big-endian tables).
+    pub sctlr: Sctlr,
+    /// The SPU supports hardware Access flag update (PMBIDR_EL1.F = 1). It takes effect only
+    /// with TCR_EL1.HA = 1 (spec sheet §3.10).
+    pub hw_af: bool,
+    /// The SPU supports hardware dirty state update (PMBIDR_EL1.F = 1). It takes effect only
+    /// with TCR_EL1.HA = 1 and TCR_EL1.HD = 1 (spec sheet §3.10).
+    pub hw_dbm: bool,
+}
+
+/// What to do with a TnSZ outside the valid range: the architecture makes this CONSTRAINED
+/// UNPREDICTABLE with exactly these two permitted behaviours (ARM-D8.2.4; pseudocode
+/// `AArch64.S1InvalidTxSZ` / `Unpredictable_RESTnSZ`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TxSzOutOfRange {
+    /// A level 0 Translation fault (the default: it never hides a misprogrammed guest).
+    #[default]
+    Fault,
+    /// Treat TnSZ as the nearest valid value.
+    Clamp,
+}
+
+/// Implemented features and model choices for a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WalkOptions {
+    /// FEAT_LPA2: TCR_EL1.DS is honoured (52-bit VA/OA with 4KB/16KB). Without it DS reads as 0.
+    pub feat_lpa2: bool,
+    /// FEAT_LPA: 52-bit output addresses and level 1 blocks with the 64KB granule.
+    pub feat_lpa: bool,
+    /// FEAT_LVA: TnSZ down to 12 with the 64KB granule.
+    pub feat_lva: bool,
+    /// FEAT_TTST: TnSZ up to 48 (4KB/16KB) or 47 (64KB).
+    pub feat_ttst: bool,
+    /// Treatment of an out-of-range TnSZ.
+    pub txsz_out_of_range: TxSzOutOfRange,
+    /// Allow a table descriptor to point at its own table or an ancestor (recursive mappings,
+    /// architecturally legal). Off by default: such tables are refused with
+    /// [`WalkError::TableCycle`](crate::arch::walk::WalkError::TableCycle).
+    pub allow_recursive_tables: bool,
+}
+
+impl Default for WalkOptions {
+    /// A current Armv9 core: LPA, LPA2 and LVA implemented, no TTST.
+    fn default() -> Self {
+        WalkOptions {
+            feat_lpa2: true,
+            feat_lpa: true,
+            feat_lva: true,
+            feat_ttst: false,
+            txsz_out_of_range: TxSzOutOfRange::Fault,
+            allow_recursive_tables: false,
+        }
+    }
+}
+
+/// Parameters of one walk, fixed by the half of the address space the VA selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HalfParams {
+    pub granule: Granule,
+    /// Input address bits, 64 - TnSZ (after any clamp).
+    pub ia_bits: u32,
+    pub start_level: FaultLevel,
+    /// Effective output address size in bits.
+    pub oa_bits: u32,
+    /// 52-bit descriptor layout: 64KB with FEAT_LPA and 52-bit PS (OA[51:48] in bits [15:12]),
+    /// or DS=1 (OA[51:50] in bits [9:8], OA[49:48] in bits [49:48]).
+    pub layout: OaLayout,
+    /// Hierarchical permissions enabled (HPDn = 0).
+    pub hierarchical: bool,
+    pub big_endian: bool,
+    pub hw_af: bool,
+    pub hw_dirty: bool,
+    pub ds: bool,
+    pub feat_lpa: bool,
+    /// The root table's base, aligned as the architecture aligns it.
+    pub root: u64,
+}
+
+/// Where a descriptor keeps output address bits above 47.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OaLayout {
+    /// OA[47:shift] only; bits above 47 read as zero.
+    Bits48,
+    /// 64KB granule with FEAT_LPA: OA[51:48] in descriptor bits [15:12].
+    Lpa64k,
+    /// DS = 1: OA[51:50] in bits [9:8], OA[49:48] in bits [49:48].
+    Lpa2,
+}
+
+impl OaLayout {
+    /// The output address held in a descriptor, aligned down to `align_shift`.
+    #[inline]
+    pub fn output_address(self, desc: u64, align_shift: u32) -> u64 {
+        let low_mask = !((1u64 << align_shift) - 1);
+        match self {
+            OaLayout::Bits48 => desc & 0x0000_ffff_ffff_ffff & low_mask,
+            OaLayout::Lpa64k => {
+                (desc & 0x0000_ffff_ffff_0000 & low_mask) | ((desc >> 12) & 0xf) << 48
+            }
+            OaLayout::Lpa2 => {
+                (desc & 0x0003_ffff_ffff_ffff & low_mask) | ((desc >> 8) & 0b11) << 50
+            }
+        }
+    }
+}
+
+/// log2 of the size one entry at `level` maps.
+#[inline]
+pub(crate) const fn level_shift(granule: Granule, level: FaultLevel) -> u32 {
+    granule.shift() + granule.stride() * (3 - level) as u32
+}
+
+impl Stage1Regs {
+    /// Which TTBR translates `va`: bit 55 selects (spec sheet §3.2).
+    #[inline]
+    pub const fn ttbr_index(va: Gva) -> u8 {
+        ((va.0 >> 55) & 1) as u8
+    }
+
+    /// Derives the walk parameters for `va`, or the level 0 fault cause if none can be walked.
+    pub(crate) fn half_params(&self, va: Gva, opt: &WalkOptions) -> Result<HalfParams, FaultCause> {
+        let tcr = self.tcr;
+        let upper = Self::ttbr_index(va) == 1;
+        let (txsz, granule, epd, tbi, hpd, ttbr) = if upper {
+            (
+                tcr.t1sz(),
+                tcr.granule1(),
+                tcr.epd1(),
+                tcr.tbi1(),
+                tcr.hpd1(),
+                self.ttbr1,
+            )
+        } else {
+            (
+                tcr.t0sz(),
+                tcr.granule0(),
+                tcr.epd0(),
+                tcr.tbi0(),
+                tcr.hpd0(),
+                self.ttbr0,
+            )
+        };
+        let ds = opt.feat_lpa2 && tcr.ds() && granule != Granule::K64;
+
+        // TnSZ range (spec sheet §3.2; pseudocode AArch64.S1MinTxSZ / S1MaxTxSZ).
+        let min = if ds || (granule == Granule::K64 && opt.feat_lva) {
+            12
+        } else {
+            16
+        };
+        let max = match (opt.feat_ttst, granule) {
+            (false, _) => 39,
+            (true, Granule::K64) => 47,
+            (true, _) => 48,
+        };
+        let txsz = if txsz < min || txsz > max {
+            match opt.txsz_out_of_range {
+                TxSzOutOfRange::Fault => {
+                    return Err(FaultCause::TxSzOutOfRange { txsz, min, max });
+                }
+                TxSzOutOfRange::Clamp => txsz.clamp(min, max),
+            }
+        } else {
+            txsz
+        };
+        let ia_bits = 64 - txsz as u32;
+
+        // Range check: the bits above the input size must all equal VA[55]; with TBI the top
+        // byte is not checked (spec sheet §3.2).
+        let top = if tbi { 56 } else { 64 };
+        let check_bits = top - ia_bits;
+        let field = (va.0 >> ia_bits) & ((1u64 << check_bits) - 1);
+        let expect = if upper { (1u64 << check_bits) - 1 } else { 0 };
+        if field != expect {
+            return Err(FaultCause::VaOutsideRanges);
+        }
+        if epd {
+            return Err(FaultCause::WalksDisabled { ttbr: upper as u8 });
+        }
+
+        // Start level: enough levels of `stride` bits to cover the input above the page offset.
+        let stride = granule.stride();
+        let levels = (ia_bits - granule.shift()).div_ceil(stride);
+        let start_level = 4 - levels as FaultLevel;
+
+        // Output address size (pseudocode AArch64.PhysicalAddressSize): 52 bits only with the
+        // 64KB granule and FEAT_LPA, or with DS = 1; otherwise at most 48.
+        let ips = tcr.ips_bits();
+        let wide = ds || (granule == Granule::K64 && opt.feat_lpa);
+        let oa_bits = ips.min(if wide { 52 } else { 48 });
+        let layout = match (ds, wide && oa_bits == 52) {
+            (true, _) => OaLayout::Lpa2,
+            (false, true) => OaLayout::Lpa64k,
+            (false, false) => OaLayout::Bits48,
+        };
+
+        // Root table base, aligned to the size of the initial table (at least 64 bytes with a
+        // 52-bit output; pseudocode AArch64.S1TTBaseAddress).
+        let entries_bits = ia_bits - level_shift(granule, start_level);
+        let raw = ttbr.into_bits();
+        let (mut base, align) = if layout != OaLayout::Bits48 {
+            let base = (raw & 0x0000_ffff_ffff_ffc0) | ((raw >> 2) & 0xf) << 48;
+            (base, (entries_bits + 3).max(6))
+        } else {
+            (raw & 0x0000_ffff_ffff_fffe, entries_bits + 3)
+        };
+        base &= !((1u64 << align) - 1);
+
+        let hw_af = self.hw_af && tcr.ha();
+        Ok(HalfParams {
+            granule,
+            ia_bits,
+            start_level,
+            oa_bits,
+            layout,
+            hierarchical: !hpd,
+            big_endian: self.sctlr.ee(),
+            hw_af,
+            hw_dirty: hw_af && self.hw_dbm && tcr.hd(),
+            ds,
+            feat_lpa: opt.feat_lpa,
+            root: base,
+        })
+    }
+}
+
+impl HalfParams {
+    /// Whether a block descriptor is allowed at `level` (pseudocode AArch64.BlockDescSupported).
+    #[inline]
+    pub fn block_allowed(&self, level: FaultLevel) -> bool {
+        match self.granule {
+            Granule::K4 => level == 1 || level == 2 || (level == 0 && self.ds),
+            Granule::K16 => level == 2 || (level == 1 && self.ds),
+            Granule::K64 => level == 2 || (level == 1 && self.feat_lpa),
+        }
+    }
+
+    /// The index of `va` into the table at `level`.
+    #[inline]
+    pub fn index(&self, va: u64, level: FaultLevel) -> u64 {
+        let shift = level_shift(self.granule, level);
+        let bits = if level == self.start_level {
+            self.ia_bits - shift
+        } else {
+            self.granule.stride()
+        };
+        (va >> shift) & ((1u64 << bits) - 1)
+    }
+
+    /// Whether `addr` fits the output address size.
+    #[inline]
+    pub fn oa_in_range(&self, addr: u64) -> bool {
+        addr >> self.oa_bits == 0
+    }
+}

@@ -1,0 +1,22 @@
+//! # spe-policy
+//!
+//! The core of a library that KVM/arm64 VMMs embed to decide how a guest's Arm SPE profiling
+//! buffer is backed at stage 2. This crate holds what every strategy stands on and knows no
+//! strategy itself:
+//!
+//! * [`addr`]: `Gva`, `Ipa`, `Pa` newtypes, so a VA can never be pinned by mistake;
+//! * [`arch`]: the SPE buffer and sampling registers as bitfields, PMBSR code points and the
+//!   pure decode of a syndrome ([`arch::BufferEvent`]), and the exact VMSAv8-64 stage 1 walker
+//!   the SPU uses for buffer writes ([`arch::walk`]);
+//! * [`guest_memory`]: the read trait a VMM implements over guest IPA space.
+//!
+//! Section references ("spec sheet §3.10") are to `arm-spe.md`, the project's digest of the Arm
+//! ARM (DDI 0487 M.a.a) and Linux sources; see `docs/DESIGN.md`.
+#![deny(missing_docs)]
+
+pub mod addr;
+pub mod arch;
+pub mod guest_memory;
+
+pub use addr::{Granule, Gva, Ipa, Pa};
+pub use guest_memory::{GuestMemoryRead, GuestRam, UnbackedIpa};
