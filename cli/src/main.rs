@@ -1,1 +1,37 @@
-fn main() {}
+//! `spe-policy`: the command-line face of the spe-policy library. It walks guest memory images
+//! the way the SPU does for a profiling-buffer write (`translate`), and grows with the project:
+//! decoding SPE data, checking VMM configs, and comparing backing strategies.
+
+mod commands;
+mod hexnum;
+mod image;
+
+use clap::{Parser, Subcommand};
+
+/// Decide and inspect how a KVM/arm64 guest's SPE profiling buffer is backed at stage 2.
+#[derive(Parser, Debug)]
+#[command(name = "spe-policy", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Translate VAs through a guest memory image as the SPU would for a buffer write: prints
+    /// one JSON object per VA with the IPA, level, block size and every table page read, or
+    /// the fault.
+    Translate(commands::translate::TranslateArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let code = match &cli.command {
+        Command::Translate(args) => {
+            commands::translate::run(args, &mut stdout.lock(), &mut stderr.lock())
+        }
+    };
+    std::process::exit(code);
+}

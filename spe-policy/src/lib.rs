@@ -20,3 +20,8 @@ pub mod guest_memory;
 
 pub use addr::{Granule, Gva, Ipa, Pa};
 pub use guest_memory::{GuestMemoryRead, GuestRam, UnbackedIpa};
+
+/// The README's Rust examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

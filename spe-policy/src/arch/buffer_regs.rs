@@ -43,7 +43,7 @@ impl BufferMode {
 pub struct Pmblimitr {
     /// E, bit 0: profiling buffer enabled.
     pub e: bool,
-    /// FM, bits [2:1]: fill or discard mode.
+    /// FM, bits `[2:1]`: fill or discard mode.
     #[bits(2)]
     pub fm: BufferMode,
     #[bits(2)]
@@ -56,7 +56,7 @@ pub struct Pmblimitr {
     pub nvm: bool,
     #[bits(4)]
     __: u8,
-    /// LIMIT, bits [63:12]: `LIMIT:Zeros(12)` is the first byte after the buffer.
+    /// LIMIT, bits `[63:12]`: `LIMIT:Zeros(12)` is the first byte after the buffer.
     #[bits(52)]
     pub limit: u64,
 }
@@ -67,7 +67,7 @@ impl Pmblimitr {
         Gva(self.limit() << 12)
     }
 
-    /// A register value with the given limit address (bits [11:0] dropped), enable bit and mode.
+    /// A register value with the given limit address (bits `[11:0]` dropped), enable bit and mode.
     pub const fn for_buffer(limit: Gva, enabled: bool, mode: BufferMode) -> Self {
         Self::new()
             .with_limit(limit.0 >> 12)
@@ -81,7 +81,7 @@ impl Pmblimitr {
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash)]
 pub struct Pmbptr {
-    /// PTR, bits [63:0]: the VA (or PA/IPA with nVM) of the next byte to write.
+    /// PTR, bits `[63:0]`: the VA (or PA/IPA with nVM) of the next byte to write.
     #[bits(64)]
     pub ptr: u64,
 }
@@ -98,7 +98,7 @@ impl Pmbptr {
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash)]
 pub struct Pmbsr {
-    /// MSS, bits [15:0]: event-specific syndrome (BSC or FSC in [5:0]).
+    /// MSS, bits `[15:0]`: event-specific syndrome (BSC or FSC in `[5:0]`).
     pub mss: u16,
     /// COLL, bit 16: at least one sample collision was recorded.
     pub coll: bool,
@@ -110,10 +110,10 @@ pub struct Pmbsr {
     pub dl: bool,
     #[bits(6)]
     __: u8,
-    /// EC, bits [31:26]: the event class.
+    /// EC, bits `[31:26]`: the event class.
     #[bits(6)]
     pub ec: PmbsrEc,
-    /// MSS2, bits [55:32]: second syndrome (permission-fault details with newer features).
+    /// MSS2, bits `[55:32]`: second syndrome (permission-fault details with newer features).
     #[bits(24)]
     pub mss2: u32,
     #[bits(8)]
@@ -124,7 +124,7 @@ pub struct Pmbsr {
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash)]
 pub struct Pmbidr {
-    /// Align, bits [3:0]: PMBPTR alignment is 2^Align bytes; nonzero means every record is a
+    /// Align, bits `[3:0]`: PMBPTR alignment is 2^Align bytes; nonzero means every record is a
     /// multiple of that size.
     #[bits(4)]
     pub align: u8,
@@ -133,15 +133,15 @@ pub struct Pmbidr {
     /// F, bit 5: hardware Access flag and dirty state management apply to SPU writes as to
     /// explicit accesses of the owning regime; 0 means always disabled for the SPU.
     pub f: bool,
-    /// AddrMode, bits [7:6] (FEAT_SPE_nVM): 00 VA only, 01 VA and PA modes.
+    /// AddrMode, bits `[7:6]` (FEAT_SPE_nVM): 00 VA only, 01 VA and PA modes.
     #[bits(2)]
     pub addr_mode: u8,
-    /// EA, bits [11:8]: external abort handling (0 not described, 1 ignored, 2 SError).
+    /// EA, bits `[11:8]`: external abort handling (0 not described, 1 ignored, 2 SError).
     #[bits(4)]
     pub ea: u8,
     #[bits(20)]
     __: u32,
-    /// MaxBuffSize, bits [47:32]: 0 = no limit; else mantissa [8:0], exponent [13:9].
+    /// MaxBuffSize, bits `[47:32]`: 0 = no limit; else mantissa `[8:0]`, exponent `[13:9]`.
     pub max_buff_size: u16,
     #[bits(16)]
     __: u16,

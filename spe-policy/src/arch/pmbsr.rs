@@ -64,7 +64,7 @@ pub enum BufferStatusCode {
 }
 
 impl BufferStatusCode {
-    /// Decodes BSC from MSS[5:0].
+    /// Decodes BSC from MSS`[5:0]`.
     pub const fn from_bits(bits: u8) -> Self {
         match bits & 0x3f {
             0b000000 => BufferStatusCode::NotStoppedOrAccessNotAllowed,
@@ -74,7 +74,7 @@ impl BufferStatusCode {
         }
     }
 
-    /// Encodes BSC into MSS[5:0].
+    /// Encodes BSC into MSS`[5:0]`.
     pub const fn into_bits(self) -> u8 {
         match self {
             BufferStatusCode::NotStoppedOrAccessNotAllowed => 0,
@@ -88,7 +88,7 @@ impl BufferStatusCode {
 /// A translation table level as reported in an FSC: -1 (LPA2) to 3.
 pub type FaultLevel = i8;
 
-/// The fault status code in MSS[5:0] when EC = 0x24/0x25: the DFSC encoding
+/// The fault status code in MSS`[5:0]` when EC = 0x24/0x25: the DFSC encoding
 /// (`EncodeLDFSC`, spec sheet §1.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultStatusCode {

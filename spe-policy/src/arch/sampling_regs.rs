@@ -22,16 +22,16 @@ pub struct Pmsidr {
     pub fne: bool,
     /// FDS, bit 7: data source filter.
     pub fds: bool,
-    /// Interval, bits [11:8]: recommended minimum interval code.
+    /// Interval, bits `[11:8]`: recommended minimum interval code.
     #[bits(4)]
     pub interval: u8,
-    /// MaxSize, bits [15:12]: the largest record is at most 2^MaxSize bytes.
+    /// MaxSize, bits `[15:12]`: the largest record is at most 2^MaxSize bytes.
     #[bits(4)]
     pub max_size: u8,
-    /// CountSize, bits [19:16]: 0b0010 12-bit, 0b0011 16-bit saturating counters.
+    /// CountSize, bits `[19:16]`: 0b0010 12-bit, 0b0011 16-bit saturating counters.
     #[bits(4)]
     pub count_size: u8,
-    /// Format, bits [23:20]: record format version (only 0 defined).
+    /// Format, bits `[23:20]`: record format version (only 0 defined).
     #[bits(4)]
     pub format: u8,
     /// PBT, bit 24: previous branch target address packet.
@@ -42,7 +42,7 @@ pub struct Pmsidr {
     pub eft: bool,
     /// FPF, bit 27: floating-point filter.
     pub fpf: bool,
-    /// ALTCLK, bits [31:28]: alternate clock domain.
+    /// ALTCLK, bits `[31:28]`: alternate clock domain.
     #[bits(4)]
     pub altclk: u8,
     /// SME, bit 32: FEAT_SPE_SME.
@@ -90,10 +90,10 @@ pub struct Pmscr {
     pub pa: bool,
     /// TS, bit 5: record a Timestamp packet.
     pub ts: bool,
-    /// PCT, bits [7:6]: timestamp source (00 virtual, 01 physical, 11 guest physical).
+    /// PCT, bits `[7:6]`: timestamp source (00 virtual, 01 physical, 11 guest physical).
     #[bits(2)]
     pub pct: u8,
-    /// EE, bits [9:8] (FEAT_SPE_EXC): exception enable.
+    /// EE, bits `[9:8]` (FEAT_SPE_EXC): exception enable.
     #[bits(2)]
     pub ee: u8,
     /// KE, bit 10 (FEAT_SPE_EXC): kernel exception enable.

@@ -12,45 +12,45 @@ use crate::addr::Granule;
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash)]
 pub struct Tcr {
-    /// T0SZ, bits [5:0]: the TTBR0 region is 2^(64-T0SZ) bytes.
+    /// T0SZ, bits `[5:0]`: the TTBR0 region is 2^(64-T0SZ) bytes.
     #[bits(6)]
     pub t0sz: u8,
     #[bits(1)]
     __: u8,
     /// EPD0, bit 7: no walks through TTBR0 (a TLB miss is a level 0 Translation fault).
     pub epd0: bool,
-    /// IRGN0, bits [9:8]: inner cacheability of TTBR0 walks.
+    /// IRGN0, bits `[9:8]`: inner cacheability of TTBR0 walks.
     #[bits(2)]
     pub irgn0: u8,
-    /// ORGN0, bits [11:10]: outer cacheability of TTBR0 walks.
+    /// ORGN0, bits `[11:10]`: outer cacheability of TTBR0 walks.
     #[bits(2)]
     pub orgn0: u8,
-    /// SH0, bits [13:12]: shareability of TTBR0 walks.
+    /// SH0, bits `[13:12]`: shareability of TTBR0 walks.
     #[bits(2)]
     pub sh0: u8,
-    /// TG0, bits [15:14]: TTBR0 granule, 00 4KB, 01 64KB, 10 16KB.
+    /// TG0, bits `[15:14]`: TTBR0 granule, 00 4KB, 01 64KB, 10 16KB.
     #[bits(2)]
     pub tg0: u8,
-    /// T1SZ, bits [21:16]: the TTBR1 region is 2^(64-T1SZ) bytes.
+    /// T1SZ, bits `[21:16]`: the TTBR1 region is 2^(64-T1SZ) bytes.
     #[bits(6)]
     pub t1sz: u8,
     /// A1, bit 22: the ASID comes from TTBR1 (1) or TTBR0 (0).
     pub a1: bool,
     /// EPD1, bit 23: no walks through TTBR1.
     pub epd1: bool,
-    /// IRGN1, bits [25:24].
+    /// IRGN1, bits `[25:24]`.
     #[bits(2)]
     pub irgn1: u8,
-    /// ORGN1, bits [27:26].
+    /// ORGN1, bits `[27:26]`.
     #[bits(2)]
     pub orgn1: u8,
-    /// SH1, bits [29:28].
+    /// SH1, bits `[29:28]`.
     #[bits(2)]
     pub sh1: u8,
-    /// TG1, bits [31:30]: TTBR1 granule, 01 16KB, 10 4KB, 11 64KB (not the TG0 encoding).
+    /// TG1, bits `[31:30]`: TTBR1 granule, 01 16KB, 10 4KB, 11 64KB (not the TG0 encoding).
     #[bits(2)]
     pub tg1: u8,
-    /// IPS, bits [34:32]: intermediate physical address size (the stage 1 output size).
+    /// IPS, bits `[34:32]`: intermediate physical address size (the stage 1 output size).
     #[bits(3)]
     pub ips: u8,
     #[bits(1)]
@@ -69,7 +69,7 @@ pub struct Tcr {
     pub hpd0: bool,
     /// HPD1, bit 42: hierarchical permissions disabled for TTBR1.
     pub hpd1: bool,
-    /// HWU059-HWU062 and HWU159-HWU162, bits [50:43]: hardware use of descriptor bits.
+    /// HWU059-HWU062 and HWU159-HWU162, bits `[50:43]`: hardware use of descriptor bits.
     pub hwu: u8,
     /// TBID0, bit 51: TBI0 applies to data accesses only.
     pub tbid0: bool,
@@ -201,11 +201,11 @@ pub struct Sctlr {
 pub struct Ttbr {
     /// CnP, bit 0: common not private.
     pub cnp: bool,
-    /// BADDR, bits [47:1]: table base address bits [47:1]; with a 52-bit output size, register
-    /// bits [5:2] hold base address bits [51:48].
+    /// BADDR, bits `[47:1]`: table base address bits `[47:1]`; with a 52-bit output size, register
+    /// bits `[5:2]` hold base address bits `[51:48]`.
     #[bits(47)]
     pub baddr: u64,
-    /// ASID, bits [63:48].
+    /// ASID, bits `[63:48]`.
     pub asid: u16,
 }
 

@@ -9,7 +9,7 @@ use crate::guest_memory::{GuestRam, GuestRamError, UnbackedIpa};
 
 /// Leaf attributes for a privileged read-write, accessed page (AP = 00, AF = 1).
 pub const LEAF_RW: u64 = 1 << 10;
-/// AP[2]: read-only.
+/// AP`[2]`: read-only.
 pub const LEAF_READ_ONLY: u64 = 1 << 7;
 /// AF: accessed.
 pub const LEAF_AF: u64 = 1 << 10;

@@ -84,7 +84,7 @@ pub enum FaultCause {
     },
     /// AF = 0 and hardware Access flag update is not in effect for the SPU (§3.6).
     AccessFlagClear,
-    /// AP[2] = 1 (read-only) and hardware dirty update does not apply (§3.5, §3.6).
+    /// AP`[2]` = 1 (read-only) and hardware dirty update does not apply (§3.5, §3.6).
     ReadOnly {
         /// DBM was set but hardware dirty state management is not in effect for the SPU.
         dbm_ignored: bool,

@@ -79,7 +79,7 @@ pub struct Translation {
     pub tables_touched: TablesTouched,
     /// The write relied on a hardware Access flag update (AF was 0).
     pub sets_access_flag: bool,
-    /// The write relied on a hardware dirty state update (DBM=1, AP[2] was 1).
+    /// The write relied on a hardware dirty state update (DBM=1, AP`[2]` was 1).
     pub sets_dirty: bool,
 }
 
@@ -89,6 +89,8 @@ pub struct Walker<M> {
     regs: Stage1Regs,
     options: WalkOptions,
     memory: M,
+    /// Parameters of the TTBR0 and TTBR1 halves, derived once from the registers.
+    halves: [Result<HalfParams, FaultCause>; 2],
 }
 
 /// Where a walk resumes: used by the range walker to share the upper levels between
@@ -122,10 +124,15 @@ impl<M: GuestMemoryRead> Walker<M> {
 
     /// A walker with explicit features and model choices.
     pub fn with_options(regs: Stage1Regs, options: WalkOptions, memory: M) -> Self {
+        let halves = [
+            regs.half_params(false, &options),
+            regs.half_params(true, &options),
+        ];
         Walker {
             regs,
             options,
             memory,
+            halves,
         }
     }
 
@@ -143,13 +150,13 @@ impl<M: GuestMemoryRead> Walker<M> {
     pub fn translate(&self, va: Gva) -> Result<Translation, WalkError> {
         match self.params(va).map_err(WalkError::Fault)? {
             None => self.flat(va),
-            Some(p) => self.walk_from(va, &p, WalkState::root(&p), None),
+            Some(p) => self.walk_from(va, p, WalkState::root(p), None),
         }
     }
 
     /// The walk parameters for `va` (`None` when stage 1 is disabled), or its level 0 fault.
     #[inline]
-    pub(crate) fn params(&self, va: Gva) -> Result<Option<HalfParams>, Stage1Fault> {
+    pub(crate) fn params(&self, va: Gva) -> Result<Option<&HalfParams>, Stage1Fault> {
         let fault = |cause, kind| Stage1Fault {
             va,
             kind,
@@ -160,10 +167,20 @@ impl<M: GuestMemoryRead> Walker<M> {
         if !self.regs.sctlr.m() {
             return Ok(None);
         }
-        let p = self
-            .regs
-            .half_params(va, &self.options)
-            .map_err(|cause| fault(cause, FaultKind::Translation))?;
+        // Check order (pseudocode AArch64.S1Walk): TxSZ, VA range, EPD, TTB address size.
+        let p = match &self.halves[Stage1Regs::ttbr_index(va) as usize] {
+            Ok(p) => p,
+            Err(cause) => return Err(fault(*cause, FaultKind::Translation)),
+        };
+        if !p.contains(va) {
+            return Err(fault(FaultCause::VaOutsideRanges, FaultKind::Translation));
+        }
+        if p.walks_disabled {
+            let cause = FaultCause::WalksDisabled {
+                ttbr: p.upper as u8,
+            };
+            return Err(fault(cause, FaultKind::Translation));
+        }
         if !p.oa_in_range(p.root) {
             return Err(fault(
                 FaultCause::TableBaseOutOfRange { base: Ipa(p.root) },
@@ -204,8 +221,9 @@ impl<M: GuestMemoryRead> Walker<M> {
     }
 
     /// Walks from `state` down to a leaf. When `states` is given, records the state at each
-    /// level so a neighbouring VA can resume there.
-    #[inline]
+    /// level so a neighbouring VA can resume there. Always inlined so that the single-VA path
+    /// (`states` = `None`) compiles without the bookkeeping.
+    #[inline(always)]
     pub(crate) fn walk_from(
         &self,
         va: Gva,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::addr::{Granule, Gva, Ipa};
 use crate::arch::walk::regime::level_shift;
-use crate::arch::walk::{MAX_WALK_DEPTH, Stage1Fault, WalkError, WalkState, Walker};
+use crate::arch::walk::{MAX_WALK_DEPTH, Stage1Fault, Stage1Regs, WalkError, WalkState, Walker};
 use crate::guest_memory::GuestMemoryRead;
 
 /// Bounds on the work of a range walk, so a guest-controlled range (PMBPTR..PMBLIMITR) cannot
@@ -73,13 +73,6 @@ impl RangeTranslation {
     }
 }
 
-/// The walk states of the previous page, for resuming below the shared upper levels.
-struct WalkCache {
-    va: u64,
-    ttbr: u8,
-    states: [Option<WalkState>; MAX_WALK_DEPTH],
-}
-
 impl<M: GuestMemoryRead> Walker<M> {
     /// Translates every byte of `start..start + len` for SPU writes, stopping at the first
     /// fault. Memory errors and table loops end the walk with an error; so does a range that
@@ -99,7 +92,10 @@ impl<M: GuestMemoryRead> Walker<M> {
         };
         let end = start.0.saturating_add(len);
         let mut seen: HashSet<Ipa> = HashSet::new();
-        let mut cache: Option<WalkCache> = None;
+        // The walk states of the previous VA (the table at each level and how it was reached),
+        // for resuming below the levels a neighbouring VA shares: a software walk cache.
+        let mut states: [Option<WalkState>; MAX_WALK_DEPTH] = [None; MAX_WALK_DEPTH];
+        let mut prev: Option<(u64, u8)> = None;
         let mut va = start.0;
         while va < end {
             if out.steps >= limits.max_steps {
@@ -114,36 +110,42 @@ impl<M: GuestMemoryRead> Walker<M> {
                 Err(fault) => Err(WalkError::Fault(fault)),
                 Ok(None) => self.flat(Gva(va)),
                 Ok(Some(p)) => {
-                    let mut states = [None; MAX_WALK_DEPTH];
-                    let mut resume = (WalkState::root(&p), 0);
-                    let ttbr = crate::arch::walk::Stage1Regs::ttbr_index(Gva(va));
-                    if let Some(prev) = cache.as_ref().filter(|c| c.ttbr == ttbr) {
-                        // The table at level L is shared when the indices of every level above
-                        // L agree: the VA bits from level_shift(L) + stride up.
-                        for (i, st) in prev.states.iter().enumerate() {
+                    let half = Stage1Regs::ttbr_index(Gva(va));
+                    // The table at level L is shared when the indices of every level above L
+                    // agree: the VA bits from level_shift(L) + stride up.
+                    let mut resume = 0;
+                    if let Some((prev_va, prev_half)) = prev.filter(|(_, h)| *h == half) {
+                        for (i, st) in states.iter().enumerate().skip(1) {
                             match st {
                                 Some(st)
-                                    if i == 0
-                                        || (va ^ prev.va)
-                                            >> (level_shift(p.granule, st.level)
-                                                + p.granule.stride())
-                                            == 0 =>
+                                    if (va ^ prev_va)
+                                        >> (level_shift(p.granule, st.level)
+                                            + p.granule.stride())
+                                        == 0 =>
                                 {
-                                    states[i] = Some(*st);
-                                    resume = (*st, i);
+                                    resume = i;
                                 }
                                 _ => break,
                             }
                         }
+                        debug_assert_eq!(prev_half, half);
                     }
-                    let r = self.walk_from(Gva(va), &p, resume.0, Some(&mut states));
-                    cache = Some(WalkCache { va, ttbr, states });
+                    let from = match states[resume] {
+                        Some(st) if prev.is_some_and(|(_, h)| h == half) => st,
+                        _ => WalkState::root(p),
+                    };
+                    // Levels below the resume point are walked again: forget their old states.
+                    for slot in states.iter_mut().skip(resume + 1) {
+                        *slot = None;
+                    }
+                    let r = self.walk_from(Gva(va), p, from, Some(&mut states));
+                    prev = Some((va, half));
                     let touched = match &r {
                         Ok(t) => t.tables_touched.as_slice(),
                         Err(e) => e.tables_touched(),
                     };
-                    for page in touched.iter().skip(resume.1) {
-                        if seen.insert(*page) {
+                    for page in touched.iter().skip(resume) {
+                        if out.tables_touched.last() != Some(page) && seen.insert(*page) {
                             out.tables_touched.push(*page);
                         }
                     }

@@ -73,14 +73,24 @@ impl Default for WalkOptions {
 /// Parameters of one walk, fixed by the half of the address space the VA selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HalfParams {
+    /// VA bits that must all equal VA`[55]` for the VA to be in this half's range.
+    pub range_mask: u64,
+    /// This is the TTBR1 half.
+    pub upper: bool,
+    /// EPDn = 1.
+    pub walks_disabled: bool,
+    /// `level_shift` per level, indexed by `level + 1`.
+    pub shifts: [u32; 6],
+    /// Index mask per level, indexed by `level + 1`.
+    pub index_masks: [u64; 6],
     pub granule: Granule,
     /// Input address bits, 64 - TnSZ (after any clamp).
     pub ia_bits: u32,
     pub start_level: FaultLevel,
     /// Effective output address size in bits.
     pub oa_bits: u32,
-    /// 52-bit descriptor layout: 64KB with FEAT_LPA and 52-bit PS (OA[51:48] in bits [15:12]),
-    /// or DS=1 (OA[51:50] in bits [9:8], OA[49:48] in bits [49:48]).
+    /// 52-bit descriptor layout: 64KB with FEAT_LPA and 52-bit PS (OA`[51:48]` in bits `[15:12]`),
+    /// or DS=1 (OA`[51:50]` in bits `[9:8]`, OA`[49:48]` in bits `[49:48]`).
     pub layout: OaLayout,
     /// Hierarchical permissions enabled (HPDn = 0).
     pub hierarchical: bool,
@@ -98,9 +108,9 @@ pub(crate) struct HalfParams {
 pub(crate) enum OaLayout {
     /// OA[47:shift] only; bits above 47 read as zero.
     Bits48,
-    /// 64KB granule with FEAT_LPA: OA[51:48] in descriptor bits [15:12].
+    /// 64KB granule with FEAT_LPA: OA`[51:48]` in descriptor bits `[15:12]`.
     Lpa64k,
-    /// DS = 1: OA[51:50] in bits [9:8], OA[49:48] in bits [49:48].
+    /// DS = 1: OA`[51:50]` in bits `[9:8]`, OA`[49:48]` in bits `[49:48]`.
     Lpa2,
 }
 
@@ -134,10 +144,14 @@ impl Stage1Regs {
         ((va.0 >> 55) & 1) as u8
     }
 
-    /// Derives the walk parameters for `va`, or the level 0 fault cause if none can be walked.
-    pub(crate) fn half_params(&self, va: Gva, opt: &WalkOptions) -> Result<HalfParams, FaultCause> {
+    /// Derives the walk parameters for one half (TTBR1 if `upper`), or the level 0 fault cause
+    /// that every VA of that half gets.
+    pub(crate) fn half_params(
+        &self,
+        upper: bool,
+        opt: &WalkOptions,
+    ) -> Result<HalfParams, FaultCause> {
         let tcr = self.tcr;
-        let upper = Self::ttbr_index(va) == 1;
         let (txsz, granule, epd, tbi, hpd, ttbr) = if upper {
             (
                 tcr.t1sz(),
@@ -182,18 +196,10 @@ impl Stage1Regs {
         };
         let ia_bits = 64 - txsz as u32;
 
-        // Range check: the bits above the input size must all equal VA[55]; with TBI the top
-        // byte is not checked (spec sheet §3.2).
+        // Range check mask: the bits above the input size must all equal VA[55]; with TBI the
+        // top byte is not checked (spec sheet §3.2).
         let top = if tbi { 56 } else { 64 };
-        let check_bits = top - ia_bits;
-        let field = (va.0 >> ia_bits) & ((1u64 << check_bits) - 1);
-        let expect = if upper { (1u64 << check_bits) - 1 } else { 0 };
-        if field != expect {
-            return Err(FaultCause::VaOutsideRanges);
-        }
-        if epd {
-            return Err(FaultCause::WalksDisabled { ttbr: upper as u8 });
-        }
+        let range_mask = ((1u64 << (top - ia_bits)) - 1) << ia_bits;
 
         // Start level: enough levels of `stride` bits to cover the input above the page offset.
         let stride = granule.stride();
@@ -224,7 +230,24 @@ impl Stage1Regs {
         base &= !((1u64 << align) - 1);
 
         let hw_af = self.hw_af && tcr.ha();
+        let mut shifts = [0u32; 6];
+        let mut index_masks = [0u64; 6];
+        for level in start_level..=3 {
+            let i = (level + 1) as usize;
+            shifts[i] = level_shift(granule, level);
+            let bits = if level == start_level {
+                ia_bits - shifts[i]
+            } else {
+                stride
+            };
+            index_masks[i] = (1u64 << bits) - 1;
+        }
         Ok(HalfParams {
+            range_mask,
+            upper,
+            walks_disabled: epd,
+            shifts,
+            index_masks,
             granule,
             ia_bits,
             start_level,
@@ -255,13 +278,18 @@ impl HalfParams {
     /// The index of `va` into the table at `level`.
     #[inline]
     pub fn index(&self, va: u64, level: FaultLevel) -> u64 {
-        let shift = level_shift(self.granule, level);
-        let bits = if level == self.start_level {
-            self.ia_bits - shift
-        } else {
-            self.granule.stride()
-        };
-        (va >> shift) & ((1u64 << bits) - 1)
+        let i = (level + 1) as usize & 7;
+        match (self.shifts.get(i), self.index_masks.get(i)) {
+            (Some(shift), Some(mask)) => (va >> shift) & mask,
+            _ => 0,
+        }
+    }
+
+    /// Whether `va` is inside this half's VA range (spec sheet §3.2).
+    #[inline]
+    pub fn contains(&self, va: Gva) -> bool {
+        let field = va.0 & self.range_mask;
+        field == if self.upper { self.range_mask } else { 0 }
     }
 
     /// Whether `addr` fits the output address size.

@@ -1,0 +1,157 @@
+//! The guest memory image: stage 1 registers plus the guest pages that hold the tables
+//! (ARCHITECTURE.md §8). Other tools produce these; every error names the field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use spe_policy::arch::walk::Stage1Regs;
+use spe_policy::arch::{Sctlr, Tcr, Ttbr};
+use spe_policy::{GuestRam, Ipa};
+
+use crate::hexnum::HexU64;
+
+#[derive(Deserialize)]
+struct ImageFile {
+    regs: RegsFile,
+    memory: Vec<PageFile>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RegsFile {
+    tcr_el1: HexU64,
+    ttbr0_el1: HexU64,
+    ttbr1_el1: HexU64,
+    sctlr_el1: HexU64,
+    #[serde(default)]
+    hw_af: bool,
+    #[serde(default)]
+    hw_dbm: bool,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct PageFile {
+    ipa: HexU64,
+    bytes: String,
+}
+
+/// A loaded image: registers, guest memory, and warnings about keys it ignored.
+#[derive(Debug)]
+pub struct Image {
+    /// The stage 1 registers.
+    pub regs: Stage1Regs,
+    /// The guest pages.
+    pub ram: GuestRam,
+    /// Keys the image has that this tool does not use.
+    pub ignored_keys: Vec<String>,
+}
+
+/// Reads and validates an image file. The error is one line naming the file and the field.
+pub fn load(path: &Path) -> Result<Image, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the image: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses image JSON text.
+pub fn parse(text: &str) -> Result<Image, String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let file: ImageFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("invalid image: {inner}")
+        } else {
+            format!("invalid image field `{path}`: {inner}")
+        }
+    })?;
+    let mut ram = GuestRam::new();
+    for (i, page) in file.memory.iter().enumerate() {
+        let field = format!("memory[{i}]");
+        let digits = page.bytes.trim();
+        let digits = digits
+            .strip_prefix("0x")
+            .or_else(|| digits.strip_prefix("0X"))
+            .unwrap_or(digits);
+        let bytes =
+            hex::decode(digits).map_err(|e| format!("invalid image field `{field}.bytes`: {e}"))?;
+        if bytes.is_empty() || bytes.len() % 0x1000 != 0 {
+            return Err(format!(
+                "invalid image field `{field}.bytes`: {} bytes; give whole granule pages (a multiple of 4096 bytes)",
+                bytes.len()
+            ));
+        }
+        if page.ipa.0 % 0x1000 != 0 {
+            return Err(format!(
+                "invalid image field `{field}.ipa`: {:#x} is not 4KB aligned",
+                page.ipa.0
+            ));
+        }
+        ram.insert(Ipa(page.ipa.0), bytes)
+            .map_err(|e| format!("invalid image field `{field}`: {e}"))?;
+    }
+    let mut ignored_keys: Vec<String> = file.extra.keys().cloned().collect();
+    ignored_keys.extend(file.regs.extra.keys().map(|k| format!("regs.{k}")));
+    let r = &file.regs;
+    Ok(Image {
+        regs: Stage1Regs {
+            tcr: Tcr::from_bits(r.tcr_el1.0),
+            ttbr0: Ttbr::from_bits(r.ttbr0_el1.0),
+            ttbr1: Ttbr::from_bits(r.ttbr1_el1.0),
+            sctlr: Sctlr::from_bits(r.sctlr_el1.0),
+            hw_af: r.hw_af,
+            hw_dbm: r.hw_dbm,
+        },
+        ram,
+        ignored_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_hex() -> String {
+        "00".repeat(4096)
+    }
+
+    #[test]
+    fn errors_name_the_field_that_is_wrong() {
+        let bad_hex = r#"{"regs":{"tcr_el1":"0xzz","ttbr0_el1":"0x0","ttbr1_el1":"0x0","sctlr_el1":"0x1"},"memory":[]}"#;
+        let e = parse(bad_hex).expect_err("bad hex");
+        assert!(e.contains("`regs.tcr_el1`") && e.contains("0xzz"), "{e}");
+
+        let missing =
+            r#"{"regs":{"tcr_el1":"0x0","ttbr0_el1":"0x0","sctlr_el1":"0x1"},"memory":[]}"#;
+        let e = parse(missing).expect_err("missing");
+        assert!(e.contains("ttbr1_el1"), "{e}");
+
+        let short = format!(
+            r#"{{"regs":{{"tcr_el1":"0x0","ttbr0_el1":"0x0","ttbr1_el1":"0x0","sctlr_el1":"0x1"}},"memory":[{{"ipa":"0x1000","bytes":"{}"}}]}}"#,
+            "00".repeat(100)
+        );
+        let e = parse(&short).expect_err("short page");
+        assert!(
+            e.contains("`memory[0].bytes`") && e.contains("100 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overlapping_pages_and_unknown_keys_are_reported() {
+        let two = format!(
+            r#"{{"regs":{{"tcr_el1":"0x0","ttbr0_el1":"0x0","ttbr1_el1":"0x0","sctlr_el1":"0x1","mair_el1":"0xff"}},"memory":[{{"ipa":"0x1000","bytes":"{p}"}},{{"ipa":"0x1000","bytes":"{p}"}}]}}"#,
+            p = page_hex()
+        );
+        let e = parse(&two).expect_err("overlap");
+        assert!(e.contains("memory[1]") && e.contains("overlaps"), "{e}");
+        let one = two.replacen(r#",{"ipa":"0x1000""#, r#",{"ipa":"0x2000""#, 1);
+        let img = parse(&one).expect("loads");
+        assert_eq!(img.ignored_keys, vec!["regs.mair_el1".to_string()]);
+        assert_eq!(img.ram.len(), 0x2000);
+    }
+}
