@@ -52,3 +52,23 @@ pub fn four_dependent_loads(tables: &[u8], base: u64, va: u64) -> u64 {
     }
     desc
 }
+
+/// Real SPE records (44-byte Kunpeng branch records and 64-byte Neoverse-style load/branch
+/// records) repeated to `len` bytes, cut at a record boundary.
+pub fn realistic_spe_buffer(len: usize) -> Vec<u8> {
+    let sources: [&[u8]; 3] = [
+        include_bytes!("../../spe-policy/tests/data/kunpeng_branch_2021_a.bin"),
+        include_bytes!("../../spe-policy/tests/data/quipper_arm_spe_decoder_test.bin"),
+        include_bytes!("../../spe-policy/tests/data/kunpeng_branch_2021_b.bin"),
+    ];
+    let mut out = Vec::with_capacity(len);
+    'fill: loop {
+        for s in sources {
+            if out.len() + s.len() > len {
+                break 'fill;
+            }
+            out.extend_from_slice(s);
+        }
+    }
+    out
+}

@@ -1,6 +1,6 @@
 //! `spe-policy`: the command-line face of the spe-policy library. It walks guest memory images
-//! the way the SPU does for a profiling-buffer write (`translate`), and grows with the project:
-//! decoding SPE data, checking VMM configs, and comparing backing strategies.
+//! the way the SPU does for a profiling-buffer write (`translate`), decodes SPE data like perf
+//! (`decode`), and grows with the project: checking VMM configs and comparing backing strategies.
 
 mod commands;
 mod hexnum;
@@ -22,6 +22,9 @@ enum Command {
     /// one JSON object per VA with the IPA, level, block size and every table page read, or
     /// the fault.
     Translate(commands::translate::TranslateArgs),
+    /// Decode raw SPE bytes: packets as current Linux perf prints them (`perf report -D`), a
+    /// record summary, and with --recover where a host would rewind after a buffer fault.
+    Decode(commands::decode::DecodeArgs),
 }
 
 fn main() {
@@ -31,6 +34,9 @@ fn main() {
     let code = match &cli.command {
         Command::Translate(args) => {
             commands::translate::run(args, &mut stdout.lock(), &mut stderr.lock())
+        }
+        Command::Decode(args) => {
+            commands::decode::run(args, &mut stdout.lock(), &mut stderr.lock())
         }
     };
     std::process::exit(code);

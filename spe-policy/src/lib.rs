@@ -17,6 +17,7 @@
 pub mod addr;
 pub mod arch;
 pub mod guest_memory;
+pub mod spe;
 
 pub use addr::{Granule, Gva, Ipa, Pa};
 pub use guest_memory::{GuestMemoryRead, GuestRam, UnbackedIpa};

@@ -1,0 +1,112 @@
+//! Walking a byte stream packet by packet, in architecture or perf mode (spec sheet §2.1,
+//! §2.9). Where the two differ:
+//!
+//! * an unknown header: architecture mode skips it by its size-encoded length and yields
+//!   [`Packet::Unknown`]; perf mode yields a bad byte and steps one byte ("Bad packet!");
+//! * a packet cut short by the end of the stream: both yield bad bytes one at a time (perf's
+//!   `ARM_SPE_NEED_MORE_BYTES` handling), so the tail is visible byte by byte;
+//! * an extended header with second byte 0x00: perf's "alignment" quirk pads to a host
+//!   alignment; architecture mode treats it as an unknown 2-byte packet;
+//! * PAD runs: perf prints up to 16 consecutive 0x00 bytes as one `PAD` line. [`Packets`] yields
+//!   single-byte PADs in architecture mode and perf's groups in perf mode.
+
+use crate::spe::packet::{DecodeMode, Packet, ParseError, parse};
+
+/// One item of a packet stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamItem<'a> {
+    /// A packet and its bytes (a PAD group in perf mode covers up to 16 bytes).
+    Packet {
+        /// Offset in the stream.
+        offset: usize,
+        /// The packet's bytes.
+        bytes: &'a [u8],
+        /// The decoded packet.
+        packet: Packet,
+    },
+    /// One byte that does not start a packet (perf: " Bad packet!"), with why.
+    Bad {
+        /// Offset in the stream.
+        offset: usize,
+        /// The byte.
+        byte: u8,
+        /// Why it could not be parsed.
+        error: ParseError,
+    },
+}
+
+impl StreamItem<'_> {
+    /// Offset of the item in the stream.
+    pub fn offset(&self) -> usize {
+        match self {
+            StreamItem::Packet { offset, .. } | StreamItem::Bad { offset, .. } => *offset,
+        }
+    }
+
+    /// Bytes the item covers.
+    pub fn len(&self) -> usize {
+        match self {
+            StreamItem::Packet { bytes, .. } => bytes.len(),
+            StreamItem::Bad { .. } => 1,
+        }
+    }
+
+    /// Whether the item covers no bytes (never).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Iterator over the packets of a byte stream. Linear in the input; never allocates.
+#[derive(Clone, Debug)]
+pub struct Packets<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    mode: DecodeMode,
+}
+
+impl<'a> Packets<'a> {
+    /// Packets of `buf` in `mode`.
+    pub fn new(buf: &'a [u8], mode: DecodeMode) -> Self {
+        Packets { buf, pos: 0, mode }
+    }
+
+    /// The offset of the next item.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<'a> Iterator for Packets<'a> {
+    type Item = StreamItem<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<StreamItem<'a>> {
+        let rest = self.buf.get(self.pos..).filter(|r| !r.is_empty())?;
+        let offset = self.pos;
+        match parse(rest, self.mode, offset) {
+            Ok((packet, mut len)) => {
+                if self.mode == DecodeMode::Perf && packet == Packet::Pad {
+                    // arm_spe_get_packet groups a PAD run up to 16 bytes on one line.
+                    while len < 16 && rest.get(len) == Some(&0) {
+                        len += 1;
+                    }
+                }
+                self.pos += len;
+                Some(StreamItem::Packet {
+                    offset,
+                    bytes: &rest[..len],
+                    packet,
+                })
+            }
+            Err(error) => {
+                self.pos += 1;
+                Some(StreamItem::Bad {
+                    offset,
+                    byte: rest[0],
+                    error,
+                })
+            }
+        }
+    }
+}
