@@ -351,6 +351,8 @@ const fn header_tables() -> ([HeaderClass; 256], [u8; 256]) {
 const TABLES: ([HeaderClass; 256], [u8; 256]) = header_tables();
 /// [`HEADER_CLASS`] as a constant, for building other tables at compile time.
 pub const HEADER_CLASS_CONST: [HeaderClass; 256] = TABLES.0;
+/// [`PACKET_LEN`] as a constant, for building other tables at compile time.
+pub const PACKET_LEN_CONST: [u8; 256] = TABLES.1;
 /// Header class of every first byte.
 pub static HEADER_CLASS: [HeaderClass; 256] = TABLES.0;
 /// Total packet length of every single-byte header (header plus payload); meaningless for
@@ -372,7 +374,7 @@ const PAYLOAD_MASK: [u64; 9] = [
 
 /// The payload of `n` bytes at `buf[at..]`: one unaligned 8-byte load when the slice allows.
 #[inline(always)]
-fn read_payload(buf: &[u8], at: usize, n: usize) -> u64 {
+pub(crate) fn read_payload(buf: &[u8], at: usize, n: usize) -> u64 {
     if let Some(word) = buf.get(at..at + 8) {
         let mut w = [0u8; 8];
         w.copy_from_slice(word);
@@ -401,7 +403,7 @@ pub fn zero_run(buf: &[u8]) -> usize {
 /// The packet a single-byte header and its payload `v` make, or `None` for the extended and
 /// unknown classes.
 #[inline(always)]
-fn single_header_packet(class: HeaderClass, h: u8, v: u64) -> Option<Packet> {
+pub(crate) fn single_header_packet(class: HeaderClass, h: u8, v: u64) -> Option<Packet> {
     let size = PayloadSize::from_sz(h >> 4);
     Some(match class {
         HeaderClass::Pad => Packet::Pad,

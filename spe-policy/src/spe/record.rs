@@ -1,7 +1,27 @@
 //! Record assembly: packets grouped into records that end with a Timestamp or End packet, with
 //! padding allowed inside and between records (spec sheet §2.1, §2.8).
 
-use crate::spe::packet::{AddressKind, CounterKind, DecodeMode, OpClass, Packet, parse, zero_run};
+use crate::spe::packet::{
+    AddressKind, CounterKind, DecodeMode, HEADER_CLASS, HeaderClass, OpClass, PACKET_LEN, Packet,
+    parse, read_payload, zero_run,
+};
+
+/// Single-byte headers the fast path decodes: every known class but padding (handled as runs),
+/// extended and unknown headers.
+static PLAIN_OR_END: [bool; 256] = plain_or_end();
+
+const fn plain_or_end() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut h = 0;
+    while h < 256 {
+        t[h] = !matches!(
+            crate::spe::packet::HEADER_CLASS_CONST[h],
+            HeaderClass::Pad | HeaderClass::Extended | HeaderClass::Unknown
+        );
+        h += 1;
+    }
+    t
+}
 
 /// The fields of one sample record. Addresses are raw payloads; the `*_address` methods apply
 /// perf's fix-ups.
@@ -208,6 +228,50 @@ impl Iterator for Records<'_> {
                 continue;
             }
             let offset = self.pos;
+            // Fast path: a known single-byte header whose packet fits; fields go straight
+            // into the record without building a `Packet`.
+            let h = rest[0];
+            let n = PACKET_LEN[h as usize] as usize;
+            if rest.len() >= n && PLAIN_OR_END[h as usize] {
+                let v = read_payload(rest, 1, n - 1);
+                let r = rec.get_or_insert(Record {
+                    offset,
+                    ..Record::default()
+                });
+                r.packets = r.packets.saturating_add(1);
+                self.pos += n;
+                match HEADER_CLASS[h as usize] {
+                    HeaderClass::Timestamp => {
+                        r.timestamp = Some(v);
+                        r.len = self.pos - r.offset;
+                        return Some(RecordItem::Record(*r));
+                    }
+                    HeaderClass::End => {
+                        r.len = self.pos - r.offset;
+                        return Some(RecordItem::Record(*r));
+                    }
+                    HeaderClass::Address => match h & 7 {
+                        0 => r.pc = Some(v),
+                        1 => r.branch_target = Some(v),
+                        2 => r.data_va = Some(v),
+                        3 => r.data_pa = Some(v),
+                        4 => r.prev_branch_target = Some(v),
+                        _ => {}
+                    },
+                    HeaderClass::Counter => match h & 7 {
+                        0 => r.total_latency = Some(v as u16),
+                        1 => r.issue_latency = Some(v as u16),
+                        2 => r.translation_latency = Some(v as u16),
+                        _ => {}
+                    },
+                    HeaderClass::Events => r.events = v,
+                    HeaderClass::OpType => r.op = Some((OpClass::from_bits(h), v as u8)),
+                    HeaderClass::Context => r.context = Some((h & 3, v as u32)),
+                    HeaderClass::DataSource => r.data_source = Some(v),
+                    HeaderClass::Pad | HeaderClass::Extended | HeaderClass::Unknown => {}
+                }
+                continue;
+            }
             match parse(rest, self.mode, offset) {
                 Err(_) => {
                     // A byte that does not start a packet cannot be part of a record: everything

@@ -20,21 +20,24 @@ use core::fmt;
 
 use crate::spe::packet::{HEADER_CLASS, HeaderClass, PACKET_LEN, zero_run};
 
-/// Headers that neither end a record nor need a second look: every known single-byte header
-/// but Timestamp and End (padding inside a record is plain too).
-static PLAIN: [bool; 256] = plain_table();
+/// The length of every header that neither ends a record nor needs a second look (every
+/// known single-byte header but padding, Timestamp and End), else 0.
+static PLAIN_LEN: [u8; 256] = plain_len_table();
 
-const fn plain_table() -> [bool; 256] {
-    let mut t = [false; 256];
+const fn plain_len_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
     let mut h = 0;
     while h < 256 {
-        t[h] = !matches!(
+        if !matches!(
             crate::spe::packet::HEADER_CLASS_CONST[h],
-            HeaderClass::End
+            HeaderClass::Pad
+                | HeaderClass::End
                 | HeaderClass::Timestamp
                 | HeaderClass::Extended
                 | HeaderClass::Unknown
-        );
+        ) {
+            t[h] = crate::spe::packet::PACKET_LEN_CONST[h];
+        }
         h += 1;
     }
     t
@@ -187,14 +190,15 @@ pub fn recover(input: &RecoveryInput<'_>) -> Recovery {
     let mut pos = 0usize;
     while let Some(&h) = bytes.get(pos) {
         let class = HEADER_CLASS[h as usize];
+        let plain = PLAIN_LEN[h as usize] as usize;
+        if plain != 0 && rec_start.is_some() {
+            // The hot path: an ordinary packet inside a record; only its length matters.
+            pos += plain;
+            continue;
+        }
         if h == 0 {
             // Padding, inside or between records: skip the whole run.
             pos += zero_run(&bytes[pos..]);
-            continue;
-        }
-        if rec_start.is_some() && PLAIN[h as usize] {
-            // The hot path: an ordinary packet inside a record; only its length matters.
-            pos += PACKET_LEN[h as usize] as usize;
             continue;
         }
         let (len, known) = match class {

@@ -254,19 +254,29 @@ pub fn dump_line(
     packet: Option<&Packet>,
     w: &mut dyn Write,
 ) -> fmt::Result {
-    write!(w, ".  {offset:08x}: ")?;
-    for b in bytes.iter().take(16) {
-        write!(w, " {b:02x}")?;
+    // The fixed-width prefix is built in a stack buffer and written once: formatting each byte
+    // through `write!` would dominate the cost.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut line = [b' '; DUMP_TEXT_COLUMN];
+    line[0] = b'.';
+    for i in 0..8 {
+        line[3 + i] = HEX[(offset >> (28 - 4 * i)) & 0xf];
     }
-    for _ in bytes.len().min(16)..16 {
-        w.write_str("   ")?;
+    line[11] = b':';
+    for (i, b) in bytes.iter().take(16).enumerate() {
+        line[14 + 3 * i] = HEX[(b >> 4) as usize];
+        line[15 + 3 * i] = HEX[(b & 0xf) as usize];
+    }
+    // Offsets wider than 8 hex digits print in full, as "%08x" would.
+    if offset > 0xffff_ffff {
+        write!(w, ".  {offset:08x}: ")?;
+        w.write_str(core::str::from_utf8(&line[13..]).map_err(|_| fmt::Error)?)?;
+    } else {
+        w.write_str(core::str::from_utf8(&line).map_err(|_| fmt::Error)?)?;
     }
     match packet {
-        Some(p) => {
-            w.write_char(' ')?;
-            describe(p, w)
-        }
-        None => w.write_str(" Bad packet!"),
+        Some(p) => describe(p, w),
+        None => w.write_str("Bad packet!"),
     }
 }
 
