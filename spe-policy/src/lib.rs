@@ -8,7 +8,12 @@
 //! * [`arch`]: the SPE buffer and sampling registers as bitfields, PMBSR code points and the
 //!   pure decode of a syndrome ([`arch::BufferEvent`]), and the exact VMSAv8-64 stage 1 walker
 //!   the SPU uses for buffer writes ([`arch::walk`]);
-//! * [`guest_memory`]: the read trait a VMM implements over guest IPA space.
+//! * [`guest_memory`]: the read trait a VMM implements over guest IPA space;
+//! * [`spe`]: the SPE packet codec, perf-exact text, record assembly and the recovery scanner;
+//! * [`strategy`], [`event`], [`host`], [`errata`], [`guest_notice`]: the strategy trait, the
+//!   events and outcomes, the host backing trait, errata and profiles, and the descriptor the
+//!   guest is told; [`pin_ledger`] and [`buffer_recovery`] are building blocks strategies share;
+//!   [`stage2`] is a model of the host for tests and the simulator.
 //!
 //! Section references ("spec sheet §3.10") are to `arm-spe.md`, the project's digest of the Arm
 //! ARM (DDI 0487 M.a.a) and Linux sources; see `docs/DESIGN.md`.
@@ -16,11 +21,23 @@
 
 pub mod addr;
 pub mod arch;
+pub mod buffer_recovery;
+pub mod errata;
+pub mod event;
 pub mod guest_memory;
+pub mod guest_notice;
+pub mod host;
+pub mod pin_ledger;
 pub mod spe;
+pub mod stage2;
+pub mod strategy;
 
 pub use addr::{Granule, Gva, Ipa, Pa};
+pub use errata::{Erratum, GuestTold, Profile, Property};
+pub use event::{BufferReg, BufferRegs, Event, Outcome};
 pub use guest_memory::{GuestMemoryRead, GuestRam, UnbackedIpa};
+pub use host::{HostBacking, HostError, IpaRange, Memslot, VcpuId};
+pub use strategy::{BackingStrategy, PolicyError, StrategyStats};
 
 /// The README's Rust examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

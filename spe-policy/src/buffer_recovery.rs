@@ -1,0 +1,119 @@
+//! Recovering a guest's profiling buffer after a buffer management event the host handles:
+//! read the bytes from the last known record boundary to PMBPTR through the guest's stage 1
+//! and run the recovery scanner on them (spec sheet §1.11; [`crate::spe::recover`]).
+
+use crate::addr::Gva;
+use crate::arch::walk::{RangeLimits, WalkError, Walker};
+use crate::guest_memory::GuestMemoryRead;
+use crate::spe::{Recovery, RecoveryInput, Verdict, WriteOrder, recover};
+
+/// How a strategy recovers from DL=1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum RecoveryMode {
+    /// Parse the buffer and rewind PMBPTR to the last provably complete record.
+    #[default]
+    Rewind,
+    /// Do not parse: discard everything since the last safe point.
+    Discard,
+}
+
+/// The decision for a region `safe..pmbptr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufferRecovery {
+    /// Where the SPU resumes writing.
+    pub resume_at: Gva,
+    /// Bytes of the region given up.
+    pub lost_bytes: u64,
+    /// Whether they were given up by a rewind after parsing (`false`: discarded).
+    pub parsed: bool,
+    /// The scanner's result, when it ran.
+    pub scan: Option<Recovery>,
+}
+
+/// Decides where to resume after a buffer management event with PMBPTR at `pmbptr`, when
+/// `safe` is the last point known to be a record boundary. Reads at most `max_scan` bytes of
+/// guest memory; a longer region, or one that does not translate or read, is discarded.
+#[allow(clippy::too_many_arguments)]
+pub fn recover_buffer<G: GuestMemoryRead + ?Sized>(
+    walker: &Walker<&G>,
+    safe: Gva,
+    pmbptr: Gva,
+    data_loss: bool,
+    mode: RecoveryMode,
+    max_record_bytes: usize,
+    write_order: WriteOrder,
+    max_scan: u64,
+) -> BufferRecovery {
+    let len = pmbptr.0.wrapping_sub(safe.0);
+    let discard = BufferRecovery {
+        resume_at: safe,
+        lost_bytes: if pmbptr.0 >= safe.0 { len } else { 0 },
+        parsed: false,
+        scan: None,
+    };
+    if !data_loss {
+        // DL=0: PMBPTR follows the last complete record (spec sheet §1.11 rule 7).
+        return BufferRecovery {
+            resume_at: pmbptr,
+            lost_bytes: 0,
+            parsed: false,
+            scan: None,
+        };
+    }
+    if mode == RecoveryMode::Discard || pmbptr.0 < safe.0 || len > max_scan {
+        return discard;
+    }
+    let Ok(bytes) = read_va_range(walker, safe, len) else {
+        return discard;
+    };
+    let scan = recover(&RecoveryInput {
+        bytes: &bytes,
+        data_loss,
+        max_record_bytes,
+        write_order,
+    });
+    let parsed = !matches!(scan.verdict, Verdict::Discard(_));
+    BufferRecovery {
+        resume_at: Gva(safe.0 + scan.resume_offset as u64),
+        lost_bytes: scan.lost_bytes as u64,
+        parsed,
+        scan: Some(scan),
+    }
+}
+
+/// Why a guest VA range could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Part of the range does not translate.
+    #[error("VA {0} does not translate")]
+    Unmapped(Gva),
+    /// The walk itself failed.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// Guest memory could not be read.
+    #[error("guest memory read failed: {0}")]
+    Memory(String),
+}
+
+/// Reads `start..start + len` of guest virtual memory through stage 1.
+pub fn read_va_range<G: GuestMemoryRead + ?Sized>(
+    walker: &Walker<&G>,
+    start: Gva,
+    len: u64,
+) -> Result<Vec<u8>, ReadError> {
+    let t = walker.translate_range(start, len, RangeLimits::default())?;
+    if let Some(f) = t.fault {
+        return Err(ReadError::Unmapped(f.va));
+    }
+    let mut out = vec![0u8; usize::try_from(len).map_err(|e| ReadError::Memory(e.to_string()))?];
+    let mut at = 0usize;
+    for run in &t.runs {
+        let n = run.len as usize;
+        walker
+            .memory()
+            .read(run.ipa, &mut out[at..at + n])
+            .map_err(|e| ReadError::Memory(e.to_string()))?;
+        at += n;
+    }
+    Ok(out)
+}
