@@ -13,10 +13,31 @@
 //! | 2 | 31:0 | guest-visible errata bitmap, bits 0-31 (bit n = the erratum told through bit n) |
 //! | 3 | 31:0 | the per-vCPU buffer cap in 4KB pages (0: no cap) |
 //!
-//! A reader must ignore bitmap bits it does not know and reject a larger version it does not
+//! Errata bits are defined in [`bits`]. A reader must ignore bitmap bits it does not know and reject a larger version it does not
 //! understand only if it needs the new fields: version 1 cells keep their meaning.
 
 use core::fmt;
+
+/// Bits of the errata bitmap: what the guest may observe, whichever strategy causes it.
+pub mod bits {
+    /// Profiling stops for a while (the host services a fault): samples in that window are
+    /// never taken.
+    pub const BLACKOUT: u8 = 0;
+    /// A stage 2 buffer fault (PMBSR EC 0x25) can reach the guest; Linux treats it as fatal.
+    pub const FATAL_FAULT: u8 = 1;
+    /// Buffers larger than a per-vCPU cap are refused with PMBSR BSC "size too large";
+    /// PMBIDR_EL1.MaxBuffSize and the notice's cap cell tell the cap.
+    pub const BUFFER_CAP: u8 = 2;
+    /// After a host repair PMBPTR may be rewound: the records after it are lost.
+    pub const REWIND: u8 = 3;
+    /// The host may disable SPE for a vCPU whose buffer it cannot back.
+    pub const SPE_DISABLED: u8 = 4;
+    /// Remapping the buffer's stage 1 tables while profiling can cause a repair (blackout,
+    /// rewind).
+    pub const STAGE1_REMAP: u8 = 5;
+    /// Records reach guest memory only when the host copies them.
+    pub const DELAYED_RECORDS: u8 = 6;
+}
 
 /// The descriptor's magic, "SPEP".
 pub const MAGIC: u32 = 0x5350_4550;
@@ -177,17 +198,26 @@ mod tests {
     #[test]
     fn malformed_notices_are_rejected_with_the_reason() {
         let good = GuestNotice::new(StrategyId::FaultTranslate, 1, 0).encode();
-        assert_eq!(GuestNotice::decode(&good[..10]), Err(NoticeError::TooShort(10)));
+        assert_eq!(
+            GuestNotice::decode(&good[..10]),
+            Err(NoticeError::TooShort(10))
+        );
         let mut bad = good;
         bad[0] = 0;
-        assert!(matches!(GuestNotice::decode(&bad), Err(NoticeError::BadMagic(_))));
+        assert!(matches!(
+            GuestNotice::decode(&bad),
+            Err(NoticeError::BadMagic(_))
+        ));
         let mut v0 = good;
         v0[6] = 0;
         v0[7] = 0;
         assert_eq!(GuestNotice::decode(&v0), Err(NoticeError::BadVersion));
         let mut unknown = good;
         unknown[4] = 9;
-        assert_eq!(GuestNotice::decode(&unknown), Err(NoticeError::UnknownStrategy(9)));
+        assert_eq!(
+            GuestNotice::decode(&unknown),
+            Err(NoticeError::UnknownStrategy(9))
+        );
         // A later version with more cells still reads.
         let mut v2 = good.to_vec();
         v2[6] = 2;

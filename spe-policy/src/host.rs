@@ -198,7 +198,10 @@ mod tests {
         let pages: Vec<Ipa> = r.pages(Granule::K4).collect();
         assert_eq!(pages, vec![Ipa(0x1000), Ipa(0x2000)]);
         assert!(r.contains(Ipa(0x27ff)) && !r.contains(Ipa(0x2800)));
-        assert_eq!(IpaRange::page(Ipa(0x1_2345), Granule::K64).start, Ipa(0x1_0000));
+        assert_eq!(
+            IpaRange::page(Ipa(0x1_2345), Granule::K64).start,
+            Ipa(0x1_0000)
+        );
     }
 
     #[test]

@@ -214,7 +214,10 @@ impl Stage2Model {
             if !Self::in_memslot(&m, page.0) {
                 continue;
             }
-            let sent = m.pages.get(&page.0).is_some_and(|p| p.absent.is_none() && p.pinned);
+            let sent = m
+                .pages
+                .get(&page.0)
+                .is_some_and(|p| p.absent.is_none() && p.pinned);
             if !sent {
                 m.pages.entry(page.0).or_default().absent =
                     Some(AbsenceState(Absence::PostCopyPending));
@@ -224,7 +227,10 @@ impl Stage2Model {
 
     /// Makes `ipa`'s page impossible to fault in (the source died, the backing file is gone).
     pub fn make_unavailable(&self, ipa: Ipa) {
-        self.inner.lock().unavailable.insert(ipa.page_base(self.granule).0);
+        self.inner
+            .lock()
+            .unavailable
+            .insert(ipa.page_base(self.granule).0);
     }
 }
 

@@ -68,7 +68,12 @@ pub trait BackingStrategy: Send + Sync {
     fn errata(&self) -> &'static [Erratum];
 
     /// Handles one event.
-    fn on_event<G, H>(&self, event: &Event<'_>, guest: &G, host: &H) -> Result<Outcome, PolicyError>
+    fn on_event<G, H>(
+        &self,
+        event: &Event<'_>,
+        guest: &G,
+        host: &H,
+    ) -> Result<Outcome, PolicyError>
     where
         G: GuestMemoryRead + ?Sized,
         H: HostBacking + ?Sized;

@@ -1,0 +1,403 @@
+//! # fault-translate: pin nothing, repair on the fault
+//!
+//! Nothing is pinned. When the SPU stops with a stage 2 fault, the strategy takes PMBPTR as the
+//! faulting VA, walks the guest's stage 1 — faulting in table pages that are themselves absent,
+//! since a fault on a table page looks identical (spec sheet §3.9) — makes the buffer page
+//! present, recovers the buffer with the record scanner (rewind to the last provable record, or
+//! discard back to the last safe point) and resumes. Cheap and fast, not reliable: every fault
+//! is a blackout and DL=1 loses data. The seed thread's proposal (Marc Zyngier, 2022).
+//!
+//! Buffer and table pages seen in faults are learned, so dirty logging and KSM can leave them
+//! alone (pre-copy: kept dirty until the vCPU stops).
+#![deny(missing_docs)]
+
+use std::collections::{BTreeSet, HashMap};
+
+use parking_lot::Mutex;
+use spe_policy::arch::walk::{Stage1Regs, WalkError, Walker};
+use spe_policy::arch::{BufferEvent, BufferEventKind, Stage};
+use spe_policy::buffer_recovery::{RecoveryMode, recover_buffer};
+use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
+use spe_policy::event::{BufferRegs, Event, InvalidationCause, Outcome};
+use spe_policy::guest_notice::{StrategyId, bits};
+use spe_policy::host::FaultIn;
+use spe_policy::spe::WriteOrder;
+use spe_policy::{
+    BackingStrategy, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange, PolicyError,
+    StrategyStats, VcpuId,
+};
+
+/// Configuration of fault-translate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FaultTranslateConfig {
+    /// Rewind to the last provable record (parse), or discard since the last safe point.
+    pub recovery: RecoveryMode,
+    /// The SPU's largest record (2^PMSIDR_EL1.MaxSize).
+    pub max_record_bytes: usize,
+    /// What the recovery scanner may assume about record writes.
+    pub write_order: WriteOrder,
+    /// Exempt learned buffer and table pages from dirty-log write protection (pre-copy keeps
+    /// them dirty until the vCPU stops).
+    pub exempt_learned_pages: bool,
+    /// Most bytes of guest buffer read for one recovery; a longer region is discarded.
+    pub max_scan_bytes: u64,
+}
+
+impl Default for FaultTranslateConfig {
+    fn default() -> Self {
+        FaultTranslateConfig {
+            recovery: RecoveryMode::Rewind,
+            max_record_bytes: 64,
+            write_order: WriteOrder::Unordered,
+            exempt_learned_pages: true,
+            max_scan_bytes: 64 << 20,
+        }
+    }
+}
+
+const NAME: &str = "fault-translate";
+
+/// The errata of fault-translate.
+pub static ERRATA: [Erratum; 7] = [
+    Erratum {
+        id: "FT-01",
+        title: "A stage 2 fault with DL=1 loses the partial record and what cannot be proven",
+        trigger: "A stage 2 fault in the middle of a record (PMBSR_EL1.DL=1).",
+        guest_visible: "PMBPTR is rewound: with recovery = rewind, to the end of the last provably complete record (under unordered writes, at least MaxSize bytes before the fault); with recovery = discard, to the last safe point. The records after it are lost without a flag.",
+        host_visible: "Lost bytes are counted by cause (rewind, discard).",
+        mitigation: "Choose pin-buffer or pin-all where samples must not be lost; write_order = sequential on SPUs known to write records in order shrinks the loss to the partial record.",
+        guest_told: GuestTold::NoticeBit(bits::REWIND),
+        scenario: "ft01_data_loss",
+    },
+    Erratum {
+        id: "FT-02",
+        title: "Blackout while a fault is serviced",
+        trigger: "Any stage 2 fault on the buffer or its tables: swap-in, KSM unsharing, THP or NUMA moves, post-copy fetch.",
+        guest_visible: "Profiling stops from the fault until the page is back: no samples for that time (longest for swap-in and post-copy network fetches).",
+        host_visible: "A walk, a fault-in and a recovery scan on the vCPU's path.",
+        mitigation: "Exempt learned pages from reclaim where the host allows; keep buffers warm.",
+        guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
+        scenario: "ft02_swap_storm",
+    },
+    Erratum {
+        id: "FT-03",
+        title: "Faults on stage 1 table pages look like buffer faults",
+        trigger: "The host reclaimed a page holding the guest's stage 1 tables for the buffer.",
+        guest_visible: "As FT-01/FT-02.",
+        host_visible: "PMBSR has no S1PTW bit: every fault costs a full walk, faulting in each table page the walk needs.",
+        mitigation: "None in the architecture; learned table pages are exempted like buffer pages.",
+        guest_told: GuestTold::No,
+        scenario: "ft03_table_fault",
+    },
+    Erratum {
+        id: "FT-04",
+        title: "Dirty logging and KSM fault the buffer unless learned pages are exempt",
+        trigger: "Dirty-log write protection or KSM merging of a buffer page.",
+        guest_visible: "As FT-01/FT-02 on the first write after each protection.",
+        host_visible: "With exempt_learned_pages, pages seen in a fault stay writable and are resent at stop-and-copy (downtime grows with the buffer); pages never faulted on are not known and fault once.",
+        mitigation: "Keep exempt_learned_pages on.",
+        guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
+        scenario: "ft04_dirty_log",
+    },
+    Erratum {
+        id: "FT-05",
+        title: "A page that cannot be made present is a fatal guest fault",
+        trigger: "The faulting IPA is outside every memslot, or cannot be brought in (post-copy source lost, backing gone).",
+        guest_visible: "The stage 2 fault is injected (EC=0x25); Linux logs \"Unexpected buffer fault\" and stops the session.",
+        host_visible: "Counted as injected.",
+        mitigation: "None for misprogrammed guests; keep post-copy sources alive.",
+        guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
+        scenario: "ft05_unbackable",
+    },
+    Erratum {
+        id: "FT-06",
+        title: "Post-copy demands the buffer from the source at fault time",
+        trigger: "A buffer page left behind at post-copy switch-over.",
+        guest_visible: "A blackout of one network round trip per missing page (FT-02).",
+        host_visible: "Demand-paging requests on the profiling path.",
+        mitigation: "Prefer pre-copy for VMs that profile.",
+        guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
+        scenario: "ft06_postcopy",
+    },
+    Erratum {
+        id: "FT-07",
+        title: "A guest remap of its buffer is repaired like any fault",
+        trigger: "The guest changes the stage 1 mapping of its buffer while it is enabled.",
+        guest_visible: "Nothing beyond FT-01/FT-02 if the new pages are not present at stage 2.",
+        host_visible: "Nothing to keep coherent: nothing was pinned.",
+        mitigation: "None needed.",
+        guest_told: GuestTold::NoticeBit(bits::STAGE1_REMAP),
+        scenario: "ft07_guest_remap",
+    },
+];
+
+/// fault-translate's profile.
+pub const PROFILE: Profile = Profile {
+    keeps: &[Property::Cheap, Property::Fast],
+    gives_up: &[Property::Reliable],
+    why: "Nothing is pinned and enables cost nothing, but every stage 2 fault is a blackout and DL=1 loses records.",
+};
+
+#[derive(Debug, Default, Clone, Copy)]
+struct VcpuBuffer {
+    /// PMBPTR at the last enable or resume: a record boundary.
+    last_safe: Gva,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    vcpus: HashMap<VcpuId, VcpuBuffer>,
+    /// Buffer and table pages seen in faults.
+    learned: BTreeSet<Ipa>,
+    exempt: BTreeSet<Ipa>,
+    dirty_logging: bool,
+    stats: StrategyStats,
+}
+
+/// The fault-translate strategy.
+#[derive(Debug)]
+pub struct FaultTranslate {
+    config: FaultTranslateConfig,
+    state: Mutex<State>,
+}
+
+fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
+    move |source| PolicyError {
+        strategy: NAME,
+        action,
+        source,
+    }
+}
+
+impl FaultTranslate {
+    /// A fault-translate strategy with `config`.
+    pub fn new(config: FaultTranslateConfig) -> Self {
+        FaultTranslate {
+            config,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> FaultTranslateConfig {
+        self.config
+    }
+
+    /// Pages learned so far (buffer and table pages seen in faults).
+    pub fn learned_pages(&self) -> Vec<Ipa> {
+        self.state.lock().learned.iter().copied().collect()
+    }
+
+    fn learn<H: HostBacking + ?Sized>(
+        &self,
+        st: &mut State,
+        host: &H,
+        pages: &[Ipa],
+    ) -> Result<(), HostError> {
+        let granule = host.granule();
+        for p in pages {
+            let page = p.page_base(granule);
+            st.learned.insert(page);
+            if st.dirty_logging && self.config.exempt_learned_pages && st.exempt.insert(page) {
+                host.set_dirty_log_exempt(IpaRange::page(page, granule), true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_fault<G, H>(
+        &self,
+        st: &mut State,
+        vcpu: VcpuId,
+        regs: BufferRegs,
+        stage1: Stage1Regs,
+        data_loss: bool,
+        guest: &G,
+        host: &H,
+    ) -> Result<Outcome, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let cfg = &self.config;
+        let va = regs.pmbptr.address();
+        let inject = Outcome::Inject {
+            pmbsr: regs.pmbsr,
+            pmbptr: va,
+        };
+        let walker = Walker::new(stage1, guest);
+        // The walk reads the tables through the VMM (which faults them in on the host side);
+        // each table page must also be present at stage 2 for the SPU's own walk.
+        let (tables, ipa) = match walker.translate(va) {
+            Ok(t) => (t.tables_touched.as_slice().to_vec(), Some(t.ipa)),
+            // A stage 1 fault: make the tables read so far present; the SPU will then report
+            // the stage 1 fault to the guest itself.
+            Err(WalkError::Fault(f)) => (f.tables_touched.as_slice().to_vec(), None),
+            Err(_) => {
+                // FT-05: tables outside RAM or in a loop cannot be repaired.
+                st.stats.injected += 1;
+                return Ok(inject);
+            }
+        };
+        let mut table_fault = false;
+        for t in &tables {
+            match host.fault_in(*t) {
+                Ok(FaultIn::MadePresent) => table_fault = true,
+                Ok(FaultIn::AlreadyPresent) => {}
+                Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {
+                    st.stats.injected += 1;
+                    return Ok(inject);
+                }
+                Err(e) => return Err(err("faulting in a stage 1 table page")(e)),
+            }
+        }
+        if let Some(ipa) = ipa {
+            match host.fault_in(ipa) {
+                Ok(_) => {}
+                Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {
+                    // FT-05.
+                    st.stats.injected += 1;
+                    return Ok(inject);
+                }
+                Err(e) => return Err(err("faulting in a buffer page")(e)),
+            }
+        }
+        if table_fault {
+            st.stats.stage2_faults_table += 1;
+        } else {
+            st.stats.stage2_faults_buffer += 1;
+        }
+        st.stats.walks += 1;
+        let mut learned = tables;
+        learned.extend(ipa);
+        self.learn(st, host, &learned)
+            .map_err(err("exempting learned pages from dirty logging"))?;
+        let safe = st.vcpus.get(&vcpu).map_or(va, |v| v.last_safe);
+        let r = recover_buffer(
+            &walker,
+            safe,
+            va,
+            data_loss,
+            cfg.recovery,
+            cfg.max_record_bytes,
+            cfg.write_order,
+            cfg.max_scan_bytes,
+        );
+        if r.parsed {
+            st.stats.bytes_lost_rewind += r.lost_bytes;
+        } else {
+            st.stats.bytes_lost_discard += r.lost_bytes;
+        }
+        st.vcpus.entry(vcpu).or_default().last_safe = r.resume_at;
+        Ok(Outcome::ResumeAt {
+            pmbptr: r.resume_at,
+        })
+    }
+}
+
+impl BackingStrategy for FaultTranslate {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn id(&self) -> StrategyId {
+        StrategyId::FaultTranslate
+    }
+
+    fn profile(&self) -> Profile {
+        PROFILE
+    }
+
+    fn errata(&self) -> &'static [Erratum] {
+        &ERRATA
+    }
+
+    fn stats(&self) -> StrategyStats {
+        self.state.lock().stats
+    }
+
+    fn on_event<G, H>(&self, event: &Event<'_>, guest: &G, host: &H) -> Result<Outcome, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let mut st = self.state.lock();
+        match *event {
+            Event::BufferWrite { vcpu, regs, .. } => {
+                if let Some((start, _)) = regs.window() {
+                    st.vcpus.entry(vcpu).or_default().last_safe = start;
+                }
+                Ok(Outcome::Resume)
+            }
+            Event::BufferManagement { vcpu, regs, stage1 } => {
+                let ev = BufferEvent::decode(regs.pmbsr);
+                match ev.kind {
+                    BufferEventKind::Fault {
+                        stage: Stage::Two, ..
+                    } => self.on_fault(&mut st, vcpu, regs, stage1, ev.data_loss, guest, host),
+                    // Buffer full, stage 1 faults and the rest are the guest's.
+                    _ => Ok(Outcome::Inject {
+                        pmbsr: regs.pmbsr,
+                        pmbptr: regs.pmbptr.address(),
+                    }),
+                }
+            }
+            Event::HostInvalidation { range, cause } => {
+                // Nothing is pinned: the host may take anything. KSM on a learned page is
+                // declined only where the host asks (FT-04: exempt pages are not merged).
+                let learned = range.pages(host.granule()).any(|p| st.learned.contains(&p));
+                if learned
+                    && cause == InvalidationCause::KsmMerge
+                    && self.config.exempt_learned_pages
+                {
+                    st.stats.refused += 1;
+                    return Ok(Outcome::Refuse(spe_policy::event::Refusal::Pinned));
+                }
+                Ok(Outcome::Resume)
+            }
+            Event::DirtyLogStart | Event::DirtyLogClear(_) => {
+                st.dirty_logging = true;
+                if self.config.exempt_learned_pages {
+                    let granule = host.granule();
+                    let todo: Vec<Ipa> = st.learned.difference(&st.exempt).copied().collect();
+                    for p in todo {
+                        host.set_dirty_log_exempt(IpaRange::page(p, granule), true)
+                            .map_err(err("exempting learned pages from dirty logging"))?;
+                        st.exempt.insert(p);
+                    }
+                }
+                Ok(Outcome::Resume)
+            }
+            Event::VcpuStop(_) | Event::DirtyLogStop => {
+                let granule = host.granule();
+                let exempt: Vec<Ipa> = std::mem::take(&mut st.exempt).into_iter().collect();
+                for p in exempt {
+                    host.set_dirty_log_exempt(IpaRange::page(p, granule), false)
+                        .map_err(err("returning learned pages to dirty logging"))?;
+                }
+                if matches!(event, Event::DirtyLogStop) {
+                    st.dirty_logging = false;
+                }
+                Ok(Outcome::Resume)
+            }
+            Event::MemslotRemoved(slot) => {
+                st.learned.retain(|p| !slot.range.contains(*p));
+                st.exempt.retain(|p| !slot.range.contains(*p));
+                Ok(Outcome::Resume)
+            }
+            Event::VmStop => {
+                st.vcpus.clear();
+                st.learned.clear();
+                st.exempt.clear();
+                Ok(Outcome::Resume)
+            }
+            Event::VmStart { .. }
+            | Event::MemslotAdded(_)
+            | Event::BufferRead { .. }
+            | Event::BalloonInflate(_)
+            | Event::MigrationStart(_)
+            | Event::PostCopySwitchover
+            | Event::GuestStage1Remap { .. } => Ok(Outcome::Resume),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! # pin-all: pin all guest memory
+//!
+//! Every memslot is pinned (at VM start, or at the first buffer enable), so no stage 2 fault can
+//! ever reach the SPU: fast and reliable, not cheap. The price is the whole VM's memory: no swap,
+//! KSM, THP reclaim or ballooning, a start-up cost that grows with RAM, live migration refused or
+//! degraded to stop-and-copy while SPE may be used, and hot-unplug blocked while a buffer is
+//! enabled. KVM SPE RFC v7 (2026) takes this approach.
+#![deny(missing_docs)]
+
+use std::collections::BTreeSet;
+
+use parking_lot::Mutex;
+use spe_policy::arch::{BufferEvent, BufferEventKind};
+use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
+use spe_policy::event::{DisableReason, Event, MigrationMode, Outcome, Refusal};
+use spe_policy::guest_notice::{StrategyId, bits};
+use spe_policy::pin_ledger::PinLedger;
+use spe_policy::{
+    BackingStrategy, GuestMemoryRead, HostBacking, HostError, Ipa, Memslot, PolicyError,
+    StrategyStats, VcpuId,
+};
+
+/// When the memory is pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PinAt {
+    /// Before the first vCPU runs: the cost is paid by every VM, SPE used or not.
+    #[default]
+    VmStart,
+    /// At the first buffer enable of any vCPU: VMs that never profile never pay.
+    FirstEnable,
+}
+
+/// What to do when migration starts while memory is pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PinAllMigration {
+    /// Refuse the migration.
+    #[default]
+    Refuse,
+    /// Ask for stop-and-copy instead of pre-copy or post-copy.
+    StopAndCopy,
+}
+
+/// Configuration of pin-all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PinAllConfig {
+    /// When to pin.
+    pub pin_at: PinAt,
+    /// What migration does.
+    pub migration: PinAllMigration,
+}
+
+const NAME: &str = "pin-all";
+
+/// The errata of pin-all.
+pub static ERRATA: [Erratum; 5] = [
+    Erratum {
+        id: "PA-01",
+        title: "No memory overcommit for the whole VM",
+        trigger: "Any host reclaim of guest memory: swap-out, KSM merging, THP split or collapse, NUMA migration, compaction, balloon inflation.",
+        guest_visible: "Nothing.",
+        host_visible: "Every guest page stays resident and unmovable for the VM's life: invalidations and balloon inflation are refused.",
+        mitigation: "Size the host for the VM's full RAM, or choose pin-buffer or fault-translate on overcommitted hosts.",
+        guest_told: GuestTold::No,
+        scenario: "pa01_overcommit",
+    },
+    Erratum {
+        id: "PA-02",
+        title: "Pinning cost proportional to guest RAM at start or first enable",
+        trigger: "VM start (pin_at = vm-start) or the first buffer enable of any vCPU (pin_at = first-enable).",
+        guest_visible: "With first-enable, the first buffer enable stalls the vCPU for as long as pinning takes.",
+        host_visible: "Start-up (or the first enable) faults in and locks every page of every memslot.",
+        mitigation: "Use pin_at = first-enable so VMs that never profile never pay; pre-fault with hugetlb or guest_memfd.",
+        guest_told: GuestTold::No,
+        scenario: "pa02_first_enable",
+    },
+    Erratum {
+        id: "PA-03",
+        title: "Live migration refused or degraded to stop-and-copy",
+        trigger: "Pre-copy or post-copy migration while memory is pinned.",
+        guest_visible: "With stop-and-copy: the VM pauses for the whole copy.",
+        host_visible: "The migration is refused, or asked to run as stop-and-copy (downtime proportional to RAM).",
+        mitigation: "Migrate before the first enable (pin_at = first-enable), or choose another strategy on migration-heavy hosts.",
+        guest_told: GuestTold::No,
+        scenario: "pa03_migration",
+    },
+    Erratum {
+        id: "PA-04",
+        title: "Memory hot-unplug blocked while a buffer is enabled",
+        trigger: "Removing a memslot while any vCPU has its profiling buffer enabled.",
+        guest_visible: "Nothing (the unplug request waits or fails on the host side).",
+        host_visible: "The memslot removal is refused until every buffer is disabled.",
+        mitigation: "Stop profiling before unplugging memory.",
+        guest_told: GuestTold::No,
+        scenario: "pa04_hot_unplug",
+    },
+    Erratum {
+        id: "PA-05",
+        title: "SPE disabled when the host cannot pin the memory",
+        trigger: "The locked-memory limit (RLIMIT_MEMLOCK) or a memslot that cannot be pinned at first enable.",
+        guest_visible: "SPE is disabled for the vCPU that enabled its buffer; its perf session stops.",
+        host_visible: "A typed error names the limit and the bytes requested.",
+        mitigation: "Raise RLIMIT_MEMLOCK to the VM's RAM, or pin at VM start so the failure stops the VM before it runs.",
+        guest_told: GuestTold::NoticeBit(bits::SPE_DISABLED),
+        scenario: "pa05_lock_limit",
+    },
+];
+
+/// pin-all's profile.
+pub const PROFILE: Profile = Profile {
+    keeps: &[Property::Fast, Property::Reliable],
+    gives_up: &[Property::Cheap],
+    why: "Stage 2 never faults, so the profiling path costs nothing and loses nothing, but all guest RAM is pinned.",
+};
+
+#[derive(Debug)]
+struct State {
+    memslots: Vec<Memslot>,
+    ledger: Option<PinLedger>,
+    pinned: bool,
+    enabled: BTreeSet<VcpuId>,
+    stats: StrategyStats,
+}
+
+/// The pin-all strategy.
+#[derive(Debug)]
+pub struct PinAll {
+    config: PinAllConfig,
+    state: Mutex<State>,
+}
+
+impl PinAll {
+    /// A pin-all strategy with `config`.
+    pub fn new(config: PinAllConfig) -> Self {
+        PinAll {
+            config,
+            state: Mutex::new(State {
+                memslots: Vec::new(),
+                ledger: None,
+                pinned: false,
+                enabled: BTreeSet::new(),
+                stats: StrategyStats::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> PinAllConfig {
+        self.config
+    }
+}
+
+fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
+    move |source| PolicyError {
+        strategy: NAME,
+        action,
+        source,
+    }
+}
+
+fn slot_pages<H: HostBacking + ?Sized>(host: &H, slot: &Memslot) -> Vec<Ipa> {
+    slot.range.pages(host.granule()).collect()
+}
+
+impl State {
+    fn ledger<H: HostBacking + ?Sized>(&mut self, host: &H) -> &mut PinLedger {
+        self.ledger
+            .get_or_insert_with(|| PinLedger::new(host.granule()))
+    }
+
+    fn sync_stats(&mut self) {
+        if let Some(l) = &self.ledger {
+            self.stats.pinned_bytes = l.pinned_bytes();
+            self.stats.peak_pinned_bytes = self.stats.peak_pinned_bytes.max(l.peak_bytes());
+            self.stats.pin_ops = l.pin_ops;
+            self.stats.unpin_ops = l.unpin_ops;
+        }
+    }
+
+    /// Pins every memslot; on failure unpins what it pinned.
+    fn pin_all<H: HostBacking + ?Sized>(&mut self, host: &H) -> Result<(), HostError> {
+        if self.pinned {
+            return Ok(());
+        }
+        let slots = self.memslots.clone();
+        let mut done: Vec<Vec<Ipa>> = Vec::new();
+        for slot in &slots {
+            let pages = slot_pages(host, slot);
+            if let Err(e) = self.ledger(host).acquire(host, &pages) {
+                for pages in done {
+                    let _ = self.ledger(host).release(host, &pages);
+                }
+                self.sync_stats();
+                return Err(e);
+            }
+            done.push(pages);
+        }
+        self.pinned = true;
+        self.sync_stats();
+        Ok(())
+    }
+}
+
+impl BackingStrategy for PinAll {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn id(&self) -> StrategyId {
+        StrategyId::PinAll
+    }
+
+    fn profile(&self) -> Profile {
+        PROFILE
+    }
+
+    fn errata(&self) -> &'static [Erratum] {
+        &ERRATA
+    }
+
+    fn stats(&self) -> StrategyStats {
+        self.state.lock().stats
+    }
+
+    fn on_event<G, H>(
+        &self,
+        event: &Event<'_>,
+        _guest: &G,
+        host: &H,
+    ) -> Result<Outcome, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let mut st = self.state.lock();
+        let outcome = match *event {
+            Event::VmStart { memslots } => {
+                st.memslots = memslots.to_vec();
+                if self.config.pin_at == PinAt::VmStart {
+                    st.pin_all(host)
+                        .map_err(err("pinning guest RAM at VM start"))?;
+                }
+                Outcome::Resume
+            }
+            Event::MemslotAdded(slot) => {
+                st.memslots.push(slot);
+                if st.pinned {
+                    let pages = slot_pages(host, &slot);
+                    st.ledger(host)
+                        .acquire(host, &pages)
+                        .map_err(err("pinning a hot-plugged memslot"))?;
+                }
+                Outcome::Resume
+            }
+            Event::MemslotRemoved(slot) => {
+                if st.pinned && !st.enabled.is_empty() {
+                    st.stats.refused += 1;
+                    Outcome::Refuse(Refusal::HotUnplugBlocked)
+                } else {
+                    if st.pinned {
+                        let pages = slot_pages(host, &slot);
+                        st.ledger(host)
+                            .release(host, &pages)
+                            .map_err(err("unpinning a removed memslot"))?;
+                    }
+                    st.memslots.retain(|s| s.slot != slot.slot);
+                    Outcome::Resume
+                }
+            }
+            Event::BufferWrite { vcpu, regs, .. } => {
+                if regs.writes_memory() {
+                    st.enabled.insert(vcpu);
+                    if !st.pinned {
+                        if let Err(e) = st.pin_all(host) {
+                            // PA-05: the memory cannot be pinned; SPE cannot be backed.
+                            st.enabled.remove(&vcpu);
+                            st.sync_stats();
+                            let _ = e;
+                            return Ok(Outcome::DisableSpe(DisableReason::Unbackable));
+                        }
+                    }
+                } else {
+                    st.enabled.remove(&vcpu);
+                }
+                Outcome::Resume
+            }
+            Event::BufferRead { .. } => Outcome::Resume,
+            Event::BufferManagement { regs, .. } => {
+                // Nothing of ours to repair: stage 2 is pinned. Whatever happened is the
+                // guest's to handle (buffer full; or a fault on memory outside RAM).
+                let ev = BufferEvent::decode(regs.pmbsr);
+                if let BufferEventKind::Fault { .. } = ev.kind {
+                    st.stats.stage2_faults_buffer += 1;
+                }
+                Outcome::Inject {
+                    pmbsr: regs.pmbsr,
+                    pmbptr: regs.pmbptr.address(),
+                }
+            }
+            Event::HostInvalidation { .. } | Event::BalloonInflate(_) => {
+                if st.pinned {
+                    st.stats.refused += 1;
+                    Outcome::Refuse(Refusal::Pinned)
+                } else {
+                    Outcome::Resume
+                }
+            }
+            Event::MigrationStart(mode) => match (st.pinned, mode, self.config.migration) {
+                (false, _, _) | (true, MigrationMode::StopAndCopy, _) => Outcome::Resume,
+                (true, _, PinAllMigration::Refuse) => {
+                    st.stats.refused += 1;
+                    Outcome::Refuse(Refusal::MigrationRefused)
+                }
+                (true, _, PinAllMigration::StopAndCopy) => {
+                    st.stats.refused += 1;
+                    Outcome::Refuse(Refusal::UseStopAndCopy)
+                }
+            },
+            Event::DirtyLogStart
+            | Event::DirtyLogClear(_)
+            | Event::DirtyLogStop
+            | Event::VcpuStop(_)
+            | Event::PostCopySwitchover
+            | Event::GuestStage1Remap { .. } => Outcome::Resume,
+            Event::VmStop => {
+                if let Some(l) = st.ledger.as_mut() {
+                    l.release_all(host)
+                        .map_err(err("unpinning guest RAM at VM stop"))?;
+                }
+                st.pinned = false;
+                st.enabled.clear();
+                Outcome::Resume
+            }
+        };
+        st.sync_stats();
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,787 @@
+//! # pin-buffer: pin the buffer and the stage 1 tables that translate it
+//!
+//! On a buffer enable or retarget (trapped PMB* writes) the strategy walks the guest's stage 1
+//! over `PMBPTR..LIMIT` and pins every buffer page **and every table page the walk read**: a
+//! stage 2 fault on a table page during the SPU's own walk is reported exactly like one on the
+//! buffer (spec sheet §3.9), so both must stay mapped. Cheap and reliable, not fast: every
+//! enable costs a walk and pins. KVM SPE RFC v6 (2025) takes this approach.
+//!
+//! * Pins are cached per vCPU across disable/enable (Linux re-programs the buffer at every AUX
+//!   start), keyed by VA page; a re-enable whose window is cached costs a lookup, no walk.
+//! * A per-vCPU cap bounds what a guest can make the host pin; a window over the cap is refused
+//!   with PMBSR BSC "size too large", and PMBIDR_EL1.MaxBuffSize reports the cap.
+//! * Pins are shared between vCPUs with reference counts ([`PinLedger`]).
+//! * A stage 2 fault the strategy did not expect (the guest remapped its tables after the
+//!   enable) is repaired: the new pages are pinned and the buffer recovered.
+#![deny(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use parking_lot::Mutex;
+use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, Walker};
+use spe_policy::arch::{BufferEvent, BufferEventKind, Pmbidr, Stage};
+use spe_policy::buffer_recovery::{RecoveryMode, recover_buffer};
+use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
+use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome, Refusal};
+use spe_policy::guest_notice::{StrategyId, bits};
+use spe_policy::pin_ledger::PinLedger;
+use spe_policy::spe::WriteOrder;
+use spe_policy::{
+    BackingStrategy, Granule, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange,
+    PolicyError, StrategyStats, VcpuId,
+};
+
+/// Configuration of pin-buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PinBufferConfig {
+    /// Most bytes one vCPU may have pinned (buffer pages plus table pages).
+    pub cap_bytes_per_vcpu: u64,
+    /// Keep pins across a disable so the next enable of the same buffer needs no walk.
+    pub pin_cache: bool,
+    /// Recovery after an unexpected stage 2 fault with DL=1.
+    pub recovery: RecoveryMode,
+    /// The SPU's largest record (2^PMSIDR_EL1.MaxSize).
+    pub max_record_bytes: usize,
+    /// What the recovery scanner may assume about record writes.
+    pub write_order: WriteOrder,
+}
+
+impl Default for PinBufferConfig {
+    fn default() -> Self {
+        PinBufferConfig {
+            cap_bytes_per_vcpu: 16 << 20,
+            pin_cache: true,
+            recovery: RecoveryMode::Rewind,
+            max_record_bytes: 64,
+            write_order: WriteOrder::Unordered,
+        }
+    }
+}
+
+const NAME: &str = "pin-buffer";
+
+/// The errata of pin-buffer.
+pub static ERRATA: [Erratum; 8] = [
+    Erratum {
+        id: "PB-01",
+        title: "Buffers larger than the per-vCPU cap are refused",
+        trigger: "A buffer enable whose window (plus the table pages translating it) exceeds cap_bytes_per_vcpu.",
+        guest_visible: "A buffer management event with EC=0, BSC=0b000100 (size too large); Linux treats it as fatal and stops the perf session. PMBIDR_EL1.MaxBuffSize reports the cap.",
+        host_visible: "Nothing is pinned for the window; the refusal is counted.",
+        mitigation: "Size the cap for the guests' perf AUX buffers (perf's default is 4 MiB per CPU for root); guests read the cap from PMBIDR_EL1 or the notice.",
+        guest_told: GuestTold::NoticeBit(bits::BUFFER_CAP),
+        scenario: "pb01_cap_exceeded",
+    },
+    Erratum {
+        id: "PB-02",
+        title: "Every buffer enable costs a stage 1 walk and pins",
+        trigger: "A buffer enable or retarget to pages not in the vCPU's pin cache (Linux re-programs the buffer at every AUX start).",
+        guest_visible: "The trapped PMBLIMITR_EL1 write takes as long as the walk and the pins: a delay before the first record.",
+        host_visible: "Walk and pin cost on the profiling path; cached re-enables cost a lookup.",
+        mitigation: "Keep pin_cache on; the cache makes steady-state re-enables of the same buffer free.",
+        guest_told: GuestTold::No,
+        scenario: "pb02_enable_latency",
+    },
+    Erratum {
+        id: "PB-03",
+        title: "A guest remap of the buffer after enable can still fault",
+        trigger: "The guest changes the stage 1 mapping of an enabled buffer (or its tables) without the host seeing the TLB invalidation.",
+        guest_visible: "A blackout while the host repairs the fault; with DL=1, PMBPTR is rewound and the records after the last provable one are lost (PERF_AUX_FLAG_TRUNCATED is not set: the data just ends earlier).",
+        host_visible: "An unexpected stage 2 fault, repaired by walking and pinning the new pages; counted.",
+        mitigation: "Trap TLB maintenance and deliver GuestStage1Remap events, so pins follow remaps before the SPU writes.",
+        guest_told: GuestTold::NoticeBit(bits::STAGE1_REMAP),
+        scenario: "pb03_guest_remap",
+    },
+    Erratum {
+        id: "PB-04",
+        title: "Pinned table and cached buffer pages outlive their use",
+        trigger: "A buffer disable with pin_cache on, or table pages shared with memory the guest no longer uses for the buffer.",
+        guest_visible: "Nothing.",
+        host_visible: "Up to the cap per vCPU stays pinned while idle; an invalidation of an idle cached page unpins it and goes ahead.",
+        mitigation: "Turn pin_cache off to unpin at every disable (at the price of PB-02 on every enable).",
+        guest_told: GuestTold::No,
+        scenario: "pb04_idle_pins",
+    },
+    Erratum {
+        id: "PB-05",
+        title: "Pre-copy resends the buffer at stop-and-copy",
+        trigger: "Pre-copy migration while a buffer is pinned.",
+        guest_visible: "Nothing.",
+        host_visible: "Buffer and table pages are exempt from write protection and reported dirty in every round until the vCPU stops, then sent in the final copy: downtime grows with the buffer size.",
+        mitigation: "Keep guest buffers small on migration-heavy hosts.",
+        guest_told: GuestTold::No,
+        scenario: "pb05_precopy",
+    },
+    Erratum {
+        id: "PB-06",
+        title: "Post-copy must move the buffer before switch-over",
+        trigger: "Post-copy migration while a buffer is pinned.",
+        guest_visible: "Nothing.",
+        host_visible: "Pinned buffer and table pages are sent before switch-over, delaying it by their transfer time.",
+        mitigation: "Keep guest buffers small on migration-heavy hosts.",
+        guest_told: GuestTold::No,
+        scenario: "pb06_postcopy",
+    },
+    Erratum {
+        id: "PB-07",
+        title: "A misprogrammed buffer is not pinned and can fault fatally",
+        trigger: "LIMIT at or below PMBPTR, tables outside guest RAM or in a loop, or a buffer page outside every memslot.",
+        guest_visible: "The SPU may take a stage 2 fault the host cannot repair: the guest receives it (EC=0x25) and Linux stops the session.",
+        host_visible: "The enable pins nothing; the walk error is counted, never a host panic.",
+        mitigation: "None needed for correct guests; this is guest misbehaviour.",
+        guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
+        scenario: "pb07_hostile_guest",
+    },
+    Erratum {
+        id: "PB-08",
+        title: "Pins count against the host's locked-memory limit",
+        trigger: "A pin the host refuses (RLIMIT_MEMLOCK, accounting).",
+        guest_visible: "The enable is refused as in PB-01.",
+        host_visible: "A typed error names the limit and the bytes requested; nothing stays half pinned.",
+        mitigation: "Raise RLIMIT_MEMLOCK to vCPUs x cap.",
+        guest_told: GuestTold::NoticeBit(bits::BUFFER_CAP),
+        scenario: "pb08_lock_limit",
+    },
+];
+
+/// pin-buffer's profile.
+pub const PROFILE: Profile = Profile {
+    keeps: &[Property::Cheap, Property::Reliable],
+    gives_up: &[Property::Fast],
+    why: "Only the buffer and its tables are pinned, so stage 2 never faults for a correct guest, but every new buffer costs a walk and pins on the enable path.",
+};
+
+/// One vCPU's pins and buffer.
+#[derive(Debug, Default)]
+struct VcpuPins {
+    stage1: Option<Stage1Regs>,
+    /// Buffer pages held, by VA page.
+    pages: BTreeMap<Gva, Ipa>,
+    /// Table pages held.
+    tables: BTreeSet<Ipa>,
+    active: bool,
+    /// PMBPTR at the last enable or resume: a record boundary.
+    last_safe: Gva,
+}
+
+impl VcpuPins {
+    fn held_bytes(&self, granule: Granule) -> u64 {
+        (self.pages.len() + self.tables.len()) as u64 * granule.size()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    ledger: Option<PinLedger>,
+    vcpus: HashMap<VcpuId, VcpuPins>,
+    exempt: BTreeSet<Ipa>,
+    dirty_logging: bool,
+    stats: StrategyStats,
+}
+
+/// The pin-buffer strategy.
+#[derive(Debug)]
+pub struct PinBuffer {
+    config: PinBufferConfig,
+    state: Mutex<State>,
+}
+
+fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
+    move |source| PolicyError {
+        strategy: NAME,
+        action,
+        source,
+    }
+}
+
+/// The PMBIDR_EL1.MaxBuffSize encoding of the largest size not above `cap` (spec sheet §1.5:
+/// `E == 0 ? M << 12 : (1:M) << (E + 11)`, M 9 bits, E 5 bits).
+pub fn max_buff_size_field(cap: u64) -> u16 {
+    // E = 0 covers up to 511 pages; each larger E is a 9-bit mantissa with an implicit top bit.
+    let mut best = (cap >> 12).clamp(1, 511) as u16;
+    for e in 1u32..32 {
+        let shift = e + 11;
+        let Some(units) = cap.checked_shr(shift) else {
+            break;
+        };
+        if units < 512 {
+            break;
+        }
+        let m = (units - 512).min(511);
+        let field = ((e << 9) as u16) | m as u16;
+        if field_bytes(field) > field_bytes(best) && field_bytes(field) <= cap {
+            best = field;
+        }
+    }
+    best
+}
+
+fn field_bytes(field: u16) -> u64 {
+    Pmbidr::new()
+        .with_max_buff_size(field)
+        .max_buffer_bytes()
+        .unwrap_or(0)
+}
+
+impl PinBuffer {
+    /// A pin-buffer strategy with `config`.
+    pub fn new(config: PinBufferConfig) -> Self {
+        PinBuffer {
+            config,
+            state: Mutex::new(State {
+                ledger: None,
+                vcpus: HashMap::new(),
+                exempt: BTreeSet::new(),
+                dirty_logging: false,
+                stats: StrategyStats::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> PinBufferConfig {
+        self.config
+    }
+
+    /// Bytes `vcpu` holds pinned now (buffer and table pages).
+    pub fn vcpu_pinned_bytes(&self, vcpu: VcpuId) -> u64 {
+        let st = self.state.lock();
+        let g = st.ledger.as_ref().map_or(Granule::K4, |l| l.granule());
+        st.vcpus.get(&vcpu).map_or(0, |v| v.held_bytes(g))
+    }
+}
+
+/// Why an enable was refused.
+enum EnableResult {
+    Pinned,
+    OverCap,
+}
+
+impl State {
+    fn ledger<H: HostBacking + ?Sized>(&mut self, host: &H) -> &mut PinLedger {
+        self.ledger
+            .get_or_insert_with(|| PinLedger::new(host.granule()))
+    }
+
+    fn sync_stats(&mut self) {
+        if let Some(l) = &self.ledger {
+            self.stats.pinned_bytes = l.pinned_bytes();
+            self.stats.peak_pinned_bytes = self.stats.peak_pinned_bytes.max(l.peak_bytes());
+            self.stats.pin_ops = l.pin_ops;
+            self.stats.unpin_ops = l.unpin_ops;
+        }
+    }
+
+    /// Drops every pin `vcpu` holds.
+    fn release_vcpu<H: HostBacking + ?Sized>(
+        &mut self,
+        host: &H,
+        vcpu: VcpuId,
+    ) -> Result<(), HostError> {
+        let Some(v) = self.vcpus.get_mut(&vcpu) else {
+            return Ok(());
+        };
+        let mut held: Vec<Ipa> = v.pages.values().copied().collect();
+        held.extend(v.tables.iter().copied());
+        v.pages.clear();
+        v.tables.clear();
+        v.active = false;
+        self.ledger(host).release(host, &held)
+    }
+
+    /// Pins `vcpu`'s window `start..start + len` (walking stage 1 unless cached).
+    fn pin_window<G, H>(
+        &mut self,
+        cfg: &PinBufferConfig,
+        vcpu: VcpuId,
+        stage1: Stage1Regs,
+        start: Gva,
+        len: u64,
+        guest: &G,
+        host: &H,
+    ) -> Result<EnableResult, HostError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let granule = host.granule();
+        let page = |va: u64| Gva(va & !(granule.size() - 1));
+        let first = page(start.0).0;
+        let end = start.0.saturating_add(len);
+        let window_pages = (end - first).div_ceil(granule.size());
+        if window_pages.saturating_mul(granule.size()) > cfg.cap_bytes_per_vcpu {
+            return Ok(EnableResult::OverCap);
+        }
+        // A different stage 1 invalidates the cache.
+        if self
+            .vcpus
+            .get(&vcpu)
+            .is_some_and(|v| v.stage1 != Some(stage1))
+        {
+            self.release_vcpu(host, vcpu)?;
+        }
+        let v = self.vcpus.entry(vcpu).or_default();
+        v.stage1 = Some(stage1);
+        let cached =
+            (0..window_pages).all(|i| v.pages.contains_key(&Gva(first + i * granule.size())));
+        if cached {
+            self.stats.cache_hits += 1;
+            return Ok(EnableResult::Pinned);
+        }
+        self.stats.walks += 1;
+        let walker = Walker::new(stage1, guest);
+        let limits = RangeLimits {
+            max_steps: window_pages + 1,
+        };
+        let walk = match walker.translate_range(start, len, limits) {
+            // A stage 1 fault inside the window is data (`walk.fault`): the pages before it
+            // are pinned and the SPU reports the stage 1 fault to the guest itself.
+            Ok(w) => w,
+            // PB-07: tables outside RAM or in a loop; nothing to pin, the SPU will fault if it
+            // writes.
+            Err(WalkError::TableUnreadable { .. } | WalkError::TableCycle { .. }) => {
+                return Ok(EnableResult::Pinned);
+            }
+            Err(WalkError::RangeTooLarge { .. } | WalkError::Fault(_)) => {
+                return Ok(EnableResult::OverCap);
+            }
+        };
+        // The walk's pages, by VA page.
+        let mut new_pages: Vec<(Gva, Ipa)> = Vec::new();
+        for run in &walk.runs {
+            let mut va = page(run.va.0).0;
+            while va < run.va.0 + run.len {
+                let ipa = Ipa(run.ipa.0.wrapping_add(va.wrapping_sub(run.va.0))).page_base(granule);
+                new_pages.push((Gva(va), ipa));
+                va += granule.size();
+            }
+        }
+        let v = self.vcpus.entry(vcpu).or_default();
+        let fresh_pages: Vec<(Gva, Ipa)> = new_pages
+            .iter()
+            .filter(|(va, ipa)| v.pages.get(va) != Some(ipa))
+            .copied()
+            .collect();
+        let fresh_tables: Vec<Ipa> = walk
+            .tables_touched
+            .iter()
+            .map(|t| t.page_base(granule))
+            .filter(|t| !v.tables.contains(t))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let added = (fresh_pages.len() + fresh_tables.len()) as u64 * granule.size();
+        if v.held_bytes(granule) + added > cfg.cap_bytes_per_vcpu {
+            // Evict the cache and start again from this window alone.
+            self.release_vcpu(host, vcpu)?;
+            let needed = (new_pages.len() + walk.tables_touched.len()) as u64 * granule.size();
+            if needed > cfg.cap_bytes_per_vcpu {
+                return Ok(EnableResult::OverCap);
+            }
+            return self.acquire_for(host, vcpu, &new_pages, &walk.tables_touched);
+        }
+        self.acquire_for(host, vcpu, &fresh_pages, &fresh_tables)
+    }
+
+    /// Takes references for `vcpu` on `pages` (replacing stale VA->IPA entries) and `tables`.
+    fn acquire_for<H: HostBacking + ?Sized>(
+        &mut self,
+        host: &H,
+        vcpu: VcpuId,
+        pages: &[(Gva, Ipa)],
+        tables: &[Ipa],
+    ) -> Result<EnableResult, HostError> {
+        let granule = host.granule();
+        let mut want: Vec<Ipa> = pages.iter().map(|(_, i)| *i).collect();
+        let v = self.vcpus.entry(vcpu).or_default();
+        let new_tables: Vec<Ipa> = tables
+            .iter()
+            .map(|t| t.page_base(granule))
+            .filter(|t| !v.tables.contains(t))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        want.extend(new_tables.iter().copied());
+        self.ledger(host).acquire(host, &want)?;
+        let v = self.vcpus.entry(vcpu).or_default();
+        let mut stale = Vec::new();
+        for (va, ipa) in pages {
+            if let Some(old) = v.pages.insert(*va, *ipa) {
+                stale.push(old);
+            }
+        }
+        v.tables.extend(new_tables);
+        if !stale.is_empty() {
+            self.ledger(host).release(host, &stale)?;
+        }
+        if self.dirty_logging {
+            let exempt: Vec<Ipa> = want
+                .iter()
+                .copied()
+                .filter(|p| !self.exempt.contains(p))
+                .collect();
+            for p in exempt {
+                host.set_dirty_log_exempt(IpaRange::page(p, granule), true)?;
+                self.exempt.insert(p);
+            }
+        }
+        Ok(EnableResult::Pinned)
+    }
+
+    /// Handles an invalidation or balloon request for `range`.
+    fn invalidate<H: HostBacking + ?Sized>(
+        &mut self,
+        host: &H,
+        range: IpaRange,
+    ) -> Result<Outcome, HostError> {
+        let granule = host.granule();
+        let Some(ledger) = self.ledger.as_ref() else {
+            return Ok(Outcome::Resume);
+        };
+        let pages: Vec<Ipa> = range
+            .pages(granule)
+            .filter(|p| ledger.refs(*p) > 0)
+            .collect();
+        if pages.is_empty() {
+            return Ok(Outcome::Resume);
+        }
+        // Pages held by an active buffer cannot go; idle cached ones are unpinned.
+        let held_active = self.vcpus.values().any(|v| {
+            v.active
+                && pages
+                    .iter()
+                    .any(|p| v.tables.contains(p) || v.pages.values().any(|i| i == p))
+        });
+        if held_active {
+            self.stats.refused += 1;
+            return Ok(Outcome::Refuse(Refusal::Pinned));
+        }
+        let mut release = Vec::new();
+        for v in self.vcpus.values_mut() {
+            v.pages.retain(|_, ipa| {
+                let hit = pages.contains(ipa);
+                if hit {
+                    release.push(*ipa);
+                }
+                !hit
+            });
+            v.tables.retain(|t| {
+                let hit = pages.contains(t);
+                if hit {
+                    release.push(*t);
+                }
+                !hit
+            });
+        }
+        self.ledger(host).release(host, &release)?;
+        Ok(Outcome::Resume)
+    }
+}
+
+/// The PMBSR of a "size too large" refusal (EC=0, BSC=0b000100, S=1).
+fn size_too_large() -> spe_policy::arch::Pmbsr {
+    BufferEvent {
+        kind: BufferEventKind::SizeTooLarge,
+        service: true,
+        data_loss: false,
+        collision: false,
+        external_abort: false,
+    }
+    .encode()
+}
+
+impl BackingStrategy for PinBuffer {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn id(&self) -> StrategyId {
+        StrategyId::PinBuffer
+    }
+
+    fn profile(&self) -> Profile {
+        PROFILE
+    }
+
+    fn errata(&self) -> &'static [Erratum] {
+        &ERRATA
+    }
+
+    fn stats(&self) -> StrategyStats {
+        self.state.lock().stats
+    }
+
+    fn buffer_cap_bytes(&self) -> Option<u64> {
+        Some(self.config.cap_bytes_per_vcpu)
+    }
+
+    fn on_event<G, H>(&self, event: &Event<'_>, guest: &G, host: &H) -> Result<Outcome, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let cfg = &self.config;
+        let mut st = self.state.lock();
+        let outcome = match *event {
+            Event::VmStart { .. } | Event::MemslotAdded(_) | Event::MigrationStart(_) => {
+                Outcome::Resume
+            }
+            Event::MemslotRemoved(slot) => {
+                // Pins inside removed memory must go first.
+                let mut release = Vec::new();
+                for v in st.vcpus.values_mut() {
+                    v.pages.retain(|_, ipa| {
+                        let inside = slot.range.contains(*ipa);
+                        if inside {
+                            release.push(*ipa);
+                        }
+                        !inside
+                    });
+                    v.tables.retain(|t| {
+                        let inside = slot.range.contains(*t);
+                        if inside {
+                            release.push(*t);
+                        }
+                        !inside
+                    });
+                }
+                st.ledger(host)
+                    .release(host, &release)
+                    .map_err(err("unpinning a removed memslot"))?;
+                Outcome::Resume
+            }
+            Event::BufferWrite {
+                vcpu, regs, stage1, ..
+            } => self.on_buffer_write(&mut st, vcpu, regs, stage1, guest, host)?,
+            Event::BufferRead { reg, pmbidr, .. } => match reg {
+                BufferReg::Pmbidr => Outcome::Emulated(
+                    pmbidr
+                        .with_max_buff_size(max_buff_size_field(cfg.cap_bytes_per_vcpu))
+                        .into_bits(),
+                ),
+                _ => Outcome::Resume,
+            },
+            Event::BufferManagement { vcpu, regs, stage1 } => {
+                self.on_buffer_management(&mut st, vcpu, regs, stage1, guest, host)?
+            }
+            Event::HostInvalidation { range, .. } | Event::BalloonInflate(range) => st
+                .invalidate(host, range)
+                .map_err(err("unpinning idle cached pages"))?,
+            Event::DirtyLogStart | Event::DirtyLogClear(_) => {
+                // PB-05: keep pinned pages writable and dirty until the vCPUs stop.
+                st.dirty_logging = true;
+                let granule = host.granule();
+                let held: BTreeSet<Ipa> = st
+                    .vcpus
+                    .values()
+                    .flat_map(|v| v.pages.values().chain(v.tables.iter()).copied())
+                    .collect();
+                for p in held {
+                    if st.exempt.insert(p) {
+                        host.set_dirty_log_exempt(IpaRange::page(p, granule), true)
+                            .map_err(err("exempting buffer pages from dirty logging"))?;
+                    }
+                }
+                Outcome::Resume
+            }
+            Event::VcpuStop(_) | Event::DirtyLogStop => {
+                // The final copy (or the end of logging): pages go back to normal tracking.
+                let granule = host.granule();
+                let exempt: Vec<Ipa> = std::mem::take(&mut st.exempt).into_iter().collect();
+                for p in exempt {
+                    host.set_dirty_log_exempt(IpaRange::page(p, granule), false)
+                        .map_err(err("returning buffer pages to dirty logging"))?;
+                }
+                if matches!(event, Event::DirtyLogStop) {
+                    st.dirty_logging = false;
+                }
+                Outcome::Resume
+            }
+            Event::PostCopySwitchover => {
+                // PB-06: the buffer must be at the destination before it runs.
+                let granule = host.granule();
+                let held: BTreeSet<Ipa> = st
+                    .vcpus
+                    .values()
+                    .flat_map(|v| v.pages.values().chain(v.tables.iter()).copied())
+                    .collect();
+                let held: Vec<Ipa> = held.into_iter().collect();
+                for run in spe_policy::pin_ledger::runs(&held, granule) {
+                    host.send_before_switchover(run)
+                        .map_err(err("sending buffer pages before switch-over"))?;
+                }
+                Outcome::Resume
+            }
+            Event::GuestStage1Remap { vcpu, .. } => {
+                // The mapping changed: drop this vCPU's cache; an active buffer is re-pinned at
+                // its next enable, or repaired on a fault (PB-03).
+                let active = st.vcpus.get(&vcpu).is_some_and(|v| v.active);
+                if !active {
+                    st.release_vcpu(host, vcpu)
+                        .map_err(err("dropping a stale pin cache"))?;
+                } else if let Some(v) = st.vcpus.get_mut(&vcpu) {
+                    v.stage1 = None;
+                }
+                Outcome::Resume
+            }
+            Event::VmStop => {
+                if let Some(l) = st.ledger.as_mut() {
+                    l.release_all(host).map_err(err("unpinning at VM stop"))?;
+                }
+                st.vcpus.clear();
+                st.exempt.clear();
+                Outcome::Resume
+            }
+        };
+        st.sync_stats();
+        Ok(outcome)
+    }
+}
+
+impl PinBuffer {
+    fn on_buffer_write<G, H>(
+        &self,
+        st: &mut State,
+        vcpu: VcpuId,
+        regs: BufferRegs,
+        stage1: Stage1Regs,
+        guest: &G,
+        host: &H,
+    ) -> Result<Outcome, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let cfg = &self.config;
+        let Some((start, len)) = regs.window() else {
+            // Disabled, discard mode, or LIMIT at or below PMBPTR (PB-07): nothing to pin.
+            if let Some(v) = st.vcpus.get_mut(&vcpu) {
+                v.active = false;
+            }
+            if !cfg.pin_cache {
+                st.release_vcpu(host, vcpu)
+                    .map_err(err("unpinning a disabled buffer"))?;
+            }
+            return Ok(Outcome::Resume);
+        };
+        match st.pin_window(cfg, vcpu, stage1, start, len, guest, host) {
+            Ok(EnableResult::Pinned) => {
+                let v = st.vcpus.entry(vcpu).or_default();
+                v.active = true;
+                v.last_safe = start;
+                Ok(Outcome::Resume)
+            }
+            Ok(EnableResult::OverCap) | Err(HostError::LockLimit { .. }) => {
+                // PB-01 / PB-08.
+                st.stats.refused += 1;
+                st.stats.injected += 1;
+                Ok(Outcome::Inject {
+                    pmbsr: size_too_large(),
+                    pmbptr: start,
+                })
+            }
+            Err(HostError::NotInMemslot(_)) => {
+                // PB-07: the buffer (or a table) is outside RAM; the SPU will fault on it.
+                Ok(Outcome::Resume)
+            }
+            Err(e) => Err(err("pinning the buffer")(e)),
+        }
+    }
+
+    fn on_buffer_management<G, H>(
+        &self,
+        st: &mut State,
+        vcpu: VcpuId,
+        regs: BufferRegs,
+        stage1: Stage1Regs,
+        guest: &G,
+        host: &H,
+    ) -> Result<Outcome, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let cfg = &self.config;
+        let ev = BufferEvent::decode(regs.pmbsr);
+        let pass = Outcome::Inject {
+            pmbsr: regs.pmbsr,
+            pmbptr: regs.pmbptr.address(),
+        };
+        let BufferEventKind::Fault {
+            stage: Stage::Two, ..
+        } = ev.kind
+        else {
+            return Ok(pass);
+        };
+        // PB-03: a stage 2 fault on a pinned buffer means the guest remapped it. Repair.
+        let granule = host.granule();
+        let va = regs.pmbptr.address();
+        let walker = Walker::new(stage1, guest);
+        let Ok(t) = walker.translate(va) else {
+            st.stats.injected += 1;
+            return Ok(pass);
+        };
+        let tables: Vec<Ipa> = t.tables_touched.as_slice().to_vec();
+        let on_table = tables.iter().any(|p| !host.page_state(*p).writable());
+        if on_table {
+            st.stats.stage2_faults_table += 1;
+        } else {
+            st.stats.stage2_faults_buffer += 1;
+        }
+        let page = (Gva(va.0 & !(granule.size() - 1)), t.ipa.page_base(granule));
+        match st.acquire_for(host, vcpu, &[page], &tables) {
+            Ok(_) => {}
+            Err(HostError::NotInMemslot(_)) | Err(HostError::Unavailable { .. }) => {
+                // PB-07: cannot be backed; the guest gets its fault.
+                st.stats.injected += 1;
+                return Ok(pass);
+            }
+            Err(e) => return Err(err("pinning a remapped buffer page")(e)),
+        }
+        let safe = st.vcpus.get(&vcpu).map_or(va, |v| v.last_safe);
+        let walker = Walker::new(stage1, guest);
+        let r = recover_buffer(
+            &walker,
+            safe,
+            va,
+            ev.data_loss,
+            cfg.recovery,
+            cfg.max_record_bytes,
+            cfg.write_order,
+            cfg.cap_bytes_per_vcpu,
+        );
+        if r.parsed {
+            st.stats.bytes_lost_rewind += r.lost_bytes;
+        } else {
+            st.stats.bytes_lost_discard += r.lost_bytes;
+        }
+        if let Some(v) = st.vcpus.get_mut(&vcpu) {
+            v.last_safe = r.resume_at;
+            v.stage1 = Some(stage1);
+        }
+        Ok(Outcome::ResumeAt {
+            pmbptr: r.resume_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reported_max_buffer_size_never_exceeds_the_cap() {
+        for cap in [0x1000u64, 0x1800, 64 << 10, 4 << 20, 16 << 20, 1 << 30] {
+            let f = max_buff_size_field(cap);
+            let bytes = field_bytes(f);
+            assert!(
+                bytes <= cap && bytes > 0,
+                "cap {cap:#x}: field {f:#x} = {bytes:#x}"
+            );
+            assert!(
+                bytes * 2 > cap,
+                "cap {cap:#x}: {bytes:#x} is needlessly small"
+            );
+        }
+    }
+}

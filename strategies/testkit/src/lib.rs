@@ -1,0 +1,234 @@
+//! Test fixtures shared by the strategy crates: a Linux-like guest whose SPE buffer is vmap'd
+//! from scattered pages, builders for the events a VMM delivers, and a stress harness that runs
+//! many threads of mixed events against a strategy and checks the pin invariants.
+#![deny(missing_docs)]
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use spe_policy::arch::walk::Stage1Regs;
+use spe_policy::arch::walk::builder::{LEAF_RW, TableBuilder};
+use spe_policy::arch::{
+    BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Sctlr, Stage,
+    Tcr, Ttbr,
+};
+use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause};
+use spe_policy::stage2::Stage2Model;
+use spe_policy::{BackingStrategy, Granule, GuestRam, Gva, Ipa, IpaRange, Memslot, VcpuId};
+
+/// Guest RAM: 16 MiB at 0x4000_0000.
+pub const RAM: IpaRange = IpaRange::new(Ipa(0x4000_0000), 16 << 20);
+/// Where the guest's kernel page tables live (inside RAM).
+pub const TABLES: Ipa = Ipa(0x4000_0000);
+/// Where the buffer's pages come from (inside RAM).
+pub const BUFFER_POOL: Ipa = Ipa(0x4080_0000);
+/// The buffer's kernel VA (vmalloc area, TTBR1).
+pub const BUFFER_VA: Gva = Gva(0xffff_8000_8000_0000);
+
+/// The memslots of the fixture.
+pub fn memslots() -> [Memslot; 1] {
+    [Memslot {
+        slot: 0,
+        range: RAM,
+    }]
+}
+
+/// A guest with a buffer of `pages` 4KB pages vmap'd at [`BUFFER_VA`] from scattered pages.
+#[derive(Debug, Clone)]
+pub struct GuestFixture {
+    /// Guest memory (RAM, with the tables written into it).
+    pub ram: GuestRam,
+    /// Its stage 1 registers.
+    pub stage1: Stage1Regs,
+    /// The IPA of each buffer page, in VA order.
+    pub buffer_pages: Vec<Ipa>,
+}
+
+impl GuestFixture {
+    /// The fixture with a buffer of `pages` pages (at most 1024).
+    pub fn new(pages: u64) -> Self {
+        let mut ram = GuestRam::new();
+        ram.insert(RAM.start, vec![0; RAM.len as usize])
+            .expect("RAM");
+        // The table pool lives inside RAM: build the tables in a scratch memory, then copy.
+        let mut b = TableBuilder::new(GuestRam::new(), Granule::K4, 16, TABLES, 0x10_0000, false)
+            .expect("tables");
+        let buffer_pages: Vec<Ipa> = (0..pages)
+            .map(|i| Ipa(BUFFER_POOL.0 + ((i * 37) % 1024) * 0x2000))
+            .collect();
+        b.map_pages(BUFFER_VA, buffer_pages.iter().copied(), LEAF_RW)
+            .expect("map");
+        let tables = b.into_ram();
+        for (base, len) in tables.regions() {
+            let bytes = tables.slice(base, len as usize).expect("tables").to_vec();
+            ram.write(base, &bytes).expect("copy tables");
+        }
+        let tcr = Tcr::new()
+            .with_t0sz(16)
+            .with_t1sz(16)
+            .with_tg0(Tcr::tg0_bits(Granule::K4))
+            .with_tg1(Tcr::tg1_bits(Granule::K4))
+            .with_ips(0b101)
+            .with_epd0(true);
+        let stage1 = Stage1Regs {
+            tcr,
+            ttbr0: Ttbr::new(),
+            ttbr1: Ttbr::from_bits(TABLES.0),
+            sctlr: Sctlr::new().with_m(true),
+            hw_af: true,
+            hw_dbm: true,
+        };
+        GuestFixture {
+            ram,
+            stage1,
+            buffer_pages,
+        }
+    }
+
+    /// The stage 2 model for this guest (4KB host pages, every page present).
+    pub fn host(&self) -> Stage2Model {
+        Stage2Model::new(Granule::K4, &memslots())
+    }
+
+    /// The IPAs of the table pages that translate the buffer (root first).
+    pub fn table_pages(&self) -> Vec<Ipa> {
+        use spe_policy::arch::walk::{RangeLimits, Walker};
+        let len = self.buffer_pages.len() as u64 * 0x1000;
+        Walker::new(self.stage1, &self.ram)
+            .translate_range(BUFFER_VA, len, RangeLimits::default())
+            .expect("walk")
+            .tables_touched
+    }
+
+    /// A trapped PMBLIMITR write that enables the buffer window `offset..offset + len` bytes
+    /// into the buffer.
+    pub fn enable(&self, vcpu: u32, offset: u64, len: u64) -> Event<'static> {
+        Event::BufferWrite {
+            vcpu: VcpuId(vcpu),
+            reg: BufferReg::Pmblimitr,
+            regs: window_regs(
+                Gva(BUFFER_VA.0 + offset),
+                Gva(BUFFER_VA.0 + offset + len),
+                true,
+            ),
+            stage1: self.stage1,
+        }
+    }
+
+    /// A trapped PMBLIMITR write that disables the buffer.
+    pub fn disable(&self, vcpu: u32) -> Event<'static> {
+        Event::BufferWrite {
+            vcpu: VcpuId(vcpu),
+            reg: BufferReg::Pmblimitr,
+            regs: BufferRegs::default(),
+            stage1: self.stage1,
+        }
+    }
+
+    /// A stage 2 translation fault at `offset` into the buffer, with DL as given.
+    pub fn stage2_fault(
+        &self,
+        vcpu: u32,
+        offset: u64,
+        limit: u64,
+        data_loss: bool,
+    ) -> Event<'static> {
+        let pmbsr = BufferEvent {
+            kind: BufferEventKind::Fault {
+                stage: Stage::Two,
+                fsc: FaultStatusCode::Translation(3),
+            },
+            service: true,
+            data_loss,
+            collision: false,
+            external_abort: false,
+        }
+        .encode();
+        let mut regs = window_regs(Gva(BUFFER_VA.0 + offset), Gva(BUFFER_VA.0 + limit), true);
+        regs.pmbsr = pmbsr;
+        Event::BufferManagement {
+            vcpu: VcpuId(vcpu),
+            regs,
+            stage1: self.stage1,
+        }
+    }
+
+    /// Writes SPE bytes into the buffer at `offset` (through the VA->IPA mapping).
+    pub fn write_buffer(&mut self, offset: u64, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            let at = offset + i as u64;
+            let page = self.buffer_pages[(at / 0x1000) as usize];
+            self.ram
+                .write(Ipa(page.0 + at % 0x1000), &[*b])
+                .expect("buffer write");
+        }
+    }
+}
+
+/// Buffer registers for a window `ptr..limit`.
+pub fn window_regs(ptr: Gva, limit: Gva, enabled: bool) -> BufferRegs {
+    BufferRegs {
+        pmbptr: Pmbptr::from_bits(ptr.0),
+        pmblimitr: Pmblimitr::for_buffer(limit, enabled, BufferMode::Fill),
+        pmbsr: Default::default(),
+    }
+}
+
+/// Runs `threads` threads, each sending `rounds` rounds of mixed events (enable, retarget,
+/// faults, invalidations, dirty-log rounds, disable) for its own vCPU, all sharing one buffer
+/// region; then stops the VM. Returns the elapsed time; panics if a strategy call errors or the
+/// run exceeds `deadline` (a deadlock).
+pub fn stress<S: BackingStrategy>(
+    strategy: &S,
+    fixture: &GuestFixture,
+    host: &Stage2Model,
+    threads: u32,
+    rounds: u32,
+    deadline: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let slots = memslots();
+    strategy
+        .on_event(&Event::VmStart { memslots: &slots }, &fixture.ram, host)
+        .expect("VM start");
+    let barrier = Barrier::new(threads as usize);
+    let buffer_len = fixture.buffer_pages.len() as u64 * 0x1000;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                for r in 0..rounds {
+                    assert!(
+                        start.elapsed() < deadline,
+                        "stress run exceeded {deadline:?}: deadlock?"
+                    );
+                    let off = (u64::from(t * 7 + r * 3) % 8) * 0x1000;
+                    let len = (buffer_len - off).min(0x8000);
+                    let events = [
+                        fixture.enable(t, off, len),
+                        fixture.enable(t, off + 0x1000, len - 0x1000),
+                        fixture.stage2_fault(t, off + 0x1000, off + len, r % 2 == 0),
+                        Event::HostInvalidation {
+                            range: IpaRange::new(fixture.buffer_pages[(r % 4) as usize], 0x1000),
+                            cause: InvalidationCause::Swap,
+                        },
+                        Event::DirtyLogStart,
+                        Event::DirtyLogClear(RAM),
+                        Event::DirtyLogStop,
+                        fixture.disable(t),
+                    ];
+                    for ev in &events {
+                        strategy
+                            .on_event(ev, &fixture.ram, host)
+                            .unwrap_or_else(|e| panic!("thread {t} round {r}: {e}"));
+                    }
+                }
+            });
+        }
+    });
+    strategy
+        .on_event(&Event::VmStop, &fixture.ram, host)
+        .expect("VM stop");
+    start.elapsed()
+}
