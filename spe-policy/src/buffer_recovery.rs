@@ -17,6 +17,32 @@ pub enum RecoveryMode {
     Discard,
 }
 
+/// How a strategy recovers a buffer after a repaired fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecoverySettings {
+    /// Rewind after parsing, or discard.
+    pub mode: RecoveryMode,
+    /// The SPU's largest record (2^PMSIDR_EL1.MaxSize).
+    pub max_record_bytes: usize,
+    /// What the scanner may assume about record writes.
+    pub write_order: WriteOrder,
+    /// Most bytes of guest buffer read for one recovery; a longer region is discarded.
+    pub max_scan_bytes: u64,
+}
+
+impl Default for RecoverySettings {
+    /// Rewind, 64-byte records (Neoverse), unordered writes (all the architecture promises),
+    /// at most 64 MiB scanned.
+    fn default() -> Self {
+        RecoverySettings {
+            mode: RecoveryMode::Rewind,
+            max_record_bytes: 64,
+            write_order: WriteOrder::Unordered,
+            max_scan_bytes: 64 << 20,
+        }
+    }
+}
+
 /// The decision for a region `safe..pmbptr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BufferRecovery {
@@ -31,19 +57,22 @@ pub struct BufferRecovery {
 }
 
 /// Decides where to resume after a buffer management event with PMBPTR at `pmbptr`, when
-/// `safe` is the last point known to be a record boundary. Reads at most `max_scan` bytes of
-/// guest memory; a longer region, or one that does not translate or read, is discarded.
-#[allow(clippy::too_many_arguments)]
+/// `safe` is the last point known to be a record boundary. Reads at most
+/// `settings.max_scan_bytes` of guest memory; a longer region, or one that does not translate
+/// or read, is discarded.
 pub fn recover_buffer<G: GuestMemoryRead + ?Sized>(
     walker: &Walker<&G>,
     safe: Gva,
     pmbptr: Gva,
     data_loss: bool,
-    mode: RecoveryMode,
-    max_record_bytes: usize,
-    write_order: WriteOrder,
-    max_scan: u64,
+    settings: &RecoverySettings,
 ) -> BufferRecovery {
+    let RecoverySettings {
+        mode,
+        max_record_bytes,
+        write_order,
+        max_scan_bytes: max_scan,
+    } = *settings;
     let len = pmbptr.0.wrapping_sub(safe.0);
     let discard = BufferRecovery {
         resume_at: safe,

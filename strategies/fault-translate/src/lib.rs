@@ -16,12 +16,11 @@ use std::collections::{BTreeSet, HashMap};
 use parking_lot::Mutex;
 use spe_policy::arch::walk::{Stage1Regs, WalkError, Walker};
 use spe_policy::arch::{BufferEvent, BufferEventKind, Stage};
-use spe_policy::buffer_recovery::{RecoveryMode, recover_buffer};
+use spe_policy::buffer_recovery::{RecoverySettings, recover_buffer};
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{BufferRegs, Event, InvalidationCause, Outcome};
 use spe_policy::guest_notice::{StrategyId, bits};
 use spe_policy::host::FaultIn;
-use spe_policy::spe::WriteOrder;
 use spe_policy::{
     BackingStrategy, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange, PolicyError,
     StrategyStats, VcpuId,
@@ -30,27 +29,19 @@ use spe_policy::{
 /// Configuration of fault-translate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FaultTranslateConfig {
-    /// Rewind to the last provable record (parse), or discard since the last safe point.
-    pub recovery: RecoveryMode,
-    /// The SPU's largest record (2^PMSIDR_EL1.MaxSize).
-    pub max_record_bytes: usize,
-    /// What the recovery scanner may assume about record writes.
-    pub write_order: WriteOrder,
+    /// How the buffer is recovered after DL=1: rewind to the last provable record (parse), or
+    /// discard since the last safe point.
+    pub recovery: RecoverySettings,
     /// Exempt learned buffer and table pages from dirty-log write protection (pre-copy keeps
     /// them dirty until the vCPU stops).
     pub exempt_learned_pages: bool,
-    /// Most bytes of guest buffer read for one recovery; a longer region is discarded.
-    pub max_scan_bytes: u64,
 }
 
 impl Default for FaultTranslateConfig {
     fn default() -> Self {
         FaultTranslateConfig {
-            recovery: RecoveryMode::Rewind,
-            max_record_bytes: 64,
-            write_order: WriteOrder::Unordered,
+            recovery: RecoverySettings::default(),
             exempt_learned_pages: true,
-            max_scan_bytes: 64 << 20,
         }
     }
 }
@@ -211,7 +202,6 @@ impl FaultTranslate {
         vcpu: VcpuId,
         regs: BufferRegs,
         stage1: Stage1Regs,
-        data_loss: bool,
         guest: &G,
         host: &H,
     ) -> Result<Outcome, PolicyError>
@@ -220,6 +210,7 @@ impl FaultTranslate {
         H: HostBacking + ?Sized,
     {
         let cfg = &self.config;
+        let data_loss = BufferEvent::decode(regs.pmbsr).data_loss;
         let va = regs.pmbptr.address();
         let inject = Outcome::Inject {
             pmbsr: regs.pmbsr,
@@ -273,16 +264,7 @@ impl FaultTranslate {
         self.learn(st, host, &learned)
             .map_err(err("exempting learned pages from dirty logging"))?;
         let safe = st.vcpus.get(&vcpu).map_or(va, |v| v.last_safe);
-        let r = recover_buffer(
-            &walker,
-            safe,
-            va,
-            data_loss,
-            cfg.recovery,
-            cfg.max_record_bytes,
-            cfg.write_order,
-            cfg.max_scan_bytes,
-        );
+        let r = recover_buffer(&walker, safe, va, data_loss, &cfg.recovery);
         if r.parsed {
             st.stats.bytes_lost_rewind += r.lost_bytes;
         } else {
@@ -334,7 +316,7 @@ impl BackingStrategy for FaultTranslate {
                 match ev.kind {
                     BufferEventKind::Fault {
                         stage: Stage::Two, ..
-                    } => self.on_fault(&mut st, vcpu, regs, stage1, ev.data_loss, guest, host),
+                    } => self.on_fault(&mut st, vcpu, regs, stage1, guest, host),
                     // Buffer full, stage 1 faults and the rest are the guest's.
                     _ => Ok(Outcome::Inject {
                         pmbsr: regs.pmbsr,

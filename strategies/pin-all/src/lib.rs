@@ -57,7 +57,7 @@ pub static ERRATA: [Erratum; 5] = [
         id: "PA-01",
         title: "No memory overcommit for the whole VM",
         trigger: "Any host reclaim of guest memory: swap-out, KSM merging, THP split or collapse, NUMA migration, compaction, balloon inflation.",
-        guest_visible: "Nothing.",
+        guest_visible: "Nothing: profiling is unaffected.",
         host_visible: "Every guest page stays resident and unmovable for the VM's life: invalidations and balloon inflation are refused.",
         mitigation: "Size the host for the VM's full RAM, or choose pin-buffer or fault-translate on overcommitted hosts.",
         guest_told: GuestTold::No,

@@ -20,12 +20,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use parking_lot::Mutex;
 use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, Walker};
 use spe_policy::arch::{BufferEvent, BufferEventKind, Pmbidr, Stage};
-use spe_policy::buffer_recovery::{RecoveryMode, recover_buffer};
+use spe_policy::buffer_recovery::{RecoverySettings, recover_buffer};
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
 use spe_policy::pin_ledger::PinLedger;
-use spe_policy::spe::WriteOrder;
 use spe_policy::{
     BackingStrategy, Granule, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange,
     PolicyError, StrategyStats, VcpuId,
@@ -39,11 +38,7 @@ pub struct PinBufferConfig {
     /// Keep pins across a disable so the next enable of the same buffer needs no walk.
     pub pin_cache: bool,
     /// Recovery after an unexpected stage 2 fault with DL=1.
-    pub recovery: RecoveryMode,
-    /// The SPU's largest record (2^PMSIDR_EL1.MaxSize).
-    pub max_record_bytes: usize,
-    /// What the recovery scanner may assume about record writes.
-    pub write_order: WriteOrder,
+    pub recovery: RecoverySettings,
 }
 
 impl Default for PinBufferConfig {
@@ -51,9 +46,7 @@ impl Default for PinBufferConfig {
         PinBufferConfig {
             cap_bytes_per_vcpu: 16 << 20,
             pin_cache: true,
-            recovery: RecoveryMode::Rewind,
-            max_record_bytes: 64,
-            write_order: WriteOrder::Unordered,
+            recovery: RecoverySettings::default(),
         }
     }
 }
@@ -96,7 +89,7 @@ pub static ERRATA: [Erratum; 8] = [
         id: "PB-04",
         title: "Pinned table and cached buffer pages outlive their use",
         trigger: "A buffer disable with pin_cache on, or table pages shared with memory the guest no longer uses for the buffer.",
-        guest_visible: "Nothing.",
+        guest_visible: "Nothing: profiling is unaffected.",
         host_visible: "Up to the cap per vCPU stays pinned while idle; an invalidation of an idle cached page unpins it and goes ahead.",
         mitigation: "Turn pin_cache off to unpin at every disable (at the price of PB-02 on every enable).",
         guest_told: GuestTold::No,
@@ -106,7 +99,7 @@ pub static ERRATA: [Erratum; 8] = [
         id: "PB-05",
         title: "Pre-copy resends the buffer at stop-and-copy",
         trigger: "Pre-copy migration while a buffer is pinned.",
-        guest_visible: "Nothing.",
+        guest_visible: "Nothing: profiling is unaffected.",
         host_visible: "Buffer and table pages are exempt from write protection and reported dirty in every round until the vCPU stops, then sent in the final copy: downtime grows with the buffer size.",
         mitigation: "Keep guest buffers small on migration-heavy hosts.",
         guest_told: GuestTold::No,
@@ -116,7 +109,7 @@ pub static ERRATA: [Erratum; 8] = [
         id: "PB-06",
         title: "Post-copy must move the buffer before switch-over",
         trigger: "Post-copy migration while a buffer is pinned.",
-        guest_visible: "Nothing.",
+        guest_visible: "Nothing: profiling is unaffected.",
         host_visible: "Pinned buffer and table pages are sent before switch-over, delaying it by their transfer time.",
         mitigation: "Keep guest buffers small on migration-heavy hosts.",
         guest_told: GuestTold::No,
@@ -295,8 +288,7 @@ impl State {
         cfg: &PinBufferConfig,
         vcpu: VcpuId,
         stage1: Stage1Regs,
-        start: Gva,
-        len: u64,
+        (start, len): (Gva, u64),
         guest: &G,
         host: &H,
     ) -> Result<EnableResult, HostError>
@@ -664,7 +656,7 @@ impl PinBuffer {
             }
             return Ok(Outcome::Resume);
         };
-        match st.pin_window(cfg, vcpu, stage1, start, len, guest, host) {
+        match st.pin_window(cfg, vcpu, stage1, (start, len), guest, host) {
             Ok(EnableResult::Pinned) => {
                 let v = st.vcpus.entry(vcpu).or_default();
                 v.active = true;
@@ -740,16 +732,7 @@ impl PinBuffer {
         }
         let safe = st.vcpus.get(&vcpu).map_or(va, |v| v.last_safe);
         let walker = Walker::new(stage1, guest);
-        let r = recover_buffer(
-            &walker,
-            safe,
-            va,
-            ev.data_loss,
-            cfg.recovery,
-            cfg.max_record_bytes,
-            cfg.write_order,
-            cfg.cap_bytes_per_vcpu,
-        );
+        let r = recover_buffer(&walker, safe, va, ev.data_loss, &cfg.recovery);
         if r.parsed {
             st.stats.bytes_lost_rewind += r.lost_bytes;
         } else {

@@ -183,7 +183,10 @@ fn a_stage_2_fault_after_a_guest_remap_is_repaired_and_the_buffer_rewound() {
     let host = g.host();
     // Sequential writes: the record before the partial one is provably complete.
     let s = PinBuffer::new(PinBufferConfig {
-        write_order: spe_policy::spe::WriteOrder::Sequential,
+        recovery: spe_policy::buffer_recovery::RecoverySettings {
+            write_order: spe_policy::spe::WriteOrder::Sequential,
+            ..Default::default()
+        },
         ..PinBufferConfig::default()
     });
     s.on_event(&g.enable(0, 0, 4 * 4096), &g.ram, &host)

@@ -1,0 +1,125 @@
+//! The facade: building policies, dispatch, the errata catalogue and the guest notices.
+
+use std::collections::BTreeSet;
+
+use spe_policies::{
+    FaultTranslateConfig, PinAllConfig, PinBufferConfig, Policy, StrategyConfig, all_errata,
+};
+use spe_policy::BackingStrategy;
+use spe_policy::errata::{GuestTold, Property};
+use spe_policy::event::{Event, Outcome};
+use spe_policy::guest_notice::{GuestNotice, StrategyId, bits};
+use spe_strategy_testkit::{GuestFixture, memslots};
+
+#[test]
+fn each_config_builds_the_strategy_it_names() {
+    let cases = [
+        (
+            StrategyConfig::PinAll(PinAllConfig::default()),
+            "pin-all",
+            StrategyId::PinAll,
+        ),
+        (
+            StrategyConfig::PinBuffer(PinBufferConfig::default()),
+            "pin-buffer",
+            StrategyId::PinBuffer,
+        ),
+        (
+            StrategyConfig::FaultTranslate(FaultTranslateConfig::default()),
+            "fault-translate",
+            StrategyId::FaultTranslate,
+        ),
+    ];
+    for (cfg, name, id) in cases {
+        let p = Policy::new(cfg);
+        assert_eq!((p.name(), p.id()), (name, id));
+    }
+}
+
+#[test]
+fn dispatch_reaches_the_strategy_and_its_pins() {
+    let g = GuestFixture::new(4);
+    let host = g.host();
+    let p = Policy::new(StrategyConfig::PinBuffer(PinBufferConfig::default()));
+    let slots = memslots();
+    p.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &host)
+        .expect("start");
+    assert_eq!(
+        p.on_event(&g.enable(0, 0, 4 * 4096), &g.ram, &host)
+            .expect("enable"),
+        Outcome::Resume
+    );
+    assert_eq!(p.stats().pinned_bytes, host.pinned_bytes());
+    p.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}
+
+#[test]
+fn every_profile_keeps_two_properties_and_gives_up_the_third() {
+    for p in Policy::all_defaults() {
+        let prof = p.profile();
+        assert_eq!(prof.keeps.len(), 2, "{}", p.name());
+        assert_eq!(prof.gives_up.len(), 1, "{}", p.name());
+        let all: BTreeSet<Property> = prof.keeps.iter().chain(prof.gives_up).copied().collect();
+        assert_eq!(all.len(), 3, "{}", p.name());
+    }
+}
+
+#[test]
+fn errata_ids_and_scenarios_are_unique_and_every_field_is_written() {
+    let mut ids = BTreeSet::new();
+    let mut scenarios = BTreeSet::new();
+    for (name, errata) in all_errata() {
+        let prefix = match name {
+            "pin-all" => "PA-",
+            "pin-buffer" => "PB-",
+            "fault-translate" => "FT-",
+            other => panic!("unknown strategy {other}"),
+        };
+        assert!(!errata.is_empty());
+        for e in errata {
+            assert!(e.id.starts_with(prefix), "{}", e.id);
+            assert!(ids.insert(e.id), "duplicate id {}", e.id);
+            assert!(
+                scenarios.insert(e.scenario),
+                "duplicate scenario {}",
+                e.scenario
+            );
+            assert!(
+                e.title.len() > 10 && !e.title.ends_with('.'),
+                "{}: title",
+                e.id
+            );
+            for field in [e.trigger, e.guest_visible, e.host_visible, e.mitigation] {
+                assert!(
+                    field.len() > 10 && field.ends_with('.'),
+                    "{}: field {field:?} is not a sentence",
+                    e.id
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn guest_notices_carry_each_strategys_guest_visible_errata() {
+    for p in Policy::all_defaults() {
+        let notice = p.guest_notice();
+        let decoded = GuestNotice::decode(&notice.encode()).expect("decodes");
+        assert_eq!(decoded, notice);
+        assert_eq!(notice.strategy, p.id());
+        for e in p.errata() {
+            if let GuestTold::NoticeBit(b) = e.guest_told {
+                assert!(notice.errata & (1 << b) != 0, "{} bit {b}", e.id);
+            }
+        }
+    }
+    let pb = Policy::new(StrategyConfig::PinBuffer(PinBufferConfig::default()));
+    assert!(pb.guest_notice().errata & (1 << bits::BUFFER_CAP) != 0);
+    assert_eq!(pb.guest_notice().buffer_cap_pages, 4096);
+    let ft = Policy::new(StrategyConfig::FaultTranslate(
+        FaultTranslateConfig::default(),
+    ));
+    assert!(ft.guest_notice().errata & (1 << bits::REWIND) != 0);
+    assert_eq!(ft.guest_notice().buffer_cap_pages, 0);
+}
