@@ -6,7 +6,13 @@
 //! [`all_errata`].
 #![deny(missing_docs)]
 
+use spe_policy::buffer_recovery::{RecoveryMode, RecoverySettings};
+use spe_policy::config::{
+    ConfigError, ConfigErrors, DirtyLogHandling, MigrationPolicy, PinAtName, RecoveryName,
+    SpeConfig, StrategyName, WriteOrderName,
+};
 use spe_policy::errata::{Erratum, Profile};
+use spe_policy::spe::WriteOrder;
 use spe_policy::event::{Event, Outcome};
 use spe_policy::guest_notice::StrategyId;
 use spe_policy::{BackingStrategy, GuestMemoryRead, HostBacking, PolicyError, StrategyStats};
@@ -117,6 +123,67 @@ impl BackingStrategy for Policy {
 
     fn buffer_cap_bytes(&self) -> Option<u64> {
         dispatch!(self, s => s.buffer_cap_bytes())
+    }
+}
+
+impl StrategyConfig {
+    /// The strategy configuration an `[spe]` table describes (validate it first; see
+    /// [`Policy::from_config`]).
+    pub fn from_spe(c: &SpeConfig) -> Result<Self, ConfigErrors> {
+        let recovery = RecoverySettings {
+            mode: match c.recovery {
+                RecoveryName::Rewind => RecoveryMode::Rewind,
+                RecoveryName::Discard => RecoveryMode::Discard,
+            },
+            max_record_bytes: usize::try_from(c.guest.max_record.bytes()).unwrap_or(usize::MAX),
+            write_order: match c.guest.write_order {
+                WriteOrderName::Sequential => WriteOrder::Sequential,
+                WriteOrderName::Unordered => WriteOrder::Unordered,
+            },
+            ..RecoverySettings::default()
+        };
+        // Unused when only pin-all is compiled in.
+        let _ = &recovery;
+        match c.strategy {
+            #[cfg(feature = "pin-all")]
+            StrategyName::PinAll => Ok(StrategyConfig::PinAll(PinAllConfig {
+                pin_at: match c.pin_all.pin_at {
+                    PinAtName::VmStart => PinAt::VmStart,
+                    PinAtName::FirstEnable => PinAt::FirstEnable,
+                },
+                migration: match c.migration {
+                    MigrationPolicy::StopAndCopy => PinAllMigration::StopAndCopy,
+                    _ => PinAllMigration::Refuse,
+                },
+            })),
+            #[cfg(feature = "pin-buffer")]
+            StrategyName::PinBuffer => Ok(StrategyConfig::PinBuffer(PinBufferConfig {
+                cap_bytes_per_vcpu: c.pin_buffer.cap_per_vcpu.bytes(),
+                pin_cache: c.pin_buffer.pin_cache,
+                recovery,
+            })),
+            #[cfg(feature = "fault-translate")]
+            StrategyName::FaultTranslate => Ok(StrategyConfig::FaultTranslate(FaultTranslateConfig {
+                recovery,
+                exempt_learned_pages: c.dirty_log == DirtyLogHandling::KeepBufferDirty,
+            })),
+            #[allow(unreachable_patterns)]
+            other => Err(ConfigErrors(vec![ConfigError {
+                key: "spe.strategy".into(),
+                value: format!("\"{}\"", other.as_str()),
+                reason: "this build of spe-policies does not include that strategy".into(),
+                fix: format!("enable the `{}` cargo feature of spe-policies", other.as_str()),
+                location: None,
+            }])),
+        }
+    }
+}
+
+impl Policy {
+    /// Validates an `[spe]` table and builds the strategy it names.
+    pub fn from_config(c: &SpeConfig) -> Result<Self, ConfigErrors> {
+        c.validate()?;
+        StrategyConfig::from_spe(c).map(Policy::new)
     }
 }
 

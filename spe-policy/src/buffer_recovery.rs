@@ -36,9 +36,9 @@ impl Default for RecoverySettings {
     fn default() -> Self {
         RecoverySettings {
             mode: RecoveryMode::Rewind,
-            max_record_bytes: 64,
+            max_record_bytes: crate::config::defaults::MAX_RECORD as usize,
             write_order: WriteOrder::Unordered,
-            max_scan_bytes: 64 << 20,
+            max_scan_bytes: crate::config::defaults::MAX_SCAN,
         }
     }
 }

@@ -22,6 +22,7 @@
 pub mod addr;
 pub mod arch;
 pub mod buffer_recovery;
+pub mod config;
 pub mod errata;
 pub mod event;
 pub mod guest_memory;

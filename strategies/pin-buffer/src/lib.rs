@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, Walker};
 use spe_policy::arch::{BufferEvent, BufferEventKind, Pmbidr, Stage};
 use spe_policy::buffer_recovery::{RecoverySettings, recover_buffer};
+use spe_policy::config::defaults;
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
@@ -44,8 +45,8 @@ pub struct PinBufferConfig {
 impl Default for PinBufferConfig {
     fn default() -> Self {
         PinBufferConfig {
-            cap_bytes_per_vcpu: 16 << 20,
-            pin_cache: true,
+            cap_bytes_per_vcpu: defaults::PIN_BUFFER_CAP,
+            pin_cache: defaults::PIN_CACHE,
             recovery: RecoverySettings::default(),
         }
     }

@@ -1,0 +1,678 @@
+//! The VMM-facing configuration: one `[spe]` table a VMM embeds in its own config file
+//! (ARCHITECTURE.md §7).
+//!
+//! The schema is plain serde structs, so any serde format works (JSON as well as TOML); TOML is
+//! the loader shipped here ([`load_toml`], feature `toml`). Every default lives in [`defaults`].
+//! [`SpeConfig::validate`] rejects contradictions with errors that name the key, the value, the
+//! reason and the fix; the TOML loader adds the line and column.
+
+use core::fmt;
+use core::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Every default, in one place. Strategies' own `Default`s use these too.
+pub mod defaults {
+    /// pin-buffer's per-vCPU cap: 16 MiB (four times perf's 4 MiB default AUX buffer).
+    pub const PIN_BUFFER_CAP: u64 = 16 << 20;
+    /// pin-buffer keeps pins across disable.
+    pub const PIN_CACHE: bool = true;
+    /// Largest SPE record: 64 bytes (Neoverse; 2^PMSIDR_EL1.MaxSize).
+    pub const MAX_RECORD: u64 = 64;
+    /// Most bytes scanned in one recovery.
+    pub const MAX_SCAN: u64 = 64 << 20;
+    /// Guest vCPUs (simulator).
+    pub const VCPUS: u32 = 4;
+    /// Guest RAM (simulator).
+    pub const GUEST_RAM: u64 = 8 << 30;
+    /// Guest AUX buffer per vCPU: perf's default for root.
+    pub const BUFFER_PER_VCPU: u64 = 4 << 20;
+    /// Host page size.
+    pub const HOST_PAGE: u64 = 4 << 10;
+}
+
+/// A size in bytes, written as an integer or with a binary unit: `"4KiB"`, `"16MiB"`, `"1GiB"`
+/// (`K`, `M`, `G`, `T` and `B` are accepted; all units are powers of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The size in bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (write e.g. 4096, \"4KiB\", \"16MiB\", \"1GiB\")"))?;
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "K" | "KB" | "KiB" | "k" => 10,
+            "M" | "MB" | "MiB" => 20,
+            "G" | "GB" | "GiB" => 30,
+            "T" | "TB" | "TiB" => 40,
+            other => {
+                return Err(format!(
+                    "{s:?} has an unknown unit {other:?} (use B, KiB, MiB, GiB or TiB)"
+                ));
+            }
+        };
+        n.checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: bytes as an integer, or a string like \"16MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{v} is negative; a size is at least 0")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A limit that may be absent: `"unlimited"` or a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Limit {
+    /// No limit.
+    #[default]
+    Unlimited,
+    /// At most this many bytes.
+    Bytes(ByteSize),
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Limit::Unlimited => s.serialize_str("unlimited"),
+            Limit::Bytes(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Limit::Bytes(ByteSize(n))),
+            Raw::S(s) if s == "unlimited" => Ok(Limit::Unlimited),
+            Raw::S(s) => s.parse().map(Limit::Bytes).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The backing strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyName {
+    /// Pin all guest memory.
+    PinAll,
+    /// Pin the buffer and its stage 1 tables.
+    #[default]
+    PinBuffer,
+    /// Pin nothing; repair on the fault.
+    FaultTranslate,
+}
+
+impl StrategyName {
+    /// The kebab-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StrategyName::PinAll => "pin-all",
+            StrategyName::PinBuffer => "pin-buffer",
+            StrategyName::FaultTranslate => "fault-translate",
+        }
+    }
+}
+
+/// How the VMM migrates VMs that use SPE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationPolicy {
+    /// Refuse migration while SPE may use guest memory.
+    Refuse,
+    /// Stop the VM and copy everything.
+    StopAndCopy,
+    /// Pre-copy with dirty logging.
+    #[default]
+    PreCopy,
+    /// Post-copy: switch over early, demand pages.
+    PostCopy,
+}
+
+impl MigrationPolicy {
+    /// The kebab-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MigrationPolicy::Refuse => "refuse",
+            MigrationPolicy::StopAndCopy => "stop-and-copy",
+            MigrationPolicy::PreCopy => "pre-copy",
+            MigrationPolicy::PostCopy => "post-copy",
+        }
+    }
+}
+
+/// What dirty logging does to buffer pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirtyLogHandling {
+    /// Buffer pages stay writable and count as dirty until the vCPU stops.
+    #[default]
+    KeepBufferDirty,
+    /// Write-protect them like any page (fault-translate then repairs the faults).
+    WriteProtect,
+}
+
+/// Recovery after DL=1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryName {
+    /// Parse and rewind to the last provable record.
+    #[default]
+    Rewind,
+    /// Discard since the last safe point.
+    Discard,
+}
+
+/// What the recovery scanner may assume about record writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteOrderName {
+    /// Byte after byte.
+    Sequential,
+    /// Any order within a record (the architecture's promise).
+    #[default]
+    Unordered,
+}
+
+/// When pin-all pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinAtName {
+    /// At VM start.
+    #[default]
+    VmStart,
+    /// At the first buffer enable.
+    FirstEnable,
+}
+
+/// `[spe.pin_all]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinAllSection {
+    /// When to pin.
+    pub pin_at: PinAtName,
+}
+
+/// `[spe.pin_buffer]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinBufferSection {
+    /// Most bytes one vCPU may pin (buffer and table pages).
+    pub cap_per_vcpu: ByteSize,
+    /// Keep pins across a disable.
+    pub pin_cache: bool,
+}
+
+impl Default for PinBufferSection {
+    fn default() -> Self {
+        PinBufferSection {
+            cap_per_vcpu: ByteSize(defaults::PIN_BUFFER_CAP),
+            pin_cache: defaults::PIN_CACHE,
+        }
+    }
+}
+
+/// `[spe.guest]`: the guest and its SPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestSection {
+    /// vCPUs (simulator).
+    pub vcpus: u32,
+    /// Guest RAM (simulator; pin-all's cost).
+    pub ram: ByteSize,
+    /// The perf AUX buffer per vCPU (simulator).
+    pub buffer_per_vcpu: ByteSize,
+    /// The SPU's largest record, 2^PMSIDR_EL1.MaxSize (16 B to 2 KiB).
+    pub max_record: ByteSize,
+    /// The recovery scanner's write-order assumption.
+    pub write_order: WriteOrderName,
+}
+
+impl Default for GuestSection {
+    fn default() -> Self {
+        GuestSection {
+            vcpus: defaults::VCPUS,
+            ram: ByteSize(defaults::GUEST_RAM),
+            buffer_per_vcpu: ByteSize(defaults::BUFFER_PER_VCPU),
+            max_record: ByteSize(defaults::MAX_RECORD),
+            write_order: WriteOrderName::Unordered,
+        }
+    }
+}
+
+/// `[spe.host]`: the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    /// Host page size: 4KiB, 16KiB or 64KiB.
+    pub page_size: ByteSize,
+    /// Locked-memory limit (RLIMIT_MEMLOCK).
+    pub lock_limit: Limit,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        HostSection {
+            page_size: ByteSize(defaults::HOST_PAGE),
+            lock_limit: Limit::Unlimited,
+        }
+    }
+}
+
+/// The `[spe]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeConfig {
+    /// The backing strategy.
+    pub strategy: StrategyName,
+    /// How VMs are migrated.
+    pub migration: MigrationPolicy,
+    /// What dirty logging does to buffer pages.
+    pub dirty_log: DirtyLogHandling,
+    /// Recovery after DL=1.
+    pub recovery: RecoveryName,
+    /// pin-all's settings.
+    pub pin_all: PinAllSection,
+    /// pin-buffer's settings.
+    pub pin_buffer: PinBufferSection,
+    /// The guest.
+    pub guest: GuestSection,
+    /// The host.
+    pub host: HostSection,
+}
+
+/// A config file: the `[spe]` table, among whatever else the VMM keeps there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// The SPE table.
+    #[serde(default)]
+    pub spe: SpeConfig,
+}
+
+/// One problem with a config, naming the key, the value, why and the fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, dotted (`spe.pin_buffer.cap_per_vcpu`).
+    pub key: String,
+    /// The value as written (or the resolved value for a contradiction).
+    pub value: String,
+    /// Why it is wrong.
+    pub reason: String,
+    /// How to fix it.
+    pub fix: String,
+    /// 1-based line and column in the source, when known.
+    pub location: Option<(usize, usize)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((l, c)) = self.location {
+            write!(f, "{l}:{c}: ")?;
+        }
+        write!(f, "{}", self.key)?;
+        if !self.value.is_empty() {
+            write!(f, " = {}", self.value)?;
+        }
+        write!(f, ": {}; {}", self.reason, self.fix)
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+/// Every problem found in a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for ConfigErrors {}
+
+fn problem(key: &str, value: impl fmt::Display, reason: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+        fix: fix.into(),
+        location: None,
+    }
+}
+
+impl SpeConfig {
+    /// Checks ranges and contradictions; returns every problem found.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        let rec = self.guest.max_record.bytes();
+        if !(16..=2048).contains(&rec) || !rec.is_power_of_two() {
+            errs.push(problem(
+                "spe.guest.max_record",
+                self.guest.max_record,
+                "an SPU's largest record is a power of two from 16 B to 2 KiB (PMSIDR_EL1.MaxSize)",
+                "use the value 1 << PMSIDR_EL1.MaxSize of the host CPU, e.g. 64",
+            ));
+        }
+        let page = self.host.page_size.bytes();
+        if !matches!(page, 0x1000 | 0x4000 | 0x1_0000) {
+            errs.push(problem(
+                "spe.host.page_size",
+                self.host.page_size,
+                "arm64 hosts use 4KiB, 16KiB or 64KiB pages",
+                "set it to the host kernel's PAGE_SIZE",
+            ));
+        }
+        if self.guest.vcpus == 0 || self.guest.vcpus > 4096 {
+            errs.push(problem(
+                "spe.guest.vcpus",
+                self.guest.vcpus,
+                "a VM has 1 to 4096 vCPUs",
+                "set the VM's vCPU count",
+            ));
+        }
+        let cap = self.pin_buffer.cap_per_vcpu.bytes();
+        if self.strategy == StrategyName::PinBuffer {
+            let min = (2 * page.max(0x1000)).max(rec);
+            if cap < min {
+                errs.push(problem(
+                    "spe.pin_buffer.cap_per_vcpu",
+                    self.pin_buffer.cap_per_vcpu,
+                    format!(
+                        "smaller than {} (two pages, the smallest buffer Linux accepts, and at least one largest record)",
+                        ByteSize(min)
+                    ),
+                    "raise it to at least the guests' perf AUX buffer size (4MiB for root by default)",
+                ));
+            }
+            if self.dirty_log == DirtyLogHandling::WriteProtect {
+                errs.push(problem(
+                    "spe.dirty_log",
+                    "\"write-protect\"",
+                    "pin-buffer's pinned pages cannot be write-protected",
+                    "use dirty_log = \"keep-buffer-dirty\", or strategy = \"fault-translate\"",
+                ));
+            }
+        }
+        if self.strategy == StrategyName::PinAll {
+            if matches!(self.migration, MigrationPolicy::PreCopy | MigrationPolicy::PostCopy) {
+                errs.push(problem(
+                    "spe.migration",
+                    format!("\"{}\"", self.migration.as_str()),
+                    "pin-all pins every page, so neither dirty logging nor demand paging can work",
+                    "use migration = \"refuse\" or \"stop-and-copy\", or strategy = \"pin-buffer\" or \"fault-translate\"",
+                ));
+            }
+            if self.recovery == RecoveryName::Discard {
+                errs.push(problem(
+                    "spe.recovery",
+                    "\"discard\"",
+                    "pin-all never takes a stage 2 fault, so there is nothing to recover",
+                    "remove the key, or choose strategy = \"fault-translate\"",
+                ));
+            }
+            if let Limit::Bytes(limit) = self.host.lock_limit {
+                if limit.bytes() < self.guest.ram.bytes() {
+                    errs.push(problem(
+                        "spe.host.lock_limit",
+                        limit,
+                        format!("pin-all must lock all {} of guest RAM", self.guest.ram),
+                        "raise RLIMIT_MEMLOCK to the VM's RAM, or choose pin-buffer",
+                    ));
+                }
+            }
+        }
+        if self.strategy == StrategyName::PinBuffer {
+            if let Limit::Bytes(limit) = self.host.lock_limit {
+                let need = cap.saturating_mul(u64::from(self.guest.vcpus));
+                if limit.bytes() < need {
+                    errs.push(problem(
+                        "spe.host.lock_limit",
+                        limit,
+                        format!(
+                            "{} vCPUs x {} cap may need {}",
+                            self.guest.vcpus,
+                            self.pin_buffer.cap_per_vcpu,
+                            ByteSize(need)
+                        ),
+                        "raise RLIMIT_MEMLOCK or lower spe.pin_buffer.cap_per_vcpu",
+                    ));
+                }
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(ConfigErrors(errs)) }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `src`.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
+    (line, col)
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.75)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// The backticked names in a serde message ("unknown field `x`, expected one of `a`, `b`").
+fn backticked(msg: &str) -> Vec<&str> {
+    msg.split('`').skip(1).step_by(2).collect()
+}
+
+/// A fix for a serde error message.
+fn serde_fix(msg: &str) -> String {
+    let names = backticked(msg);
+    if msg.starts_with("unknown field") || msg.starts_with("unknown variant") {
+        let what = if msg.starts_with("unknown field") { "key" } else { "value" };
+        if let Some((bad, valid)) = names.split_first() {
+            return match did_you_mean(bad, valid.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("valid {what}s: {}", valid.join(", ")),
+            };
+        }
+    }
+    "see `spe-policy config --defaults` for every key with its default value".into()
+}
+
+/// Finds the line and column of `key` (dotted, e.g. `spe.pin_buffer.cap_per_vcpu`) in TOML
+/// source: the `name =` line inside its table, or the table header.
+pub fn locate_key(src: &str, key: &str) -> Option<(usize, usize)> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let name = parts.pop()?;
+    let table = parts.join(".");
+    let mut in_table = table.is_empty();
+    let mut offset = 0;
+    for line in src.split_inclusive('\n') {
+        let t = line.trim_start();
+        if let Some(h) = t.strip_prefix('[') {
+            let header = h.trim_end().trim_end_matches(']').trim();
+            in_table = header == table;
+            if header == key {
+                return Some(line_col(src, offset));
+            }
+        } else if in_table {
+            let lhs = t.split('=').next().unwrap_or("").trim();
+            if t.contains('=') && lhs == name {
+                return Some(line_col(src, offset + (line.len() - t.len())));
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Loads the `[spe]` table from TOML source (other tables are the VMM's and are ignored),
+/// then validates it. Every error names the key, the value, the reason, the fix and where.
+#[cfg(feature = "toml")]
+pub fn load_toml(src: &str) -> Result<SpeConfig, ConfigErrors> {
+    let one = |e: ConfigError| ConfigErrors(vec![e]);
+    let de = toml::de::Deserializer::parse(src).map_err(|e| {
+        one(ConfigError {
+            key: "(syntax)".into(),
+            value: String::new(),
+            reason: e.message().trim().to_string(),
+            fix: "fix the TOML syntax at that position".into(),
+            location: e.span().map(|s| line_col(src, s.start)),
+        })
+    })?;
+    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().trim().to_string();
+        let span = inner.span();
+        let value = span
+            .clone()
+            .and_then(|s| src.get(s))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        one(ConfigError {
+            key: path,
+            value,
+            reason: msg.lines().next().unwrap_or("").to_string(),
+            fix: serde_fix(&msg),
+            location: span.map(|s| line_col(src, s.start)),
+        })
+    })?;
+    file.spe.validate().map_err(|mut errs| {
+        for e in &mut errs.0 {
+            e.location = locate_key(src, &e.key);
+        }
+        errs
+    })?;
+    Ok(file.spe)
+}
+
+/// The dotted keys under `spe` that TOML source sets explicitly (the rest are defaults).
+#[cfg(feature = "toml")]
+pub fn explicit_keys(src: &str) -> Vec<String> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let key = format!("{prefix}.{k}");
+            match v {
+                toml::Value::Table(sub) => walk(&key, sub, out),
+                _ => out.push(key),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(doc) = src.parse::<toml::Table>() {
+        if let Some(toml::Value::Table(spe)) = doc.get("spe") {
+            walk("spe", spe, &mut out);
+        }
+    }
+    out
+}
+
+/// The config as TOML, with every key (for `spe-policy config --defaults` and `check`).
+#[cfg(feature = "toml")]
+pub fn to_toml(config: &SpeConfig) -> String {
+    toml::to_string(&ConfigFile { spe: *config }).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_print_back_the_same() {
+        for (text, bytes) in [
+            ("4096", 4096u64),
+            ("4KiB", 4096),
+            ("4K", 4096),
+            ("16MiB", 16 << 20),
+            ("1GiB", 1 << 30),
+            ("1_024B", 1024),
+        ] {
+            let b: ByteSize = text.parse().expect(text);
+            assert_eq!(b.bytes(), bytes, "{text}");
+            assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
+        }
+        assert!("4XB".parse::<ByteSize>().expect_err("unit").contains("unknown unit"));
+        assert!("lots".parse::<ByteSize>().is_err());
+        assert!("99999999999TiB".parse::<ByteSize>().expect_err("big").contains("64 bits"));
+    }
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+    }
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        assert_eq!(did_you_mean("cap_per_cpu", ["cap_per_vcpu", "pin_cache"]), Some("cap_per_vcpu"));
+        assert_eq!(did_you_mean("zzz", ["cap_per_vcpu"]), None);
+    }
+}
