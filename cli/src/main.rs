@@ -25,6 +25,14 @@ enum Command {
     /// Decode raw SPE bytes: packets as current Linux perf prints them (`perf report -D`), a
     /// record summary, and with --recover where a host would rewind after a buffer fault.
     Decode(commands::decode::DecodeArgs),
+    /// Validate a VMM config's [spe] table: print it resolved (defaults marked), the strategy's
+    /// profile and errata. Exit 0 valid, 1 invalid, 2 unreadable.
+    Check(commands::config::CheckArgs),
+    /// Print the default [spe] table (`--defaults`).
+    Config(commands::config::ConfigArgs),
+    /// The errata of each strategy: a table, markdown or JSON; `--write DIR` generates
+    /// docs/errata, `--check DIR` verifies it is fresh.
+    Errata(commands::errata::ErrataArgs),
 }
 
 fn main() {
@@ -37,6 +45,13 @@ fn main() {
         }
         Command::Decode(args) => {
             commands::decode::run(args, &mut stdout.lock(), &mut stderr.lock())
+        }
+        Command::Check(args) => {
+            commands::config::check(args, &mut stdout.lock(), &mut stderr.lock())
+        }
+        Command::Config(_) => commands::config::defaults(&mut stdout.lock()),
+        Command::Errata(args) => {
+            commands::errata::run(args, &mut stdout.lock(), &mut stderr.lock())
         }
     };
     std::process::exit(code);

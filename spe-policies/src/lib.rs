@@ -12,9 +12,9 @@ use spe_policy::config::{
     SpeConfig, StrategyName, WriteOrderName,
 };
 use spe_policy::errata::{Erratum, Profile};
-use spe_policy::spe::WriteOrder;
 use spe_policy::event::{Event, Outcome};
 use spe_policy::guest_notice::StrategyId;
+use spe_policy::spe::WriteOrder;
 use spe_policy::{BackingStrategy, GuestMemoryRead, HostBacking, PolicyError, StrategyStats};
 
 #[cfg(feature = "fault-translate")]
@@ -51,6 +51,8 @@ pub enum Policy {
     #[cfg(feature = "fault-translate")]
     FaultTranslate(FaultTranslate),
 }
+
+pub mod errata_doc;
 
 /// Delegates a `BackingStrategy` method to the active variant.
 macro_rules! dispatch {
@@ -163,16 +165,21 @@ impl StrategyConfig {
                 recovery,
             })),
             #[cfg(feature = "fault-translate")]
-            StrategyName::FaultTranslate => Ok(StrategyConfig::FaultTranslate(FaultTranslateConfig {
-                recovery,
-                exempt_learned_pages: c.dirty_log == DirtyLogHandling::KeepBufferDirty,
-            })),
+            StrategyName::FaultTranslate => {
+                Ok(StrategyConfig::FaultTranslate(FaultTranslateConfig {
+                    recovery,
+                    exempt_learned_pages: c.dirty_log == DirtyLogHandling::KeepBufferDirty,
+                }))
+            }
             #[allow(unreachable_patterns)]
             other => Err(ConfigErrors(vec![ConfigError {
                 key: "spe.strategy".into(),
                 value: format!("\"{}\"", other.as_str()),
                 reason: "this build of spe-policies does not include that strategy".into(),
-                fix: format!("enable the `{}` cargo feature of spe-policies", other.as_str()),
+                fix: format!(
+                    "enable the `{}` cargo feature of spe-policies",
+                    other.as_str()
+                ),
                 location: None,
             }])),
         }

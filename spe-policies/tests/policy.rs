@@ -123,3 +123,30 @@ fn guest_notices_carry_each_strategys_guest_visible_errata() {
     assert!(ft.guest_notice().errata & (1 << bits::REWIND) != 0);
     assert_eq!(ft.guest_notice().buffer_cap_pages, 0);
 }
+
+#[test]
+fn the_committed_errata_documents_are_what_the_code_generates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/errata");
+    for (name, text) in spe_policies::errata_doc::all_pages() {
+        let committed = std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("docs/errata/{name}: {e}"));
+        assert_eq!(
+            committed, text,
+            "docs/errata/{name} is stale: run `cargo run -p spe-policy-cli -- errata --write docs/errata`"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_builds_its_policy_and_a_bad_one_names_the_problem() {
+    let c =
+        spe_policy::config::load_toml("[spe]\nstrategy = \"fault-translate\"\n").expect("loads");
+    assert_eq!(
+        Policy::from_config(&c).expect("builds").name(),
+        "fault-translate"
+    );
+    let mut bad = c;
+    bad.strategy = spe_policy::config::StrategyName::PinAll;
+    let e = Policy::from_config(&bad).expect_err("pin-all with pre-copy");
+    assert!(e.to_string().contains("spe.migration"), "{e}");
+}

@@ -59,12 +59,13 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '_')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size (write e.g. 4096, \"4KiB\", \"16MiB\", \"1GiB\")"))?;
+        let n: u64 = num.replace('_', "").parse().map_err(|_| {
+            format!("{s:?} is not a size (write e.g. 4096, \"4KiB\", \"16MiB\", \"1GiB\")")
+        })?;
         let shift = match unit.trim() {
             "" | "B" => 0,
             "K" | "KB" | "KiB" | "k" => 10,
@@ -143,7 +144,10 @@ impl<'de> Deserialize<'de> for Limit {
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(Limit::Bytes(ByteSize(n))),
             Raw::S(s) if s == "unlimited" => Ok(Limit::Unlimited),
-            Raw::S(s) => s.parse().map(Limit::Bytes).map_err(serde::de::Error::custom),
+            Raw::S(s) => s
+                .parse()
+                .map(Limit::Bytes)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -395,7 +399,12 @@ impl fmt::Display for ConfigErrors {
 
 impl core::error::Error for ConfigErrors {}
 
-fn problem(key: &str, value: impl fmt::Display, reason: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn problem(
+    key: &str,
+    value: impl fmt::Display,
+    reason: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError {
         key: key.into(),
         value: value.to_string(),
@@ -459,7 +468,10 @@ impl SpeConfig {
             }
         }
         if self.strategy == StrategyName::PinAll {
-            if matches!(self.migration, MigrationPolicy::PreCopy | MigrationPolicy::PostCopy) {
+            if matches!(
+                self.migration,
+                MigrationPolicy::PreCopy | MigrationPolicy::PostCopy
+            ) {
                 errs.push(problem(
                     "spe.migration",
                     format!("\"{}\"", self.migration.as_str()),
@@ -504,7 +516,11 @@ impl SpeConfig {
                 }
             }
         }
-        if errs.is_empty() { Ok(()) } else { Err(ConfigErrors(errs)) }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
     }
 }
 
@@ -512,12 +528,18 @@ impl SpeConfig {
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = &src[..offset.min(src.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
     (line, col)
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -535,7 +557,11 @@ fn backticked(msg: &str) -> Vec<&str> {
 fn serde_fix(msg: &str) -> String {
     let names = backticked(msg);
     if msg.starts_with("unknown field") || msg.starts_with("unknown variant") {
-        let what = if msg.starts_with("unknown field") { "key" } else { "value" };
+        let what = if msg.starts_with("unknown field") {
+            "key"
+        } else {
+            "value"
+        };
         if let Some((bad, valid)) = names.split_first() {
             return match did_you_mean(bad, valid.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -592,11 +618,15 @@ pub fn load_toml(src: &str) -> Result<SpeConfig, ConfigErrors> {
         let inner = e.into_inner();
         let msg = inner.message().trim().to_string();
         let span = inner.span();
-        let value = span
-            .clone()
-            .and_then(|s| src.get(s))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default();
+        // The span covers the offending value, or the key itself for an unknown key.
+        let value = if msg.starts_with("unknown field") {
+            String::new()
+        } else {
+            span.clone()
+                .and_then(|s| src.get(s))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
         one(ConfigError {
             key: path,
             value,
@@ -659,9 +689,19 @@ mod tests {
             assert_eq!(b.bytes(), bytes, "{text}");
             assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
         }
-        assert!("4XB".parse::<ByteSize>().expect_err("unit").contains("unknown unit"));
+        assert!(
+            "4XB"
+                .parse::<ByteSize>()
+                .expect_err("unit")
+                .contains("unknown unit")
+        );
         assert!("lots".parse::<ByteSize>().is_err());
-        assert!("99999999999TiB".parse::<ByteSize>().expect_err("big").contains("64 bits"));
+        assert!(
+            "99999999999TiB"
+                .parse::<ByteSize>()
+                .expect_err("big")
+                .contains("64 bits")
+        );
     }
 
     #[test]
@@ -672,7 +712,10 @@ mod tests {
 
     #[test]
     fn typos_get_a_suggestion() {
-        assert_eq!(did_you_mean("cap_per_cpu", ["cap_per_vcpu", "pin_cache"]), Some("cap_per_vcpu"));
+        assert_eq!(
+            did_you_mean("cap_per_cpu", ["cap_per_vcpu", "pin_cache"]),
+            Some("cap_per_vcpu")
+        );
         assert_eq!(did_you_mean("zzz", ["cap_per_vcpu"]), None);
     }
 }

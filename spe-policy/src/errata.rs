@@ -6,8 +6,11 @@
 
 use core::fmt;
 
+use serde::Serialize;
+
 /// One of the three things a backing can be ("cheap, fast, reliable: pick two").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Property {
     /// Pins little host memory: overcommit, swap, KSM, THP and migration keep working.
     Cheap,
@@ -35,7 +38,7 @@ impl fmt::Display for Property {
 }
 
 /// A strategy's profile: which properties it has, and why it lacks the others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Profile {
     /// The properties it keeps (two for the classic strategies).
     pub keeps: &'static [Property],
@@ -53,7 +56,8 @@ impl Profile {
 }
 
 /// Whether and how the guest learns of an erratum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GuestTold {
     /// Not guest-visible, or not told.
     No,
@@ -62,7 +66,7 @@ pub enum GuestTold {
 }
 
 /// One erratum of a backing strategy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Erratum {
     /// Stable id, e.g. `PB-03`; never reused.
     pub id: &'static str,

@@ -39,6 +39,20 @@ pub mod bits {
     pub const DELAYED_RECORDS: u8 = 6;
 }
 
+/// What each errata bit means, for documents.
+pub const fn bit_meaning(bit: u8) -> &'static str {
+    match bit {
+        bits::BLACKOUT => "profiling blackouts",
+        bits::FATAL_FAULT => "fatal stage 2 buffer faults possible",
+        bits::BUFFER_CAP => "per-vCPU buffer cap",
+        bits::REWIND => "PMBPTR rewinds after repairs",
+        bits::SPE_DISABLED => "SPE may be disabled",
+        bits::STAGE1_REMAP => "stage 1 remaps repaired",
+        bits::DELAYED_RECORDS => "records delayed until copied",
+        _ => "reserved",
+    }
+}
+
 /// The descriptor's magic, "SPEP".
 pub const MAGIC: u32 = 0x5350_4550;
 /// The layout version this code writes.

@@ -15,7 +15,11 @@ fn example_configs() -> Vec<(String, String)> {
     for entry in std::fs::read_dir(configs_dir()).expect("configs/") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
             out.push((name, std::fs::read_to_string(&path).expect("read")));
         }
     }
@@ -35,7 +39,11 @@ fn every_example_config_loads_and_validates() {
         .iter()
         .map(|(_, s)| load_toml(s).expect("loads").strategy)
         .collect();
-    for s in [StrategyName::PinAll, StrategyName::PinBuffer, StrategyName::FaultTranslate] {
+    for s in [
+        StrategyName::PinAll,
+        StrategyName::PinBuffer,
+        StrategyName::FaultTranslate,
+    ] {
         assert!(strategies.contains(&s), "no example for {s:?}");
     }
 }
@@ -57,8 +65,9 @@ fn toml_and_json_forms_of_the_same_config_give_the_same_value() {
         // Hand-written JSON with sizes as integers.
         let hand = r#"{"spe": {"strategy": "fault-translate", "guest": {"ram": 8589934592, "max_record": "64B"}}}"#;
         let from_json: ConfigFile = serde_json::from_str(hand).expect("hand json");
-        let from_toml = load_toml("[spe]\nstrategy = \"fault-translate\"\n[spe.guest]\nram = \"8GiB\"\n")
-            .expect("toml");
+        let from_toml =
+            load_toml("[spe]\nstrategy = \"fault-translate\"\n[spe.guest]\nram = \"8GiB\"\n")
+                .expect("toml");
         assert_eq!(from_json.spe, from_toml);
     }
 }
@@ -75,7 +84,10 @@ fn config_to_toml_to_config_is_the_identity() {
 #[test]
 fn explicit_keys_distinguish_written_values_from_defaults() {
     let keys = explicit_keys("[spe]\nstrategy = \"pin-all\"\n[spe.guest]\nvcpus = 2\n");
-    assert_eq!(keys, vec!["spe.guest.vcpus".to_string(), "spe.strategy".to_string()]);
+    assert_eq!(
+        keys,
+        vec!["spe.guest.vcpus".to_string(), "spe.strategy".to_string()]
+    );
 }
 
 /// One broken config per rule: (source, key, words the message must contain, line).

@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod config;
 pub mod decode;
+pub mod errata;
 pub mod translate;

@@ -1,0 +1,113 @@
+//! `spe-policy check CONFIG` and `spe-policy config --defaults`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use spe_policies::Policy;
+use spe_policy::BackingStrategy;
+use spe_policy::config::{SpeConfig, explicit_keys, load_toml, to_toml};
+
+/// Arguments of `check`.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// A VMM config file with an `[spe]` table (TOML).
+    pub config: PathBuf,
+}
+
+/// Arguments of `config`.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// Print the default `[spe]` table with every key.
+    #[arg(long, required = true)]
+    pub defaults: bool,
+}
+
+/// The resolved config as TOML, each key not written in the file marked `# default`.
+fn annotated(config: &SpeConfig, explicit: &[String]) -> String {
+    let mut out = String::new();
+    let mut table = String::new();
+    for line in to_toml(config).lines() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[') {
+            table = h.trim_end_matches(']').to_string();
+            out.push_str(line);
+        } else if let Some((k, _)) = t.split_once('=') {
+            let key = format!("{table}.{}", k.trim());
+            out.push_str(line);
+            if !explicit.contains(&key) {
+                out.push_str("  # default");
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `check`: 0 valid, 1 invalid, 2 unreadable.
+pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let path = args.config.display();
+    let src = match std::fs::read_to_string(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "error: {path}: cannot read: {e}");
+            return 2;
+        }
+    };
+    let config = match load_toml(&src) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                match e.location {
+                    Some(_) => {
+                        let _ = writeln!(err, "error: {path}:{e}");
+                    }
+                    None => {
+                        let _ = writeln!(err, "error: {path}: {e}");
+                    }
+                }
+            }
+            return 1;
+        }
+    };
+    let policy = match Policy::from_config(&config) {
+        Ok(p) => p,
+        Err(errs) => {
+            for e in &errs.0 {
+                let _ = writeln!(err, "error: {path}: {e}");
+            }
+            return 1;
+        }
+    };
+    let prof = policy.profile();
+    let names =
+        |ps: &[spe_policy::Property]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(" + ");
+    let _ = writeln!(out, "# {path}: valid\n");
+    let _ = write!(out, "{}", annotated(&config, &explicit_keys(&src)));
+    let _ = writeln!(
+        out,
+        "\n# strategy {}: {} (gives up {})\n# {}",
+        policy.name(),
+        names(prof.keeps),
+        names(prof.gives_up),
+        prof.why
+    );
+    let _ = writeln!(out, "# errata:");
+    for e in policy.errata() {
+        let _ = writeln!(out, "#   {}  {}", e.id, e.title);
+    }
+    let notice = policy.guest_notice();
+    let _ = writeln!(out, "# guest notice: {notice}");
+    0
+}
+
+/// `config --defaults`.
+pub fn defaults(out: &mut dyn Write) -> i32 {
+    let _ = writeln!(
+        out,
+        "# spe-policy: the default [spe] table, every key at its default value.\n# Embed it in the VMM's config file and change what differs."
+    );
+    let _ = write!(out, "{}", to_toml(&SpeConfig::default()));
+    0
+}

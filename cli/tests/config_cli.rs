@@ -1,0 +1,102 @@
+//! `spe-policy check`, `config --defaults` and `errata`, run as the built binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(args)
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_every_example_config_and_prints_profile_and_errata() {
+    for (file, strategy) in [
+        ("configs/default.toml", "pin-buffer"),
+        ("configs/small-desktop.toml", "pin-buffer"),
+        ("configs/overcommitted-host.toml", "fault-translate"),
+        ("configs/migration-heavy-cloud.toml", "pin-buffer"),
+        ("configs/profiling-first.toml", "pin-all"),
+    ] {
+        let (code, out, err) = run(&["check", file]);
+        assert_eq!(code, 0, "{file}: {err}");
+        assert!(
+            out.contains(&format!("# strategy {strategy}:")),
+            "{file}: {out}"
+        );
+        assert!(out.contains("# errata:"), "{file}");
+    }
+    let (_, out, _) = run(&["check", "configs/small-desktop.toml"]);
+    assert!(
+        out.contains("cap_per_vcpu = \"8MiB\"\n"),
+        "written values are not marked: {out}"
+    );
+    assert!(
+        out.contains("pin_at = \"vm-start\"  # default"),
+        "defaults are marked: {out}"
+    );
+    assert!(out.contains("PB-01"), "{out}");
+}
+
+#[test]
+fn check_exits_1_with_located_errors_and_2_when_unreadable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[spe]\nstrategy = \"pin-all\"\nmigration = \"post-copy\"\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", bad.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.toml:3:1: spe.migration = \"post-copy\""),
+        "{err}"
+    );
+    assert!(err.contains("stop-and-copy"), "{err}");
+    let (code, _, err) = run(&["check", "/nonexistent/vmm.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn config_defaults_prints_a_config_that_checks_and_is_the_default() {
+    let (code, out, _) = run(&["config", "--defaults"]);
+    assert_eq!(code, 0);
+    let c = spe_policy::config::load_toml(&out).expect("defaults load");
+    assert_eq!(c, spe_policy::config::SpeConfig::default());
+    assert!(out.contains("[spe.pin_buffer]") && out.contains("cap_per_vcpu = \"16MiB\""));
+}
+
+#[test]
+fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
+    let (code, out, _) = run(&["errata"]);
+    assert_eq!(code, 0);
+    for id in ["PA-01", "PB-08", "FT-07"] {
+        assert!(out.contains(id), "{out}");
+    }
+    let (_, md, _) = run(&["errata", "--strategy", "pin-buffer", "--format", "md"]);
+    assert!(
+        md.starts_with("# pin-buffer errata") && !md.contains("PA-01"),
+        "{md}"
+    );
+    let (_, json, _) = run(&["errata", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(3));
+    assert_eq!(v[1]["errata"][0]["id"], "PB-01");
+    let (code, _, err) = run(&["errata", "--strategy", "pin-everything"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("pin-all, pin-buffer, fault-translate"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["errata", "--check", "docs/errata"]);
+    assert_eq!(code, 0, "{err}");
+}
