@@ -21,6 +21,20 @@ pub struct PolicyError {
     pub source: HostError,
 }
 
+impl PolicyError {
+    /// A `map_err` adapter: `host.pin(r).map_err(PolicyError::during("pin-buffer", "pinning"))`.
+    pub fn during(
+        strategy: &'static str,
+        action: &'static str,
+    ) -> impl FnOnce(HostError) -> PolicyError {
+        move |source| PolicyError {
+            strategy,
+            action,
+            source,
+        }
+    }
+}
+
 /// Counters every strategy keeps; the simulator and benchmarks read them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StrategyStats {
@@ -48,6 +62,16 @@ pub struct StrategyStats {
     pub injected: u64,
     /// Requests refused (invalidations of pinned pages, migrations, enables over the cap).
     pub refused: u64,
+}
+
+impl StrategyStats {
+    /// Copies the pin counters of `ledger` (current, peak, operations).
+    pub fn record_pins(&mut self, ledger: &crate::pin_ledger::PinLedger) {
+        self.pinned_bytes = ledger.pinned_bytes();
+        self.peak_pinned_bytes = self.peak_pinned_bytes.max(ledger.peak_bytes());
+        self.pin_ops = ledger.pin_ops;
+        self.unpin_ops = ledger.unpin_ops;
+    }
 }
 
 /// A way of backing guest SPE buffers at stage 2.

@@ -153,11 +153,7 @@ pub struct FaultTranslate {
 }
 
 fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
-    move |source| PolicyError {
-        strategy: NAME,
-        action,
-        source,
-    }
+    PolicyError::during(NAME, action)
 }
 
 impl FaultTranslate {

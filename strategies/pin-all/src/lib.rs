@@ -150,11 +150,7 @@ impl PinAll {
 }
 
 fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
-    move |source| PolicyError {
-        strategy: NAME,
-        action,
-        source,
-    }
+    PolicyError::during(NAME, action)
 }
 
 fn slot_pages<H: HostBacking + ?Sized>(host: &H, slot: &Memslot) -> Vec<Ipa> {
@@ -169,10 +165,7 @@ impl State {
 
     fn sync_stats(&mut self) {
         if let Some(l) = &self.ledger {
-            self.stats.pinned_bytes = l.pinned_bytes();
-            self.stats.peak_pinned_bytes = self.stats.peak_pinned_bytes.max(l.peak_bytes());
-            self.stats.pin_ops = l.pin_ops;
-            self.stats.unpin_ops = l.unpin_ops;
+            self.stats.record_pins(l);
         }
     }
 

@@ -181,11 +181,7 @@ pub struct PinBuffer {
 }
 
 fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
-    move |source| PolicyError {
-        strategy: NAME,
-        action,
-        source,
-    }
+    PolicyError::during(NAME, action)
 }
 
 /// The PMBIDR_EL1.MaxBuffSize encoding of the largest size not above `cap` (spec sheet §1.5:
@@ -252,6 +248,42 @@ enum EnableResult {
 }
 
 impl State {
+    /// Every page (buffer and table) any vCPU holds, in IPA order.
+    fn held_pages(&self) -> Vec<Ipa> {
+        let held: BTreeSet<Ipa> = self
+            .vcpus
+            .values()
+            .flat_map(|v| v.pages.values().chain(v.tables.iter()).copied())
+            .collect();
+        held.into_iter().collect()
+    }
+
+    /// Drops every vCPU's hold on the pages `gone` selects and unpins those no one holds now.
+    fn release_where<H: HostBacking + ?Sized>(
+        &mut self,
+        host: &H,
+        gone: impl Fn(Ipa) -> bool,
+    ) -> Result<(), HostError> {
+        let mut release = Vec::new();
+        for v in self.vcpus.values_mut() {
+            v.pages.retain(|_, ipa| {
+                let hit = gone(*ipa);
+                if hit {
+                    release.push(*ipa);
+                }
+                !hit
+            });
+            v.tables.retain(|t| {
+                let hit = gone(*t);
+                if hit {
+                    release.push(*t);
+                }
+                !hit
+            });
+        }
+        self.ledger(host).release(host, &release)
+    }
+
     fn ledger<H: HostBacking + ?Sized>(&mut self, host: &H) -> &mut PinLedger {
         self.ledger
             .get_or_insert_with(|| PinLedger::new(host.granule()))
@@ -259,10 +291,7 @@ impl State {
 
     fn sync_stats(&mut self) {
         if let Some(l) = &self.ledger {
-            self.stats.pinned_bytes = l.pinned_bytes();
-            self.stats.peak_pinned_bytes = self.stats.peak_pinned_bytes.max(l.peak_bytes());
-            self.stats.pin_ops = l.pin_ops;
-            self.stats.unpin_ops = l.unpin_ops;
+            self.stats.record_pins(l);
         }
     }
 
@@ -449,24 +478,7 @@ impl State {
             self.stats.refused += 1;
             return Ok(Outcome::Refuse(Refusal::Pinned));
         }
-        let mut release = Vec::new();
-        for v in self.vcpus.values_mut() {
-            v.pages.retain(|_, ipa| {
-                let hit = pages.contains(ipa);
-                if hit {
-                    release.push(*ipa);
-                }
-                !hit
-            });
-            v.tables.retain(|t| {
-                let hit = pages.contains(t);
-                if hit {
-                    release.push(*t);
-                }
-                !hit
-            });
-        }
-        self.ledger(host).release(host, &release)?;
+        self.release_where(host, |p| pages.contains(&p))?;
         Ok(Outcome::Resume)
     }
 }
@@ -521,25 +533,7 @@ impl BackingStrategy for PinBuffer {
             }
             Event::MemslotRemoved(slot) => {
                 // Pins inside removed memory must go first.
-                let mut release = Vec::new();
-                for v in st.vcpus.values_mut() {
-                    v.pages.retain(|_, ipa| {
-                        let inside = slot.range.contains(*ipa);
-                        if inside {
-                            release.push(*ipa);
-                        }
-                        !inside
-                    });
-                    v.tables.retain(|t| {
-                        let inside = slot.range.contains(*t);
-                        if inside {
-                            release.push(*t);
-                        }
-                        !inside
-                    });
-                }
-                st.ledger(host)
-                    .release(host, &release)
+                st.release_where(host, |p| slot.range.contains(p))
                     .map_err(err("unpinning a removed memslot"))?;
                 Outcome::Resume
             }
@@ -564,12 +558,7 @@ impl BackingStrategy for PinBuffer {
                 // PB-05: keep pinned pages writable and dirty until the vCPUs stop.
                 st.dirty_logging = true;
                 let granule = host.granule();
-                let held: BTreeSet<Ipa> = st
-                    .vcpus
-                    .values()
-                    .flat_map(|v| v.pages.values().chain(v.tables.iter()).copied())
-                    .collect();
-                for p in held {
+                for p in st.held_pages() {
                     if st.exempt.insert(p) {
                         host.set_dirty_log_exempt(IpaRange::page(p, granule), true)
                             .map_err(err("exempting buffer pages from dirty logging"))?;
@@ -593,12 +582,7 @@ impl BackingStrategy for PinBuffer {
             Event::PostCopySwitchover => {
                 // PB-06: the buffer must be at the destination before it runs.
                 let granule = host.granule();
-                let held: BTreeSet<Ipa> = st
-                    .vcpus
-                    .values()
-                    .flat_map(|v| v.pages.values().chain(v.tables.iter()).copied())
-                    .collect();
-                let held: Vec<Ipa> = held.into_iter().collect();
+                let held = st.held_pages();
                 for run in spe_policy::pin_ledger::runs(&held, granule) {
                     host.send_before_switchover(run)
                         .map_err(err("sending buffer pages before switch-over"))?;
