@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use spe_policy::spe::{
-    DecodeMode, Packets, RecordItem, Records, RecoveryInput, StreamItem, WriteOrder, dump_line,
-    recover,
+    DecodeMode, Fill, Packets, Record, RecordItem, Records, RecoveryInput, StreamItem, WriteOrder,
+    dump_line, recover,
 };
 use spe_policy_bench::realistic_spe_buffer;
 
@@ -42,13 +42,20 @@ fn codec(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0u64;
             let mut ts = 0u64;
-            for item in Records::new(black_box(&buf), DecodeMode::Architecture) {
-                if let RecordItem::Record(r) = item {
-                    n += 1;
-                    ts ^= r.timestamp.unwrap_or(0) ^ r.pc.unwrap_or(0);
-                }
+            let mut records = Records::new(black_box(&buf), DecodeMode::Architecture);
+            let mut r = Record::default();
+            while let Fill::Record = records.next_into(&mut r) {
+                n += 1;
+                ts ^= r.timestamp.unwrap_or(0) ^ r.pc.unwrap_or(0);
             }
             (n, ts)
+        })
+    });
+    g.bench_function("decode_records_iterator", |b| {
+        b.iter(|| {
+            Records::new(black_box(&buf), DecodeMode::Architecture)
+                .filter(|i| matches!(i, RecordItem::Record(_)))
+                .count()
         })
     });
     g.bench_function("decode_packets", |b| {

@@ -8,9 +8,10 @@ pub mod stream;
 pub mod text;
 
 pub use packet::{
-    AddressKind, CounterKind, DecodeMode, OpClass, Packet, ParseError, PayloadSize, parse,
+    AddressKind, CounterKind, DecodeMode, HeaderClass, OpClass, Packet, PacketView, ParseError,
+    PayloadSize, parse,
 };
-pub use record::{Record, RecordItem, Records};
+pub use record::{Fill, Record, RecordItem, Records};
 pub use recovery::{DiscardReason, Recovery, RecoveryInput, Verdict, WriteOrder, recover};
 pub use stream::{Packets, StreamItem};
 pub use text::{Describe, dump_line};

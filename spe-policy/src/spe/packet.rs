@@ -532,6 +532,65 @@ pub fn parse(buf: &[u8], mode: DecodeMode, offset: usize) -> Result<(Packet, usi
     }
 }
 
+/// A raw, checked view of one packet's bytes (smoltcp's `Packet<T: AsRef<[u8]>>`): field
+/// accessors over the wire format, without decoding. [`PacketView::repr`] gives the decoded
+/// [`Packet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketView<'a> {
+    bytes: &'a [u8],
+    header_len: usize,
+    packet: Packet,
+}
+
+impl<'a> PacketView<'a> {
+    /// Checks that `buf` starts with a whole packet in `mode` and views it (the view covers only
+    /// that packet's bytes).
+    pub fn new_checked(buf: &'a [u8], mode: DecodeMode) -> Result<Self, ParseError> {
+        let (packet, len) = parse(buf, mode, 0)?;
+        let header_len = match packet {
+            Packet::Address { extended: true, .. } | Packet::Counter { extended: true, .. } => 2,
+            Packet::Unknown { header_len, .. } => header_len as usize,
+            Packet::PerfAlignment { .. } => len.min(2),
+            _ => 1,
+        };
+        Ok(PacketView {
+            bytes: &buf[..len],
+            header_len,
+            packet,
+        })
+    }
+
+    /// The packet's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The first header byte.
+    pub fn header(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// The header class of the first byte.
+    pub fn header_class(&self) -> HeaderClass {
+        HEADER_CLASS[self.header() as usize]
+    }
+
+    /// Header length: 1, or 2 for an extended header.
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
+    /// The payload bytes (little-endian).
+    pub fn payload(&self) -> &'a [u8] {
+        &self.bytes[self.header_len..]
+    }
+
+    /// The decoded form.
+    pub fn repr(&self) -> Packet {
+        self.packet
+    }
+}
+
 impl Packet {
     /// The encoded length in bytes.
     pub const fn len(&self) -> usize {
@@ -748,6 +807,20 @@ mod tests {
             Err(ParseError::BadHeader)
         );
         assert_eq!(parse(&[], DecodeMode::Perf, 0), Err(ParseError::Empty));
+    }
+
+    #[test]
+    fn a_packet_view_exposes_header_and_payload_bytes() {
+        let buf = [0x21, 0xb3, 1, 2, 3, 4, 5, 6, 7, 8, 0xff];
+        let v = PacketView::new_checked(&buf, DecodeMode::Architecture).expect("view");
+        assert_eq!((v.header(), v.header_len(), v.bytes().len()), (0x21, 2, 10));
+        assert_eq!(v.payload(), &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(v.header_class(), HeaderClass::Extended);
+        assert!(matches!(v.repr(), Packet::Address { extended: true, .. }));
+        assert_eq!(
+            PacketView::new_checked(&buf[..5], DecodeMode::Perf),
+            Err(ParseError::Truncated { needed: 10 })
+        );
     }
 
     #[test]

@@ -196,59 +196,81 @@ impl<'a> Records<'a> {
     }
 }
 
-impl Iterator for Records<'_> {
-    type Item = RecordItem;
+/// What [`Records::next_into`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// A complete record was written into the caller's [`Record`].
+    Record,
+    /// The bytes from `offset` (`len` of them) do not end a record.
+    IncompleteTail {
+        /// Offset of the tail.
+        offset: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// The stream is exhausted.
+    Done,
+}
 
-    fn next(&mut self) -> Option<RecordItem> {
+impl Records<'_> {
+    /// Decodes the next record into `r` without moving it: the allocation- and copy-free form of
+    /// the iterator, for hot loops.
+    pub fn next_into(&mut self, r: &mut Record) -> Fill {
         if self.done {
-            return None;
+            return Fill::Done;
         }
         let len = self.buf.len();
-        let mut rec: Option<Record> = None;
+        let mut started = false;
         loop {
             let rest = &self.buf[self.pos.min(len)..];
             if rest.is_empty() {
                 self.done = true;
-                return rec.map(|r| RecordItem::IncompleteTail {
-                    offset: r.offset,
-                    len: len - r.offset,
-                });
+                return if started {
+                    Fill::IncompleteTail {
+                        offset: r.offset,
+                        len: len - r.offset,
+                    }
+                } else {
+                    Fill::Done
+                };
             }
             if rest[0] == 0 {
                 // A run of padding, inside or between records.
                 let run = zero_run(rest);
-                match rec.as_mut() {
-                    Some(r) => {
-                        r.packets = r.packets.saturating_add(run as u16);
-                        r.pad_bytes = r.pad_bytes.saturating_add(run as u16);
-                    }
-                    None => self.padding_between += run,
+                if started {
+                    r.packets = r.packets.saturating_add(run as u16);
+                    r.pad_bytes = r.pad_bytes.saturating_add(run as u16);
+                } else {
+                    self.padding_between += run;
                 }
                 self.pos += run;
                 continue;
             }
             let offset = self.pos;
+            if !started {
+                *r = Record {
+                    offset,
+                    ..Record::default()
+                };
+                started = true;
+            }
             // Fast path: a known single-byte header whose packet fits; fields go straight
             // into the record without building a `Packet`.
             let h = rest[0];
             let n = PACKET_LEN[h as usize] as usize;
             if rest.len() >= n && PLAIN_OR_END[h as usize] {
                 let v = read_payload(rest, 1, n - 1);
-                let r = rec.get_or_insert(Record {
-                    offset,
-                    ..Record::default()
-                });
                 r.packets = r.packets.saturating_add(1);
                 self.pos += n;
                 match HEADER_CLASS[h as usize] {
                     HeaderClass::Timestamp => {
                         r.timestamp = Some(v);
                         r.len = self.pos - r.offset;
-                        return Some(RecordItem::Record(*r));
+                        return Fill::Record;
                     }
                     HeaderClass::End => {
                         r.len = self.pos - r.offset;
-                        return Some(RecordItem::Record(*r));
+                        return Fill::Record;
                     }
                     HeaderClass::Address => match h & 7 {
                         0 => r.pc = Some(v),
@@ -275,32 +297,38 @@ impl Iterator for Records<'_> {
             match parse(rest, self.mode, offset) {
                 Err(_) => {
                     // A byte that does not start a packet cannot be part of a record: everything
-                    // from the record's start (or this byte) is an incomplete tail, and the
-                    // stream is not resynchronised.
+                    // from the record's start is an incomplete tail, and the stream is not
+                    // resynchronised.
                     self.done = true;
-                    let start = rec.map_or(offset, |r| r.offset);
-                    return Some(RecordItem::IncompleteTail {
-                        offset: start,
-                        len: len - start,
-                    });
+                    return Fill::IncompleteTail {
+                        offset: r.offset,
+                        len: len - r.offset,
+                    };
                 }
                 Ok((packet, n)) => {
                     self.pos += n;
-                    if rec.is_none() && packet.is_padding() {
-                        self.padding_between += n;
-                        continue;
-                    }
-                    let r = rec.get_or_insert(Record {
-                        offset,
-                        ..Record::default()
-                    });
                     r.absorb(&packet, n);
                     if packet.ends_record() {
                         r.len = self.pos - r.offset;
-                        return Some(RecordItem::Record(*r));
+                        return Fill::Record;
                     }
                 }
             }
+        }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = RecordItem;
+
+    fn next(&mut self) -> Option<RecordItem> {
+        let mut r = Record::default();
+        match self.next_into(&mut r) {
+            Fill::Record => Some(RecordItem::Record(r)),
+            Fill::IncompleteTail { offset, len } => {
+                Some(RecordItem::IncompleteTail { offset, len })
+            }
+            Fill::Done => None,
         }
     }
 }

@@ -190,10 +190,18 @@ pub fn recover(input: &RecoveryInput<'_>) -> Recovery {
     let mut pos = 0usize;
     while let Some(&h) = bytes.get(pos) {
         let class = HEADER_CLASS[h as usize];
-        let plain = PLAIN_LEN[h as usize] as usize;
-        if plain != 0 && rec_start.is_some() {
-            // The hot path: an ordinary packet inside a record; only its length matters.
-            pos += plain;
+        if rec_start.is_some() && PLAIN_LEN[h as usize] != 0 {
+            // The hot path: ordinary packets inside a record, where only the length matters.
+            // A tight inner loop until the next packet that needs a look (terminator, padding,
+            // extended or unknown header) or the end.
+            pos += PLAIN_LEN[h as usize] as usize;
+            while let Some(&next) = bytes.get(pos) {
+                let n = PLAIN_LEN[next as usize] as usize;
+                if n == 0 {
+                    break;
+                }
+                pos += n;
+            }
             continue;
         }
         if h == 0 {

@@ -305,7 +305,7 @@ impl<M: GuestMemoryRead> Walker<M> {
     }
 
     /// Checks a leaf in the order of spec sheet §3.10: address size, access flag, permission.
-    #[inline]
+    #[inline(always)]
     fn leaf(
         &self,
         va: Gva,
