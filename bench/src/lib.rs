@@ -72,3 +72,153 @@ pub fn realistic_spe_buffer(len: usize) -> Vec<u8> {
     }
     out
 }
+
+/// A guest in real memory: RAM in a [`spe_host_linux::LinuxGuestRam`], kernel tables at the
+/// start of RAM, and a buffer of `buffer_pages` scattered 4 KiB pages vmap'd at
+/// [`REAL_BUFFER_VA`].
+#[derive(Debug)]
+pub struct RealGuest {
+    /// Guest RAM and host backing in one.
+    pub ram: spe_host_linux::LinuxGuestRam,
+    /// The guest's stage 1 registers.
+    pub stage1: Stage1Regs,
+    /// The buffer's IPA pages in VA order.
+    pub buffer_pages: Vec<Ipa>,
+    _dir: tempfile::TempDir,
+}
+
+/// Where [`RealGuest`]'s RAM starts.
+pub const REAL_RAM: Ipa = Ipa(0x4000_0000);
+/// The buffer's VA.
+pub const REAL_BUFFER_VA: Gva = Gva(0xffff_8000_8000_0000);
+
+impl RealGuest {
+    /// `ram_bytes` of guest RAM (a multiple of 2 MiB, at least 8 MiB) with a buffer of
+    /// `buffer_pages` pages, backed by a file in the cargo target directory.
+    pub fn new(ram_bytes: u64, buffer_pages: u64) -> Self {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR").to_owned() + "/../target")
+            .expect("bench tmp dir");
+        let ram = spe_host_linux::LinuxGuestRam::new(REAL_RAM, ram_bytes as usize, dir.path())
+            .expect("guest RAM");
+        let mut b = TableBuilder::new(GuestRam::new(), Granule::K4, 16, REAL_RAM, 4 << 20, false)
+            .expect("tables");
+        // Buffer pages from the upper half of RAM, scattered with a stride coprime to the count.
+        let pool = REAL_RAM.0 + ram_bytes / 2;
+        let slots = ram_bytes / 2 / 0x1000;
+        let pages: Vec<Ipa> = (0..buffer_pages)
+            .map(|i| Ipa(pool + ((i * 7919) % slots) * 0x1000))
+            .collect();
+        b.map_pages(REAL_BUFFER_VA, pages.iter().copied(), LEAF_RW)
+            .expect("buffer mapping");
+        let tables = b.into_ram();
+        for (base, len) in tables.regions() {
+            let bytes = tables.slice(base, len as usize).expect("tables");
+            spe_policy::HostBacking::write_guest(&ram, base, bytes).expect("load tables");
+        }
+        let tcr = Tcr::new()
+            .with_t1sz(16)
+            .with_tg1(Tcr::tg1_bits(Granule::K4))
+            .with_ips(0b101)
+            .with_epd0(true);
+        let stage1 = Stage1Regs {
+            tcr,
+            ttbr0: Ttbr::new(),
+            ttbr1: Ttbr::from_bits(REAL_RAM.0),
+            sctlr: Sctlr::new().with_m(true),
+            hw_af: true,
+            hw_dbm: true,
+        };
+        RealGuest {
+            ram,
+            stage1,
+            buffer_pages: pages,
+            _dir: dir,
+        }
+    }
+
+    /// The memslot of the RAM.
+    pub fn memslots(&self) -> [spe_policy::Memslot; 1] {
+        [spe_policy::Memslot {
+            slot: 0,
+            range: self.ram.range(),
+        }]
+    }
+
+    /// A trapped PMBLIMITR write enabling `len` bytes of the buffer.
+    pub fn enable(&self, len: u64) -> spe_policy::Event<'static> {
+        use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
+        spe_policy::Event::BufferWrite {
+            vcpu: spe_policy::VcpuId(0),
+            reg: spe_policy::BufferReg::Pmblimitr,
+            regs: spe_policy::BufferRegs {
+                pmbptr: Pmbptr::from_bits(REAL_BUFFER_VA.0),
+                pmblimitr: Pmblimitr::for_buffer(
+                    Gva(REAL_BUFFER_VA.0 + len),
+                    true,
+                    BufferMode::Fill,
+                ),
+                pmbsr: Default::default(),
+            },
+            stage1: self.stage1,
+        }
+    }
+
+    /// A trapped PMBLIMITR write disabling the buffer.
+    pub fn disable(&self) -> spe_policy::Event<'static> {
+        spe_policy::Event::BufferWrite {
+            vcpu: spe_policy::VcpuId(0),
+            reg: spe_policy::BufferReg::Pmblimitr,
+            regs: spe_policy::BufferRegs::default(),
+            stage1: self.stage1,
+        }
+    }
+
+    /// A stage 2 translation fault at `offset` into the buffer, DL=0.
+    pub fn stage2_fault(&self, offset: u64, len: u64) -> spe_policy::Event<'static> {
+        use spe_policy::arch::{
+            BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage,
+        };
+        let pmbsr = BufferEvent {
+            kind: BufferEventKind::Fault {
+                stage: Stage::Two,
+                fsc: FaultStatusCode::Translation(3),
+            },
+            service: true,
+            data_loss: false,
+            collision: false,
+            external_abort: false,
+        }
+        .encode();
+        spe_policy::Event::BufferManagement {
+            vcpu: spe_policy::VcpuId(0),
+            regs: spe_policy::BufferRegs {
+                pmbptr: Pmbptr::from_bits(REAL_BUFFER_VA.0 + offset),
+                pmblimitr: Pmblimitr::for_buffer(
+                    Gva(REAL_BUFFER_VA.0 + len),
+                    true,
+                    BufferMode::Fill,
+                ),
+                pmbsr,
+            },
+            stage1: self.stage1,
+        }
+    }
+}
+
+/// The three strategies, configured for benchmarks (pin-buffer's cap raised to 128 MiB so
+/// 64 MiB buffers fit).
+pub fn strategies() -> Vec<spe_policies::Policy> {
+    use spe_policies::{
+        FaultTranslateConfig, PinAllConfig, PinBufferConfig, Policy, StrategyConfig,
+    };
+    vec![
+        Policy::new(StrategyConfig::PinAll(PinAllConfig::default())),
+        Policy::new(StrategyConfig::PinBuffer(PinBufferConfig {
+            cap_bytes_per_vcpu: 128 << 20,
+            ..PinBufferConfig::default()
+        })),
+        Policy::new(StrategyConfig::FaultTranslate(
+            FaultTranslateConfig::default(),
+        )),
+    ]
+}

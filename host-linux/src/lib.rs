@@ -199,6 +199,21 @@ impl LinuxGuestRam {
         }
     }
 
+    /// Reads one byte of every page of `range` (plain page touching: the baseline a pin is
+    /// compared with). Returns the sum of the bytes read, so the reads cannot be elided.
+    pub fn touch_pages(&self, range: IpaRange) -> u64 {
+        let Some((off, len)) = self.offsets(range) else {
+            return 0;
+        };
+        let _guard = self.data.read();
+        let mut sum = 0u64;
+        for o in (off..off + len).step_by(self.page) {
+            // SAFETY: `o` is inside the mapping; the read lock excludes writers.
+            sum += u64::from(unsafe { std::ptr::read_volatile(self.ptr.add(o)) });
+        }
+        sum
+    }
+
     /// How many pages of `range` are resident (`mincore`).
     pub fn resident_pages(&self, range: IpaRange) -> usize {
         let Some((off, len)) = self.offsets(range) else {
