@@ -258,7 +258,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                         tables_touched: s.tables,
                         source: Box::new(e),
                     })?;
-            s.tables.push(desc_ipa.page_base(p.granule));
+            s.tables.push(Ipa(desc_ipa.0 & p.page_mask));
             let desc = if p.big_endian {
                 u64::from_be_bytes(raw)
             } else {
@@ -272,12 +272,12 @@ impl<M: GuestMemoryRead> Walker<M> {
             }
             let is_table_or_page = desc & 0b10 != 0;
             if level < 3 && is_table_or_page {
-                let next = p.layout.output_address(desc, p.granule.shift());
+                let next = p.layout.output_address(desc, p.page_shift);
                 if !p.oa_in_range(next) {
                     let cause = FaultCause::TableAddressOutOfRange { table: Ipa(next) };
                     return Err(fault(FaultKind::AddressSize, level, cause, s.tables));
                 }
-                let next_page = Ipa(next).page_base(p.granule);
+                let next_page = Ipa(next & p.page_mask);
                 if !self.options.allow_recursive_tables && s.tables.contains(next_page) {
                     return Err(WalkError::TableCycle {
                         va,
@@ -324,7 +324,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                 tables_touched: s.tables,
             })
         };
-        let shift = level_shift(p.granule, level);
+        let shift = p.shifts[((level + 1) as usize).min(5)];
         let oa = p.layout.output_address(desc, shift);
         if !p.oa_in_range(oa) {
             let cause = FaultCause::OutputAddressOutOfRange { output: Ipa(oa) };

@@ -83,6 +83,10 @@ pub(crate) struct HalfParams {
     pub shifts: [u32; 6],
     /// Index mask per level, indexed by `level + 1`.
     pub index_masks: [u64; 6],
+    /// `!(page size - 1)`: aligns an address down to its page.
+    pub page_mask: u64,
+    /// log2 of the page size.
+    pub page_shift: u32,
     pub granule: Granule,
     /// Input address bits, 64 - TnSZ (after any clamp).
     pub ia_bits: u32,
@@ -248,6 +252,8 @@ impl Stage1Regs {
             walks_disabled: epd,
             shifts,
             index_masks,
+            page_mask: !granule.offset_mask(),
+            page_shift: granule.shift(),
             granule,
             ia_bits,
             start_level,
