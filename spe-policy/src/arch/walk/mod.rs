@@ -21,7 +21,7 @@ pub use regime::{Stage1Regs, TxSzOutOfRange, WalkOptions};
 use crate::addr::{Gva, Ipa};
 use crate::arch::pmbsr::FaultLevel;
 use crate::guest_memory::GuestMemoryRead;
-use regime::{HalfParams, level_shift};
+use regime::HalfParams;
 
 /// The most table pages one walk reads: levels -1 to 3.
 pub const MAX_WALK_DEPTH: usize = 5;
