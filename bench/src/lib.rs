@@ -96,8 +96,11 @@ impl RealGuest {
     /// `ram_bytes` of guest RAM (a multiple of 2 MiB, at least 8 MiB) with a buffer of
     /// `buffer_pages` pages, backed by a file in the cargo target directory.
     pub fn new(ram_bytes: u64, buffer_pages: u64) -> Self {
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR").to_owned() + "/../target")
-            .expect("bench tmp dir");
+        // On the project's disk (a tmpfs file could not be paged out without swap).
+        let base =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-guest-ram");
+        std::fs::create_dir_all(&base).expect("bench guest RAM directory");
+        let dir = tempfile::tempdir_in(&base).expect("bench tmp dir");
         let ram = spe_host_linux::LinuxGuestRam::new(REAL_RAM, ram_bytes as usize, dir.path())
             .expect("guest RAM");
         let mut b = TableBuilder::new(GuestRam::new(), Granule::K4, 16, REAL_RAM, 4 << 20, false)
