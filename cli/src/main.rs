@@ -33,6 +33,9 @@ enum Command {
     /// The errata of each strategy: a table, markdown or JSON; `--write DIR` generates
     /// docs/errata, `--check DIR` verifies it is fresh.
     Errata(commands::errata::ErrataArgs),
+    /// Simulate the three strategies side by side on the scenarios (default: the default config
+    /// and configs/scenarios): records kept and lost by cause, faults, pins, blackouts.
+    Compare(commands::compare::CompareArgs),
 }
 
 fn main() {
@@ -50,6 +53,9 @@ fn main() {
             commands::config::check(args, &mut stdout.lock(), &mut stderr.lock())
         }
         Command::Config(_) => commands::config::defaults(&mut stdout.lock()),
+        Command::Compare(args) => {
+            commands::compare::run(args, &mut stdout.lock(), &mut stderr.lock())
+        }
         Command::Errata(args) => {
             commands::errata::run(args, &mut stdout.lock(), &mut stderr.lock())
         }

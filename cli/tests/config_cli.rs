@@ -100,3 +100,20 @@ fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
     let (code, _, err) = run(&["errata", "--check", "docs/errata"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn compare_runs_the_three_strategies_side_by_side_on_every_scenario() {
+    let (code, out, err) = run(&["compare", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(rows.len(), 3 * 6, "three strategies x six scenarios");
+    for r in &rows {
+        assert_eq!(r["pinned_after_stop"], 0, "{r}");
+    }
+    let (code, _, err) = run(&["compare", "--scenarios", "/nonexistent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent"), "{err}");
+}

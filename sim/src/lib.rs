@@ -1,0 +1,67 @@
+//! # spe-policy-sim
+//!
+//! A deterministic simulator of a VM whose vCPUs profile with SPE while the host reclaims,
+//! merges, migrates and the guest remaps, run against each backing strategy to compare what the
+//! guest and the host see (ARCHITECTURE.md §2, issue "simulator"). This first version models the
+//! SPU, the Linux guest driver's buffer handling, the stage 2 events of the scenarios in
+//! `configs/scenarios/`, and the metrics of [`Metrics`].
+#![deny(missing_docs)]
+
+pub mod engine;
+pub mod scenario;
+
+use std::path::Path;
+
+pub use engine::{CostModel, Metrics, SimError, run};
+pub use scenario::{HostEventKind, Scenario, ScenarioError, ScheduledEvent};
+
+use spe_policies::{Policy, StrategyConfig};
+use spe_policy::config::{SpeConfig, StrategyName};
+
+/// Loads every `*.toml` scenario of `dir`, sorted by file name.
+pub fn load_scenarios(dir: &Path) -> Result<Vec<Scenario>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Scenario::from_toml(&p.display().to_string(), &text).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Runs every scenario against each of the three strategies, configured from `config` (its
+/// `strategy` key is ignored: all three run).
+pub fn compare(
+    config: &SpeConfig,
+    scenarios: &[Scenario],
+    cost: &CostModel,
+) -> Result<Vec<Metrics>, String> {
+    let mut out = Vec::new();
+    for scenario in scenarios {
+        for name in [
+            StrategyName::PinAll,
+            StrategyName::PinBuffer,
+            StrategyName::FaultTranslate,
+        ] {
+            let mut c = *config;
+            c.strategy = name;
+            // pin-all cannot pre-copy or post-copy (config rule); the simulator runs it with the
+            // migration mode it would use.
+            if name == StrategyName::PinAll {
+                c.migration = spe_policy::config::MigrationPolicy::StopAndCopy;
+                c.recovery = spe_policy::config::RecoveryName::Rewind;
+            }
+            let strategy = StrategyConfig::from_spe(&c).map_err(|e| e.to_string())?;
+            let policy = Policy::new(strategy);
+            out.push(run(&c, &policy, scenario, cost).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(out)
+}

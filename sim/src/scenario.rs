@@ -1,0 +1,126 @@
+//! Scenarios: what the host does to the VM while its vCPUs profile (`configs/scenarios/*.toml`).
+
+use serde::{Deserialize, Serialize};
+
+/// A host event at a point in virtual time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledEvent {
+    /// When, in milliseconds of virtual time.
+    pub at_ms: f64,
+    /// What.
+    pub kind: HostEventKind,
+    /// The fraction of the simulated RAM's pages it touches (swap, KSM).
+    #[serde(default = "one")]
+    pub fraction: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// What the host does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostEventKind {
+    /// Reclaim (swap out) a fraction of the RAM's pages, through the MMU notifier.
+    SwapOut,
+    /// KSM merges a fraction of the RAM's pages (read-only until unshared).
+    KsmMerge,
+    /// Pre-copy migration starts: dirty logging write-protects the RAM.
+    DirtyLogStart,
+    /// One dirty-log round: the dirty bitmap is read and the RAM write-protected again.
+    DirtyLogRound,
+    /// Dirty logging stops.
+    DirtyLogStop,
+    /// Post-copy switch-over: every page not sent before stays at the source.
+    PostCopySwitchover,
+    /// The guest remaps the first page of vCPU 0's buffer to a new page.
+    GuestRemap,
+}
+
+/// A scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// The errata it is meant to reproduce (ids).
+    #[serde(default)]
+    pub reproduces: Vec<String>,
+    /// Virtual time simulated, in milliseconds.
+    pub duration_ms: f64,
+    /// The random seed (record sizes, page choices).
+    #[serde(default)]
+    pub seed: u64,
+    /// SPE records per millisecond per vCPU.
+    #[serde(default = "default_rate")]
+    pub records_per_ms: f64,
+    /// Host events, in any order.
+    #[serde(default)]
+    pub events: Vec<ScheduledEvent>,
+}
+
+fn default_rate() -> f64 {
+    // About 94 MB/s of 64-byte records per core: perf's default period of 4096 (spec §6).
+    1000.0
+}
+
+/// Why a scenario file is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The TOML is wrong.
+    #[error("scenario {name}: {source}")]
+    Parse {
+        /// The file.
+        name: String,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("scenario {name}: {what}")]
+    Invalid {
+        /// The file.
+        name: String,
+        /// What is wrong, with the fix.
+        what: String,
+    },
+}
+
+impl Scenario {
+    /// Parses and checks a scenario; `name` names the source in errors.
+    pub fn from_toml(name: &str, text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
+            name: name.into(),
+            source,
+        })?;
+        let invalid = |what: String| ScenarioError::Invalid {
+            name: name.into(),
+            what,
+        };
+        if !(s.duration_ms > 0.0 && s.duration_ms <= 10_000.0) {
+            return Err(invalid(format!(
+                "duration_ms = {} must be in (0, 10000]; simulate at most 10 s",
+                s.duration_ms
+            )));
+        }
+        if !(s.records_per_ms > 0.0 && s.records_per_ms <= 10_000.0) {
+            return Err(invalid(format!(
+                "records_per_ms = {} must be in (0, 10000] (the worst case is about 6000)",
+                s.records_per_ms
+            )));
+        }
+        for e in &s.events {
+            if !(0.0..=1.0).contains(&e.fraction) || !(0.0..=s.duration_ms).contains(&e.at_ms) {
+                return Err(invalid(format!(
+                    "event {:?} at {} ms with fraction {}: at_ms must be within the run and fraction in [0, 1]",
+                    e.kind, e.at_ms, e.fraction
+                )));
+            }
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,133 @@
+//! The simulator on the shipped scenarios: deterministic, leak-free, and showing each
+//! strategy's profile.
+
+use std::path::PathBuf;
+
+use spe_policy::config::SpeConfig;
+use spe_policy_sim::{CostModel, Metrics, Scenario, compare, load_scenarios};
+
+fn scenarios() -> Vec<Scenario> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/scenarios");
+    let mut s = load_scenarios(&dir).expect("scenarios");
+    // Shorter runs keep the debug-build tests quick; the behaviour is the same.
+    for sc in &mut s {
+        let k = (12.0 / sc.duration_ms).min(1.0);
+        sc.duration_ms *= k;
+        for e in &mut sc.events {
+            e.at_ms *= k;
+        }
+    }
+    s
+}
+
+fn run_all() -> Vec<Metrics> {
+    compare(&SpeConfig::default(), &scenarios(), &CostModel::default()).expect("runs")
+}
+
+/// Computed once for all tests (a debug build simulates slowly).
+fn results() -> &'static [Metrics] {
+    static R: std::sync::OnceLock<Vec<Metrics>> = std::sync::OnceLock::new();
+    R.get_or_init(run_all)
+}
+
+fn get<'a>(r: &'a [Metrics], scenario: &str, strategy: &str) -> &'a Metrics {
+    r.iter()
+        .find(|m| m.scenario == scenario && m.strategy == strategy)
+        .unwrap_or_else(|| panic!("no result for {scenario}/{strategy}"))
+}
+
+#[test]
+fn the_same_inputs_give_the_same_metrics() {
+    assert_eq!(results(), run_all().as_slice());
+}
+
+#[test]
+fn nothing_stays_pinned_after_vm_stop_in_any_scenario() {
+    for m in results() {
+        assert_eq!(m.pinned_after_stop, 0, "{}/{}", m.scenario, m.strategy);
+        assert_eq!(
+            m.records_written + m.lost(),
+            m.records_attempted,
+            "{}/{}: every record is kept or lost for a cause",
+            m.scenario,
+            m.strategy
+        );
+    }
+}
+
+#[test]
+fn pin_all_never_loses_a_record_and_never_faults_but_pins_all_ram() {
+    for m in results().iter().filter(|m| m.strategy == "pin-all") {
+        assert_eq!(
+            (m.lost(), m.stage2_faults, m.fatal_events),
+            (0, 0, 0),
+            "{}",
+            m.scenario
+        );
+        assert_eq!(
+            m.pinned_peak_bytes,
+            spe_policy_sim::engine::SIM_RAM,
+            "{}",
+            m.scenario
+        );
+    }
+}
+
+#[test]
+fn pin_buffer_pays_at_enable_then_survives_host_pressure_without_faults() {
+    let r = results();
+    for s in ["steady", "swap-storm", "ksm", "pre-copy", "post-copy"] {
+        let m = get(r, s, "pin-buffer");
+        assert_eq!(
+            (m.stage2_faults, m.lost_recovery, m.fatal_events),
+            (0, 0, 0),
+            "{s}"
+        );
+        assert!(
+            m.lost_blackout > 0,
+            "{s}: the first enable's walk and pins cost time (PB-02)"
+        );
+        assert!(
+            m.pinned_peak_bytes < spe_policy_sim::engine::SIM_RAM / 2,
+            "{s}: cheap"
+        );
+    }
+    // PB-03: a guest remap after enable is repaired, not fatal.
+    let m = get(r, "guest-remap", "pin-buffer");
+    assert_eq!((m.stage2_faults, m.fatal_events), (1, 0));
+}
+
+#[test]
+fn fault_translate_pins_nothing_and_loses_records_under_host_pressure() {
+    let r = results();
+    let steady = get(r, "steady", "fault-translate");
+    assert_eq!((steady.lost(), steady.pinned_peak_bytes), (0, 0));
+    for s in ["swap-storm", "ksm", "pre-copy", "post-copy"] {
+        let m = get(r, s, "fault-translate");
+        assert!(
+            m.stage2_faults > 0 && m.lost() > 0,
+            "{s}: FT-01/FT-02 {m:?}"
+        );
+        assert_eq!((m.pinned_peak_bytes, m.fatal_events), (0, 0), "{s}");
+    }
+    // FT-06: post-copy fetches make the longest blackouts.
+    let post = get(r, "post-copy", "fault-translate");
+    let swap = get(r, "swap-storm", "fault-translate");
+    assert!(post.longest_blackout_ns > swap.longest_blackout_ns);
+}
+
+#[test]
+fn malformed_scenarios_are_rejected_with_the_reason() {
+    let e = Scenario::from_toml(
+        "x.toml",
+        "name = \"x\"\ndescription = \"d\"\nduration_ms = -1.0\n",
+    )
+    .expect_err("negative duration");
+    assert!(e.to_string().contains("duration_ms"), "{e}");
+    let e = Scenario::from_toml(
+        "y.toml",
+        "name = \"y\"\ndescription = \"d\"\nduration_ms = 5.0\n[[events]]\nat_ms = 1.0\nkind = \"meteor\"\n",
+    )
+    .expect_err("unknown kind");
+    assert!(e.to_string().contains("meteor"), "{e}");
+}
