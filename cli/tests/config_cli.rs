@@ -117,3 +117,35 @@ fn compare_runs_the_three_strategies_side_by_side_on_every_scenario() {
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent"), "{err}");
 }
+
+#[test]
+fn check_reads_json_configs_with_the_same_rules() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = dir.path().join("vmm.json");
+    std::fs::write(
+        &good,
+        r#"{"vm": {"cpus": 4}, "spe": {"strategy": "fault-translate", "guest": {"ram": "8GiB"}}}"#,
+    )
+    .expect("write");
+    let (code, out, err) = run(&["check", good.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("strategy = \"fault-translate\"\n"), "{out}");
+    assert!(out.contains("pin_cache = true  # default"), "{out}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        "{\"spe\": {\"strategy\": \"pin-all\",\n \"migration\": \"post-copy\"}}",
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", bad.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("spe.migration") && err.contains("stop-and-copy"),
+        "{err}"
+    );
+    let typo = dir.path().join("typo.json");
+    std::fs::write(&typo, "{\"spe\": {\n  \"strategy\": 7}}").expect("write");
+    let (code, _, err) = run(&["check", typo.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("spe.strategy") && err.contains(":2:"), "{err}");
+}

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use spe_policies::Policy;
 use spe_policy::BackingStrategy;
-use spe_policy::config::{SpeConfig, explicit_keys, load_toml, to_toml};
+use spe_policy::config::{
+    ConfigError, ConfigErrors, ConfigFile, SpeConfig, explicit_keys, load_toml, to_toml,
+};
 
 /// Arguments of `check`.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// A VMM config file with an `[spe]` table (TOML).
+    /// A VMM config file with an `[spe]` table (TOML), or an `"spe"` object (`.json`).
     pub config: PathBuf,
 }
 
@@ -45,6 +47,46 @@ fn annotated(config: &SpeConfig, explicit: &[String]) -> String {
     out
 }
 
+/// Loads the `spe` object of a JSON config: the same schema and validation as TOML, with the
+/// line and column serde_json reports.
+fn load_json(src: &str) -> Result<SpeConfig, ConfigErrors> {
+    let de = &mut serde_json::Deserializer::from_str(src);
+    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigErrors(vec![ConfigError {
+            key,
+            value: String::new(),
+            reason: inner.to_string(),
+            fix: "see `spe-policy config --defaults` for every key with its default value".into(),
+            location: Some((inner.line(), inner.column())),
+        }])
+    })?;
+    file.spe.validate()?;
+    Ok(file.spe)
+}
+
+/// The dotted keys under `spe` a JSON config sets.
+fn json_keys(src: &str) -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(map) = v.as_object() {
+            for (k, sub) in map {
+                let key = format!("{prefix}.{k}");
+                if sub.is_object() {
+                    walk(&key, sub, out);
+                } else {
+                    out.push(key);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(src) {
+        walk("spe", &v["spe"], &mut out);
+    }
+    out
+}
+
 /// `check`: 0 valid, 1 invalid, 2 unreadable.
 pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let path = args.config.display();
@@ -55,7 +97,13 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
             return 2;
         }
     };
-    let config = match load_toml(&src) {
+    let is_json = args.config.extension().is_some_and(|e| e == "json");
+    let loaded = if is_json {
+        load_json(&src)
+    } else {
+        load_toml(&src)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(errs) => {
             for e in &errs.0 {
@@ -84,7 +132,12 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
     let names =
         |ps: &[spe_policy::Property]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(" + ");
     let _ = writeln!(out, "# {path}: valid\n");
-    let _ = write!(out, "{}", annotated(&config, &explicit_keys(&src)));
+    let explicit = if is_json {
+        json_keys(&src)
+    } else {
+        explicit_keys(&src)
+    };
+    let _ = write!(out, "{}", annotated(&config, &explicit));
     let _ = writeln!(
         out,
         "\n# strategy {}: {} (gives up {})\n# {}",

@@ -86,8 +86,9 @@ impl<'a> Iterator for Packets<'a> {
         let offset = self.pos;
         match parse(rest, self.mode, offset) {
             Ok((packet, mut len)) => {
-                if self.mode == DecodeMode::Perf && packet == Packet::Pad {
-                    // arm_spe_get_packet groups a PAD run up to 16 bytes on one line.
+                if self.mode == DecodeMode::Perf && packet.is_padding() {
+                    // arm_spe_get_packet groups a PAD run up to 16 bytes on one line (after its
+                    // alignment "padding" too: both are ARM_SPE_PAD there).
                     while len < 16 && rest.get(len) == Some(&0) {
                         len += 1;
                     }
@@ -108,5 +109,29 @@ impl<'a> Iterator for Packets<'a> {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_mode_groups_zero_runs_after_pad_and_after_the_alignment_quirk() {
+        let bytes = [0x21, 0x00, 0, 0, 0, 0, 0x01];
+        let items: Vec<StreamItem> = Packets::new(&bytes, DecodeMode::Perf).collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].len(), 6);
+        let arch: Vec<StreamItem> = Packets::new(&bytes, DecodeMode::Architecture).collect();
+        assert_eq!(
+            arch.len(),
+            1 + 4 + 1,
+            "unknown 2-byte packet, four PADs, END"
+        );
+        let pads = [0u8; 20];
+        let grouped: Vec<usize> = Packets::new(&pads, DecodeMode::Perf)
+            .map(|i| i.len())
+            .collect();
+        assert_eq!(grouped, vec![16, 4]);
     }
 }
