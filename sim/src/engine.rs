@@ -83,8 +83,10 @@ pub struct Metrics {
     pub records_attempted: u64,
     /// Records that reached the guest's buffer and were kept.
     pub records_written: u64,
-    /// Records not taken because profiling was stopped for a fault or an enable (blackout).
+    /// Records not taken because profiling was stopped (blackout) for a fault or an enable.
     pub lost_blackout: u64,
+    /// Of those, records lost while a buffer enable was being served.
+    pub lost_blackout_enable: u64,
     /// Records given up by a rewind or discard after a repaired fault.
     pub lost_recovery: u64,
     /// Records lost because the guest's session was stopped by a fatal event.
@@ -101,6 +103,16 @@ pub struct Metrics {
     pub blackout_ns: f64,
     /// Longest single blackout, ns.
     pub longest_blackout_ns: f64,
+    /// Longest time a buffer enable kept the SPU from profiling, ns (0: enables are free).
+    pub longest_enable_ns: f64,
+    /// Stage 2 faults the strategy attributed to a stage 1 table page.
+    pub table_faults: u64,
+    /// Faults with PMBSR.DL = 1.
+    pub dl_events: u64,
+    /// Host pin and unpin operations.
+    pub pin_ops: u64,
+    /// Bytes of buffer given up by rewinds and discards.
+    pub bytes_lost: u64,
     /// Host invalidations the strategy refused.
     pub invalidations_refused: u64,
     /// Bytes still pinned after VM stop (must be 0).
@@ -142,6 +154,8 @@ impl Rng {
 
 #[derive(Debug)]
 struct Vcpu {
+    /// The current blackout is an enable (not a fault).
+    enabling: bool,
     base: u64,
     size: u64,
     ptr: u64,
@@ -280,6 +294,7 @@ pub fn run(
     policy.on_event(&Event::VmStart { memslots: &slot }, &guest.ram, &host)?;
     let mut cpus: Vec<Vcpu> = (0..vcpus)
         .map(|v| Vcpu {
+            enabling: false,
             base: BUFFER_VA + u64::from(v) * (1 << 30),
             size: buffer,
             ptr: 0,
@@ -328,6 +343,9 @@ pub fn run(
             }
             if now < c.blackout_until {
                 m.lost_blackout += 1;
+                if c.enabling {
+                    m.lost_blackout_enable += 1;
+                }
                 continue;
             }
             let rec = records[(rng.next() % records.len() as u64) as usize];
@@ -371,6 +389,7 @@ pub fn run(
                 Some(f) => {
                     m.stage2_faults += 1;
                     let dl = f != c.ptr;
+                    m.dl_events += u64::from(dl);
                     let before = host.counters();
                     let ev = Event::BufferManagement {
                         vcpu: VcpuId(v),
@@ -397,10 +416,12 @@ pub fn run(
                             m.lost_recovery += 1; // the record that faulted
                             c.ptr = resume;
                             c.safe = resume;
+                            c.enabling = false;
                             blackout(c, now, service, &mut m);
                         }
                         Outcome::Resume => {
                             m.lost_recovery += 1;
+                            c.enabling = false;
                             blackout(c, now, service, &mut m);
                         }
                         _ => {
@@ -425,6 +446,9 @@ pub fn run(
     }
     let stats = policy.stats();
     m.pinned_peak_bytes = stats.peak_pinned_bytes;
+    m.table_faults = stats.stage2_faults_table;
+    m.pin_ops = stats.pin_ops + stats.unpin_ops;
+    m.bytes_lost = stats.bytes_lost_rewind + stats.bytes_lost_discard;
     m.pinned_mean_bytes = if ticks > 0 {
         pinned_sum / ticks as f64
     } else {
@@ -468,8 +492,10 @@ fn enable(
     match out {
         Outcome::Resume | Outcome::ResumeAt { .. } => {
             if ns > cost.trap_ns {
+                c.enabling = true;
                 blackout(c, now, ns, m);
             }
+            m.longest_enable_ns = m.longest_enable_ns.max(ns);
             Ok(())
         }
         _ => {

@@ -8,11 +8,13 @@
 #![deny(missing_docs)]
 
 pub mod engine;
+pub mod profile_check;
 pub mod scenario;
 
 use std::path::Path;
 
 pub use engine::{CostModel, Metrics, SimError, run};
+pub use profile_check::{ProfileVerdict, Thresholds, check};
 pub use scenario::{HostEventKind, Scenario, ScenarioError, ScheduledEvent};
 
 use spe_policies::{Policy, StrategyConfig};

@@ -61,6 +61,10 @@ pub struct Scenario {
     /// Host events, in any order.
     #[serde(default)]
     pub events: Vec<ScheduledEvent>,
+    /// The guest misbehaves in this scenario (e.g. remaps its buffer behind the host's back):
+    /// the reliability check does not count it.
+    #[serde(default)]
+    pub guest_misbehaves: bool,
 }
 
 fn default_rate() -> f64 {

@@ -131,3 +131,25 @@ fn malformed_scenarios_are_rejected_with_the_reason() {
     .expect_err("unknown kind");
     assert!(e.to_string().contains("meteor"), "{e}");
 }
+
+#[test]
+fn each_strategys_declared_profile_holds_in_the_measurements() {
+    use spe_policies::Policy;
+    use spe_policy::BackingStrategy;
+    let verdicts = spe_policy_sim::check(
+        &SpeConfig::default(),
+        &scenarios(),
+        results(),
+        &spe_policy_sim::Thresholds::default(),
+    );
+    assert_eq!(verdicts.len(), 3);
+    for p in Policy::all_defaults() {
+        let v = verdicts
+            .iter()
+            .find(|v| v.strategy == p.name())
+            .expect("verdict");
+        let mut declared = p.profile().keeps.to_vec();
+        declared.sort();
+        assert_eq!(v.measured, declared, "{}: {:#?}", p.name(), v.evidence);
+    }
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use spe_policy::config::load_toml;
-use spe_policy_sim::{CostModel, Metrics, compare, load_scenarios};
+use spe_policy_sim::{CostModel, Metrics, Thresholds, check, compare, load_scenarios};
 
 /// Output format.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +115,24 @@ pub fn run(args: &CompareArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
                     format!("{:.1} µs", m.longest_blackout_ns / 1000.0),
                 ]);
             }
+            let mut p = Table::new();
+            p.load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(["strategy", "measured", "evidence"]);
+            for v in check(&config, &scenarios, &metrics, &Thresholds::default()) {
+                let measured: Vec<&str> = v.measured.iter().map(|p| p.name()).collect();
+                p.add_row([
+                    v.strategy.clone(),
+                    measured.join(" + "),
+                    v.evidence.join("\n"),
+                ]);
+            }
             writeln!(
                 out,
-                "{} vCPUs, {} buffers, 64 MiB of simulated RAM; each scenario in configs/scenarios; pins and blackouts priced by the cost model (docs/DESIGN.md)\n{t}",
+                "{} vCPUs, {} buffers, 64 MiB of simulated RAM; each scenario in {}; pins and blackouts priced by the cost model (docs/DESIGN.md)\n{t}\n\nCheap, fast, reliable: what the measurements support\n{p}",
                 config.guest.vcpus.clamp(1, 8),
-                config.guest.buffer_per_vcpu
+                config.guest.buffer_per_vcpu,
+                args.scenarios.display()
             )
         }
     };
