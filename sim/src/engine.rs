@@ -115,6 +115,8 @@ pub struct Metrics {
     pub bytes_lost: u64,
     /// Host invalidations the strategy refused.
     pub invalidations_refused: u64,
+    /// Pages the strategy had sent before post-copy switch-over.
+    pub pages_sent_before_switchover: u64,
     /// Bytes still pinned after VM stop (must be 0).
     pub pinned_after_stop: u64,
 }
@@ -455,6 +457,7 @@ pub fn run(
         0.0
     };
     m.invalidations_refused = stats.refused;
+    m.pages_sent_before_switchover = host.counters().sent_before_switchover;
     policy.on_event(&Event::VmStop, &guest.ram, &host)?;
     m.pinned_after_stop = host.pinned_bytes();
     Ok(m)

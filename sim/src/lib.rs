@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod engine;
+pub mod evidence;
 pub mod profile_check;
 pub mod scenario;
 

@@ -153,3 +153,21 @@ fn each_strategys_declared_profile_holds_in_the_measurements() {
         assert_eq!(v.measured, declared, "{}: {:#?}", p.name(), v.evidence);
     }
 }
+
+#[test]
+fn every_erratum_a_scenario_claims_is_shown_by_its_strategys_run() {
+    let cost = CostModel::default();
+    let mut shown = 0;
+    for sc in scenarios() {
+        for id in &sc.reproduces {
+            let owner = spe_policy_sim::evidence::owner(id).expect("known prefix");
+            let m = get(results(), &sc.name, owner);
+            match spe_policy_sim::evidence::reproduced(id, m, &cost) {
+                Some(true) => shown += 1,
+                Some(false) => panic!("{}: {id} is not reproduced: {m:?}", sc.name),
+                None => {}
+            }
+        }
+    }
+    assert!(shown >= 10, "only {shown} errata reproduced");
+}
