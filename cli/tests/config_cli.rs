@@ -109,7 +109,7 @@ fn compare_runs_the_three_strategies_side_by_side_on_every_scenario() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    assert_eq!(rows.len(), 3 * 6, "three strategies x six scenarios");
+    assert_eq!(rows.len(), 3 * 11, "three strategies x eleven scenarios");
     for r in &rows {
         assert_eq!(r["pinned_after_stop"], 0, "{r}");
     }

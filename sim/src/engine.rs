@@ -286,6 +286,9 @@ pub fn run(
         range: IpaRange::new(RAM_BASE, SIM_RAM),
     }];
     let host = Stage2Model::new(Granule::K4, &slot);
+    if let spe_policy::config::Limit::Bytes(limit) = config.host.lock_limit {
+        host.set_lock_limit(Some(limit.bytes()));
+    }
     let records = sample_records();
     let mut rng = Rng(scenario.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut m = Metrics {
@@ -293,7 +296,13 @@ pub fn run(
         scenario: scenario.name.clone(),
         ..Metrics::default()
     };
-    policy.on_event(&Event::VmStart { memslots: &slot }, &guest.ram, &host)?;
+    // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
+    let started = policy
+        .on_event(&Event::VmStart { memslots: &slot }, &guest.ram, &host)
+        .is_ok();
+    if !started {
+        m.fatal_events += 1;
+    }
     let mut cpus: Vec<Vcpu> = (0..vcpus)
         .map(|v| Vcpu {
             enabling: false,
@@ -303,7 +312,7 @@ pub fn run(
             safe: 0,
             starts: VecDeque::new(),
             blackout_until: 0.0,
-            fatal: false,
+            fatal: !started,
         })
         .collect();
     // Translation cache: (vCPU, buffer page) -> (IPA, table pages).
@@ -316,7 +325,7 @@ pub fn run(
     let mut pinned_sum = 0.0;
 
     // Each vCPU enables its buffer at time 0.
-    for v in 0..vcpus {
+    for v in (0..vcpus).filter(|_| started) {
         enable(
             policy,
             &guest,
@@ -523,22 +532,28 @@ fn host_event(
     let ram = IpaRange::new(RAM_BASE, SIM_RAM);
     let pages = SIM_RAM / 4096;
     match kind {
-        HostEventKind::SwapOut | HostEventKind::KsmMerge => {
+        HostEventKind::SwapOut | HostEventKind::KsmMerge | HostEventKind::ThpSplit => {
             let n = (pages as f64 * fraction) as u64;
-            let cause = if kind == HostEventKind::SwapOut {
-                InvalidationCause::Swap
-            } else {
-                InvalidationCause::KsmMerge
+            let cause = match kind {
+                HostEventKind::SwapOut => InvalidationCause::Swap,
+                HostEventKind::KsmMerge => InvalidationCause::KsmMerge,
+                _ => InvalidationCause::ThpSplit,
             };
             for _ in 0..n {
                 let page = Ipa(RAM_BASE.0 + (rng.next() % pages) * 4096);
                 let range = IpaRange::new(page, 4096);
                 let ev = Event::HostInvalidation { range, cause };
                 if policy.on_event(&ev, &guest.ram, host)? == Outcome::Resume {
-                    if kind == HostEventKind::SwapOut {
-                        host.unmap(range, Absence::Swapped);
-                    } else {
-                        host.ksm_merge(range);
+                    match kind {
+                        HostEventKind::SwapOut => {
+                            host.unmap(range, Absence::Swapped);
+                        }
+                        HostEventKind::KsmMerge => {
+                            host.ksm_merge(range);
+                        }
+                        _ => {
+                            host.unmap(range, Absence::NeverTouched);
+                        }
                     }
                 }
             }
@@ -558,6 +573,12 @@ fn host_event(
         HostEventKind::PostCopySwitchover => {
             policy.on_event(&Event::PostCopySwitchover, &guest.ram, host)?;
             host.post_copy_switchover(ram);
+        }
+        HostEventKind::PageUnavailable => {
+            if let Some(page) = buffers.first().and_then(|b| b.first()).copied() {
+                host.make_unavailable(page);
+                host.unmap(IpaRange::new(page, 4096), Absence::PostCopyPending);
+            }
         }
         HostEventKind::GuestRemap => {
             // The guest moves vCPU 0's first buffer page to a spare page and updates its

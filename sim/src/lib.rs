@@ -39,6 +39,33 @@ pub fn load_scenarios(dir: &Path) -> Result<Vec<Scenario>, String> {
         .collect()
 }
 
+/// `config` with the scenario's `[spe]` keys merged over it.
+pub fn with_overrides(config: &SpeConfig, scenario: &Scenario) -> Result<SpeConfig, String> {
+    let Some(over) = &scenario.spe else {
+        return Ok(*config);
+    };
+    fn merge(base: &mut toml::Table, over: &toml::Table) {
+        for (k, v) in over {
+            match (base.get_mut(k), v) {
+                (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+                _ => {
+                    base.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let mut doc: toml::Table = spe_policy::config::to_toml(config)
+        .parse()
+        .map_err(|e| format!("{}: {e}", scenario.name))?;
+    if let Some(toml::Value::Table(spe)) = doc.get_mut("spe") {
+        merge(spe, over);
+    }
+    let text = toml::to_string(&doc).map_err(|e| format!("{}: {e}", scenario.name))?;
+    let parsed: spe_policy::config::ConfigFile =
+        toml::from_str(&text).map_err(|e| format!("scenario {} [spe]: {e}", scenario.name))?;
+    Ok(parsed.spe)
+}
+
 /// Runs every scenario against each of the three strategies, configured from `config` (its
 /// `strategy` key is ignored: all three run).
 pub fn compare(
@@ -48,12 +75,13 @@ pub fn compare(
 ) -> Result<Vec<Metrics>, String> {
     let mut out = Vec::new();
     for scenario in scenarios {
+        let config = with_overrides(config, scenario)?;
         for name in [
             StrategyName::PinAll,
             StrategyName::PinBuffer,
             StrategyName::FaultTranslate,
         ] {
-            let mut c = *config;
+            let mut c = config;
             c.strategy = name;
             // pin-all cannot pre-copy or post-copy (config rule); the simulator runs it with the
             // migration mode it would use.

@@ -37,7 +37,7 @@ pub struct ProfileVerdict {
     pub evidence: Vec<String>,
 }
 
-/// Judges every strategy in `metrics`. Reliability ignores scenarios where the guest misbehaves;
+/// Judges every strategy in `metrics`, over the scenarios that are not exceptional;
 /// pinned bytes are scaled to the configured guest RAM (a strategy that pinned all of the
 /// simulated RAM would pin all of the real one).
 pub fn check(
@@ -54,7 +54,15 @@ pub fn check(
     names
         .into_iter()
         .map(|name| {
-            let runs: Vec<&Metrics> = metrics.iter().filter(|m| m.strategy == name).collect();
+            let exceptional = |m: &&Metrics| {
+                scenarios
+                    .iter()
+                    .any(|s| s.name == m.scenario && s.exceptional)
+            };
+            let runs: Vec<&Metrics> = metrics
+                .iter()
+                .filter(|m| m.strategy == name && !exceptional(m))
+                .collect();
             let pinned = runs
                 .iter()
                 .map(|m| {
@@ -68,11 +76,6 @@ pub fn check(
             let enable = runs.iter().map(|m| m.longest_enable_ns).fold(0.0, f64::max);
             let lost: u64 = runs
                 .iter()
-                .filter(|m| {
-                    !scenarios
-                        .iter()
-                        .any(|s| s.name == m.scenario && s.guest_misbehaves)
-                })
                 .map(|m| m.lost_recovery + m.lost_fatal + (m.lost_blackout - m.lost_blackout_enable))
                 .sum();
             let cheap = pinned / ram <= t.cheap_max_ram_fraction;

@@ -37,6 +37,12 @@ pub enum HostEventKind {
     PostCopySwitchover,
     /// The guest remaps the first page of vCPU 0's buffer to a new page.
     GuestRemap,
+    /// Transparent huge pages are split: a fraction of the pages is unmapped until re-faulted
+    /// (cheap to fault back: no swap-in).
+    ThpSplit,
+    /// vCPU 0's first buffer page becomes impossible to bring back (the post-copy source or the
+    /// backing file is gone).
+    PageUnavailable,
 }
 
 /// A scenario.
@@ -61,10 +67,15 @@ pub struct Scenario {
     /// Host events, in any order.
     #[serde(default)]
     pub events: Vec<ScheduledEvent>,
-    /// The guest misbehaves in this scenario (e.g. remaps its buffer behind the host's back):
-    /// the reliability check does not count it.
+    /// The scenario shows a failure mode of the guest or of the configuration (a remap behind
+    /// the host's back, a lock limit or cap too small, a non-default pin timing), not normal
+    /// operation: the profile check does not count it.
     #[serde(default)]
-    pub guest_misbehaves: bool,
+    pub exceptional: bool,
+    /// Keys of the `[spe]` config this scenario changes (same schema, merged over the config
+    /// `compare` is given), e.g. a smaller cap or a lock limit.
+    #[serde(default)]
+    pub spe: Option<toml::Table>,
 }
 
 fn default_rate() -> f64 {

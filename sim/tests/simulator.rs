@@ -57,7 +57,15 @@ fn nothing_stays_pinned_after_vm_stop_in_any_scenario() {
 
 #[test]
 fn pin_all_never_loses_a_record_and_never_faults_but_pins_all_ram() {
-    for m in results().iter().filter(|m| m.strategy == "pin-all") {
+    let exceptional: Vec<String> = scenarios()
+        .into_iter()
+        .filter(|s| s.exceptional)
+        .map(|s| s.name)
+        .collect();
+    for m in results()
+        .iter()
+        .filter(|m| m.strategy == "pin-all" && !exceptional.contains(&m.scenario))
+    {
         assert_eq!(
             (m.lost(), m.stage2_faults, m.fatal_events),
             (0, 0, 0),
