@@ -118,19 +118,7 @@ impl RealGuest {
             let bytes = tables.slice(base, len as usize).expect("tables");
             spe_policy::HostBacking::write_guest(&ram, base, bytes).expect("load tables");
         }
-        let tcr = Tcr::new()
-            .with_t1sz(16)
-            .with_tg1(Tcr::tg1_bits(Granule::K4))
-            .with_ips(0b101)
-            .with_epd0(true);
-        let stage1 = Stage1Regs {
-            tcr,
-            ttbr0: Ttbr::new(),
-            ttbr1: Ttbr::from_bits(REAL_RAM.0),
-            sctlr: Sctlr::new().with_m(true),
-            hw_af: true,
-            hw_dbm: true,
-        };
+        let stage1 = Stage1Regs::linux_kernel_4k(REAL_RAM);
         RealGuest {
             ram,
             stage1,
@@ -179,19 +167,9 @@ impl RealGuest {
     /// A stage 2 translation fault at `offset` into the buffer, DL=0.
     pub fn stage2_fault(&self, offset: u64, len: u64) -> spe_policy::Event<'static> {
         use spe_policy::arch::{
-            BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage,
+            BufferEvent, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage,
         };
-        let pmbsr = BufferEvent {
-            kind: BufferEventKind::Fault {
-                stage: Stage::Two,
-                fsc: FaultStatusCode::Translation(3),
-            },
-            service: true,
-            data_loss: false,
-            collision: false,
-            external_abort: false,
-        }
-        .encode();
+        let pmbsr = BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), false).encode();
         spe_policy::Event::BufferManagement {
             vcpu: spe_policy::VcpuId(0),
             regs: spe_policy::BufferRegs {

@@ -16,10 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use spe_policies::Policy;
 use spe_policy::arch::walk::builder::{LEAF_RW, TableBuilder};
 use spe_policy::arch::walk::{Stage1Regs, Walker};
-use spe_policy::arch::{
-    BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Sctlr, Stage,
-    Tcr, Ttbr,
-};
+use spe_policy::arch::{BufferEvent, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage};
 use spe_policy::config::SpeConfig;
 use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause, Outcome};
 use spe_policy::stage2::{Absence, Stage2Model};
@@ -226,19 +223,7 @@ fn build_guest(vcpus: u32, buffer_bytes: u64) -> Result<(Guest, Vec<Vec<Ipa>>), 
             .to_vec();
         ram.write(base, &bytes).map_err(|e| g(&e))?;
     }
-    let tcr = Tcr::new()
-        .with_t1sz(16)
-        .with_tg1(Tcr::tg1_bits(Granule::K4))
-        .with_ips(0b101)
-        .with_epd0(true);
-    let stage1 = Stage1Regs {
-        tcr,
-        ttbr0: Ttbr::new(),
-        ttbr1: Ttbr::from_bits(RAM_BASE.0),
-        sctlr: Sctlr::new().with_m(true),
-        hw_af: true,
-        hw_dbm: true,
-    };
+    let stage1 = Stage1Regs::linux_kernel_4k(RAM_BASE);
     Ok((Guest { ram, stage1 }, all))
 }
 
@@ -251,17 +236,7 @@ fn regs(ptr: u64, limit: u64, pmbsr: spe_policy::arch::Pmbsr) -> BufferRegs {
 }
 
 fn fault_pmbsr(data_loss: bool) -> spe_policy::arch::Pmbsr {
-    BufferEvent {
-        kind: BufferEventKind::Fault {
-            stage: Stage::Two,
-            fsc: FaultStatusCode::Translation(3),
-        },
-        service: true,
-        data_loss,
-        collision: false,
-        external_abort: false,
-    }
-    .encode()
+    BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode()
 }
 
 /// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB

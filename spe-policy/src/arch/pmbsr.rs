@@ -279,6 +279,17 @@ pub struct BufferEvent {
 }
 
 impl BufferEvent {
+    /// A buffer fault as the SPU reports it (S = 1, spec sheet §1.11 rule 5).
+    pub const fn fault(stage: Stage, fsc: FaultStatusCode, data_loss: bool) -> Self {
+        BufferEvent {
+            kind: BufferEventKind::Fault { stage, fsc },
+            service: true,
+            data_loss,
+            collision: false,
+            external_abort: false,
+        }
+    }
+
     /// Decodes a PMBSR_EL1 value. Pure and total: every value decodes.
     pub const fn decode(pmbsr: Pmbsr) -> Self {
         let mss = pmbsr.mss();

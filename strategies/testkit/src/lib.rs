@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use spe_policy::arch::walk::Stage1Regs;
 use spe_policy::arch::walk::builder::{LEAF_RW, TableBuilder};
-use spe_policy::arch::{
-    BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Sctlr, Stage,
-    Tcr, Ttbr,
-};
+use spe_policy::arch::{BufferEvent, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage};
 use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause};
 use spe_policy::stage2::Stage2Model;
 use spe_policy::{BackingStrategy, Granule, GuestRam, Gva, Ipa, IpaRange, Memslot, VcpuId};
@@ -63,21 +60,7 @@ impl GuestFixture {
             let bytes = tables.slice(base, len as usize).expect("tables").to_vec();
             ram.write(base, &bytes).expect("copy tables");
         }
-        let tcr = Tcr::new()
-            .with_t0sz(16)
-            .with_t1sz(16)
-            .with_tg0(Tcr::tg0_bits(Granule::K4))
-            .with_tg1(Tcr::tg1_bits(Granule::K4))
-            .with_ips(0b101)
-            .with_epd0(true);
-        let stage1 = Stage1Regs {
-            tcr,
-            ttbr0: Ttbr::new(),
-            ttbr1: Ttbr::from_bits(TABLES.0),
-            sctlr: Sctlr::new().with_m(true),
-            hw_af: true,
-            hw_dbm: true,
-        };
+        let stage1 = Stage1Regs::linux_kernel_4k(TABLES);
         GuestFixture {
             ram,
             stage1,
@@ -133,17 +116,8 @@ impl GuestFixture {
         limit: u64,
         data_loss: bool,
     ) -> Event<'static> {
-        let pmbsr = BufferEvent {
-            kind: BufferEventKind::Fault {
-                stage: Stage::Two,
-                fsc: FaultStatusCode::Translation(3),
-            },
-            service: true,
-            data_loss,
-            collision: false,
-            external_abort: false,
-        }
-        .encode();
+        let pmbsr =
+            BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode();
         let mut regs = window_regs(Gva(BUFFER_VA.0 + offset), Gva(BUFFER_VA.0 + limit), true);
         regs.pmbsr = pmbsr;
         Event::BufferManagement {

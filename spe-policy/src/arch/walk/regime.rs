@@ -142,6 +142,28 @@ pub(crate) const fn level_shift(granule: Granule, level: FaultLevel) -> u32 {
 }
 
 impl Stage1Regs {
+    /// The kernel half of a Linux-like arm64 guest: 4KB granule, 48-bit VAs and IPAs, TTBR1
+    /// at `root`, TTBR0 walks disabled (EPD0), stage 1 on, little-endian, and hardware AF and
+    /// dirty management supported by the SPU (PMBIDR_EL1.F = 1) but not enabled in TCR (HA/HD
+    /// off), so AF and AP must already be right.
+    pub fn linux_kernel_4k(root: crate::addr::Ipa) -> Self {
+        let tcr = Tcr::new()
+            .with_t0sz(16)
+            .with_t1sz(16)
+            .with_tg0(Tcr::tg0_bits(Granule::K4))
+            .with_tg1(Tcr::tg1_bits(Granule::K4))
+            .with_ips(0b101)
+            .with_epd0(true);
+        Stage1Regs {
+            tcr,
+            ttbr0: Ttbr::new(),
+            ttbr1: Ttbr::from_bits(root.0),
+            sctlr: Sctlr::new().with_m(true),
+            hw_af: true,
+            hw_dbm: true,
+        }
+    }
+
     /// Which TTBR translates `va`: bit 55 selects (spec sheet §3.2).
     #[inline]
     pub const fn ttbr_index(va: Gva) -> u8 {
