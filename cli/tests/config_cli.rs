@@ -112,6 +112,7 @@ fn compare_runs_the_three_strategies_side_by_side_on_every_scenario() {
     assert_eq!(rows.len(), 3 * 11, "three strategies x eleven scenarios");
     for r in &rows {
         assert_eq!(r["pinned_after_stop"], 0, "{r}");
+        assert_eq!(r["unexplained_loss"], 0, "{r}");
     }
     let (code, _, err) = run(&["compare", "--scenarios", "/nonexistent"]);
     assert_eq!(code, 1);

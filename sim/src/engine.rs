@@ -116,6 +116,53 @@ pub struct Metrics {
     pub pages_sent_before_switchover: u64,
     /// Bytes still pinned after VM stop (must be 0).
     pub pinned_after_stop: u64,
+    /// Records lost, by the erratum of the strategy that explains the loss.
+    pub loss_by_erratum: std::collections::BTreeMap<String, u64>,
+    /// Records lost for a reason no declared erratum of the strategy covers (must be 0).
+    pub unexplained_loss: u64,
+}
+
+/// Why a record was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LossCause {
+    /// Profiling stopped while a buffer enable was served.
+    EnableBlackout,
+    /// Profiling stopped while a fault was serviced.
+    FaultBlackout,
+    /// Given up by a rewind or discard after a repaired fault.
+    Recovery,
+    /// The session was stopped by a buffer enable the strategy refused or SPE disabled.
+    FatalAtEnable,
+    /// The session was stopped by a fault handed to the guest.
+    FatalAtFault,
+}
+
+/// The erratum of `strategy` that explains a loss of `cause`, if any (docs/errata).
+fn explaining_erratum(strategy: &str, cause: LossCause) -> Option<&'static str> {
+    use LossCause::*;
+    match (strategy, cause) {
+        ("pin-all", EnableBlackout) => Some("PA-02"),
+        ("pin-all", FatalAtEnable) => Some("PA-05"),
+        ("pin-buffer", EnableBlackout) => Some("PB-02"),
+        ("pin-buffer", FaultBlackout | Recovery) => Some("PB-03"),
+        ("pin-buffer", FatalAtEnable) => Some("PB-01"),
+        ("pin-buffer", FatalAtFault) => Some("PB-07"),
+        ("fault-translate", FaultBlackout) => Some("FT-02"),
+        ("fault-translate", Recovery) => Some("FT-01"),
+        ("fault-translate", FatalAtFault) => Some("FT-05"),
+        _ => None,
+    }
+}
+
+impl Metrics {
+    /// Counts `n` records lost for `cause` against the erratum that explains it, or as
+    /// unexplained when `declared` (the strategy's errata ids) has none.
+    fn lose(&mut self, cause: LossCause, n: u64, declared: &[&str]) {
+        match explaining_erratum(&self.strategy, cause).filter(|id| declared.contains(id)) {
+            Some(id) => *self.loss_by_erratum.entry(id.to_string()).or_insert(0) += n,
+            None => self.unexplained_loss += n,
+        }
+    }
 }
 
 impl Metrics {
@@ -162,6 +209,7 @@ struct Vcpu {
     starts: VecDeque<u64>,
     blackout_until: f64,
     fatal: bool,
+    fatal_cause: LossCause,
 }
 
 /// Real record bytes: Kunpeng's 44-byte branch records and Neoverse-style 64-byte records.
@@ -266,6 +314,7 @@ pub fn run(
     }
     let records = sample_records();
     let mut rng = Rng(scenario.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let declared: Vec<&str> = policy.errata().iter().map(|e| e.id).collect();
     let mut m = Metrics {
         strategy: policy.name().into(),
         scenario: scenario.name.clone(),
@@ -288,6 +337,7 @@ pub fn run(
             starts: VecDeque::new(),
             blackout_until: 0.0,
             fatal: !started,
+            fatal_cause: LossCause::FatalAtEnable,
         })
         .collect();
     // Translation cache: (vCPU, buffer page) -> (IPA, table pages).
@@ -325,12 +375,16 @@ pub fn run(
             let c = &mut cpus[v as usize];
             if c.fatal {
                 m.lost_fatal += 1;
+                m.lose(c.fatal_cause, 1, &declared);
                 continue;
             }
             if now < c.blackout_until {
                 m.lost_blackout += 1;
                 if c.enabling {
                     m.lost_blackout_enable += 1;
+                    m.lose(LossCause::EnableBlackout, 1, &declared);
+                } else {
+                    m.lose(LossCause::FaultBlackout, 1, &declared);
                 }
                 continue;
             }
@@ -398,8 +452,10 @@ pub fn run(
                                 c.starts.pop_back();
                                 m.records_written -= 1;
                                 m.lost_recovery += 1;
+                                m.lose(LossCause::Recovery, 1, &declared);
                             }
                             m.lost_recovery += 1; // the record that faulted
+                            m.lose(LossCause::Recovery, 1, &declared);
                             c.ptr = resume;
                             c.safe = resume;
                             c.enabling = false;
@@ -407,6 +463,7 @@ pub fn run(
                         }
                         Outcome::Resume => {
                             m.lost_recovery += 1;
+                            m.lose(LossCause::Recovery, 1, &declared);
                             c.enabling = false;
                             blackout(c, now, service, &mut m);
                         }
@@ -414,7 +471,9 @@ pub fn run(
                             // Injected fault or SPE disabled: Linux stops the session.
                             m.fatal_events += 1;
                             m.lost_fatal += 1;
+                            m.lose(LossCause::FatalAtFault, 1, &declared);
                             c.fatal = true;
+                            c.fatal_cause = LossCause::FatalAtFault;
                         }
                     }
                 }
@@ -488,6 +547,7 @@ fn enable(
         _ => {
             m.fatal_events += 1;
             c.fatal = true;
+            c.fatal_cause = LossCause::FatalAtEnable;
             Ok(())
         }
     }

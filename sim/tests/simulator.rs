@@ -179,3 +179,20 @@ fn every_erratum_a_scenario_claims_is_shown_by_its_strategys_run() {
     }
     assert!(shown >= 10, "only {shown} errata reproduced");
 }
+
+#[test]
+fn every_lost_record_is_explained_by_an_erratum_of_its_strategy() {
+    for m in results() {
+        assert_eq!(
+            m.unexplained_loss, 0,
+            "{}/{}: {:?}",
+            m.scenario, m.strategy, m.loss_by_erratum
+        );
+        let explained: u64 = m.loss_by_erratum.values().sum();
+        assert_eq!(explained, m.lost(), "{}/{}", m.scenario, m.strategy);
+    }
+    // And the accounting does blame someone when it should: fault-translate's swap-storm
+    // losses are FT-01 and FT-02.
+    let m = get(results(), "swap-storm", "fault-translate");
+    assert!(m.loss_by_erratum.contains_key("FT-01") && m.loss_by_erratum.contains_key("FT-02"));
+}

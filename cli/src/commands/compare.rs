@@ -147,7 +147,7 @@ pub fn run(args: &CompareArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
 
 fn json(m: &Metrics) -> String {
     format!(
-        "{{\"scenario\":\"{}\",\"strategy\":\"{}\",\"records_attempted\":{},\"records_written\":{},\"lost_blackout\":{},\"lost_recovery\":{},\"lost_fatal\":{},\"stage2_faults\":{},\"fatal_events\":{},\"pinned_peak_bytes\":{},\"pinned_mean_bytes\":{:.0},\"blackout_ns\":{:.0},\"longest_blackout_ns\":{:.0},\"pinned_after_stop\":{}}}",
+        "{{\"scenario\":\"{}\",\"strategy\":\"{}\",\"records_attempted\":{},\"records_written\":{},\"lost_blackout\":{},\"lost_recovery\":{},\"lost_fatal\":{},\"stage2_faults\":{},\"fatal_events\":{},\"pinned_peak_bytes\":{},\"pinned_mean_bytes\":{:.0},\"blackout_ns\":{:.0},\"longest_blackout_ns\":{:.0},\"pinned_after_stop\":{},\"unexplained_loss\":{}}}",
         m.scenario,
         m.strategy,
         m.records_attempted,
@@ -161,6 +161,7 @@ fn json(m: &Metrics) -> String {
         m.pinned_mean_bytes,
         m.blackout_ns,
         m.longest_blackout_ns,
-        m.pinned_after_stop
+        m.pinned_after_stop,
+        m.unexplained_loss
     )
 }
