@@ -75,6 +75,24 @@ fn a_range_prints_one_line_per_page_and_faults_are_results_not_errors() {
     assert_eq!(lines[1]["va"], "0xffff800082001000");
     assert_eq!(lines[16]["fault"], "permission");
     assert_eq!(lines[16]["level"], 3);
+    // Exactly the documented keys unless --explain asks for the rule.
+    let keys: Vec<&String> = lines[16].as_object().expect("object").keys().collect();
+    assert_eq!(keys, ["fault", "level", "tables_touched", "va"]);
+    let (_, out, _) = run(&[
+        "translate",
+        "--image",
+        img.to_str().expect("utf8"),
+        "--va",
+        "0xffff800082010000",
+        "--explain",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("read-only")),
+        "{v}"
+    );
 }
 
 #[test]

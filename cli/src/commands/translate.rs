@@ -23,6 +23,10 @@ pub struct TranslateArgs {
     /// Translate every page of `VA..VA+LEN` instead of one address (hex or decimal with 0x).
     #[arg(long, value_name = "LEN", value_parser = parse_u64)]
     pub len: Option<u64>,
+    /// Add a "reason" key to faults: the rule of the walk that fired (the default output keeps
+    /// exactly the keys of the documented format).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Serialize)]
@@ -40,7 +44,8 @@ struct Faulted {
     fault: &'static str,
     level: i8,
     tables_touched: Vec<String>,
-    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 fn pages(ts: &[Ipa]) -> Vec<String> {
@@ -90,7 +95,7 @@ pub fn run(args: &TranslateArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
                         fault: f.kind.name(),
                         level: f.level,
                         tables_touched: pages(f.tables_touched.as_slice()),
-                        reason: f.cause.to_string(),
+                        reason: args.explain.then(|| f.cause.to_string()),
                     })
                 }
                 Err(e) => {
