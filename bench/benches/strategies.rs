@@ -36,6 +36,25 @@ fn measure(
     total
 }
 
+/// One group, the three strategies side by side: `setup` untimed, `timed` measured, VM stop
+/// untimed, for each iteration.
+fn per_strategy(
+    c: &mut Criterion,
+    group: &str,
+    g: &RealGuest,
+    setup: impl Fn(&spe_policies::Policy),
+    timed: impl Fn(&spe_policies::Policy),
+) {
+    let mut grp = c.benchmark_group(group);
+    grp.sample_size(10);
+    for (i, name) in names() {
+        grp.bench_function(name, |b| {
+            b.iter_custom(|iters| measure(g, i, iters, &setup, &timed))
+        });
+    }
+    grp.finish();
+}
+
 fn start(g: &RealGuest, p: &spe_policies::Policy) {
     let slots = g.memslots();
     p.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &g.ram)
@@ -44,14 +63,7 @@ fn start(g: &RealGuest, p: &spe_policies::Policy) {
 
 fn vm_start(c: &mut Criterion) {
     let g = RealGuest::new(RAM, 1024);
-    let mut grp = c.benchmark_group("vm_start_256mib[real]");
-    grp.sample_size(10);
-    for (i, name) in names() {
-        grp.bench_function(name, |b| {
-            b.iter_custom(|iters| measure(&g, i, iters, |_| {}, |p| start(&g, p)))
-        });
-    }
-    grp.finish();
+    per_strategy(c, "vm_start_256mib[real]", &g, |_| {}, |p| start(&g, p));
 }
 
 fn buffer_enable(c: &mut Criterion) {
@@ -95,69 +107,49 @@ fn buffer_enable(c: &mut Criterion) {
 fn stage2_fault(c: &mut Criterion) {
     let g = RealGuest::new(RAM, 1024);
     let around = IpaRange::new(spe_policy::Ipa(g.buffer_pages[0].0 & !0x1f_ffff), 2 << 20);
-    let mut grp = c.benchmark_group("stage2_fault_service[real]");
-    grp.sample_size(10);
-    for (i, name) in names() {
-        grp.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                measure(
-                    &g,
-                    i,
-                    iters,
-                    |p| {
-                        start(&g, p);
-                        p.on_event(&g.enable(4 << 20), &g.ram, &g.ram)
-                            .expect("enable");
-                        // The host reclaims what it may around the buffer's first page.
-                        g.ram.page_out(around).expect("page out");
-                    },
-                    |p| {
-                        black_box(
-                            p.on_event(&g.stage2_fault(0, 4 << 20), &g.ram, &g.ram)
-                                .expect("fault"),
-                        );
-                    },
-                )
-            })
-        });
-    }
-    grp.finish();
+    per_strategy(
+        c,
+        "stage2_fault_service[real]",
+        &g,
+        |p| {
+            start(&g, p);
+            p.on_event(&g.enable(4 << 20), &g.ram, &g.ram)
+                .expect("enable");
+            // The host reclaims what it may around the buffer's first page.
+            g.ram.page_out(around).expect("page out");
+        },
+        |p| {
+            black_box(
+                p.on_event(&g.stage2_fault(0, 4 << 20), &g.ram, &g.ram)
+                    .expect("fault"),
+            );
+        },
+    );
 }
 
 fn host_invalidation(c: &mut Criterion) {
     let g = RealGuest::new(RAM, 1024);
-    let mut grp = c.benchmark_group("host_invalidation[real]");
-    grp.sample_size(10);
-    for (i, name) in names() {
-        grp.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                measure(
-                    &g,
-                    i,
-                    iters,
-                    |p| {
-                        start(&g, p);
-                        p.on_event(&g.enable(4 << 20), &g.ram, &g.ram)
-                            .expect("enable");
-                    },
-                    |p| {
-                        // The MMU notifier asks; where the strategy allows, the host reclaims.
-                        let range = IpaRange::new(g.buffer_pages[1], 4096);
-                        let ev = Event::HostInvalidation {
-                            range,
-                            cause: InvalidationCause::Swap,
-                        };
-                        if p.on_event(&ev, &g.ram, &g.ram).expect("invalidate")
-                            == spe_policy::Outcome::Resume
-                        {
-                            g.ram.page_out(range).expect("page out");
-                        }
-                    },
-                )
-            })
-        });
-    }
-    grp.finish();
+    per_strategy(
+        c,
+        "host_invalidation[real]",
+        &g,
+        |p| {
+            start(&g, p);
+            p.on_event(&g.enable(4 << 20), &g.ram, &g.ram)
+                .expect("enable");
+        },
+        |p| {
+            // The MMU notifier asks; where the strategy allows, the host reclaims.
+            let range = IpaRange::new(g.buffer_pages[1], 4096);
+            let ev = Event::HostInvalidation {
+                range,
+                cause: InvalidationCause::Swap,
+            };
+            if p.on_event(&ev, &g.ram, &g.ram).expect("invalidate") == spe_policy::Outcome::Resume {
+                g.ram.page_out(range).expect("page out");
+            }
+        },
+    );
 }
 
 fn dirty_log_round(c: &mut Criterion) {
