@@ -29,6 +29,9 @@ pub mod defaults {
     pub const BUFFER_PER_VCPU: u64 = 4 << 20;
     /// Host page size.
     pub const HOST_PAGE: u64 = 4 << 10;
+    /// shadow-buffer's host buffer per vCPU (two halves of 32 KiB: one host interrupt per
+    /// 32 KiB of SPE data).
+    pub const SHADOW_HOST_BUFFER: u64 = 64 << 10;
 }
 
 /// A size in bytes, written as an integer or with a binary unit: `"4KiB"`, `"16MiB"`, `"1GiB"`

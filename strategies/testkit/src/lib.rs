@@ -206,3 +206,80 @@ pub fn stress<S: BackingStrategy>(
         .expect("VM stop");
     start.elapsed()
 }
+
+/// A host whose guest-memory writes land in a copy of the guest's RAM (the stage 2 model
+/// decides whether they may), so tests can read back what a strategy copied.
+#[derive(Debug)]
+pub struct RamHost {
+    /// The stage 2 model.
+    pub model: Stage2Model,
+    /// The guest RAM the writes land in.
+    pub ram: parking_lot::Mutex<GuestRam>,
+}
+
+impl RamHost {
+    /// A host over `fixture`'s RAM with every page present.
+    pub fn new(fixture: &GuestFixture) -> Self {
+        RamHost {
+            model: fixture.host(),
+            ram: parking_lot::Mutex::new(fixture.ram.clone()),
+        }
+    }
+
+    /// `len` bytes of the buffer from `offset`, read through the fixture's VA->IPA mapping.
+    pub fn buffer_bytes(&self, fixture: &GuestFixture, offset: u64, len: u64) -> Vec<u8> {
+        let ram = self.ram.lock();
+        (offset..offset + len)
+            .map(|at| {
+                let page = fixture.buffer_pages[(at / 0x1000) as usize];
+                ram.slice(Ipa(page.0 + at % 0x1000), 1).map_or(0, |b| b[0])
+            })
+            .collect()
+    }
+}
+
+impl spe_policy::HostBacking for RamHost {
+    fn granule(&self) -> spe_policy::host::HostGranule {
+        self.model.granule()
+    }
+    fn pin(&self, range: IpaRange) -> Result<(), spe_policy::HostError> {
+        self.model.pin(range)
+    }
+    fn unpin(&self, range: IpaRange) -> Result<(), spe_policy::HostError> {
+        self.model.unpin(range)
+    }
+    fn fault_in(&self, ipa: Ipa) -> Result<spe_policy::host::FaultIn, spe_policy::HostError> {
+        self.model.fault_in(ipa)
+    }
+    fn page_state(&self, ipa: Ipa) -> spe_policy::host::PageState {
+        self.model.page_state(ipa)
+    }
+    fn set_dirty_log_exempt(
+        &self,
+        range: IpaRange,
+        exempt: bool,
+    ) -> Result<(), spe_policy::HostError> {
+        self.model.set_dirty_log_exempt(range, exempt)
+    }
+    fn send_before_switchover(&self, range: IpaRange) -> Result<(), spe_policy::HostError> {
+        self.model.send_before_switchover(range)
+    }
+    fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), spe_policy::HostError> {
+        self.model.write_guest(ipa, bytes)?;
+        self.ram
+            .lock()
+            .write(ipa, bytes)
+            .map_err(|e| spe_policy::HostError::Other(e.to_string()))
+    }
+    fn inject(
+        &self,
+        vcpu: VcpuId,
+        pmbsr: spe_policy::arch::Pmbsr,
+        pmbptr: Pmbptr,
+    ) -> Result<(), spe_policy::HostError> {
+        self.model.inject(vcpu, pmbsr, pmbptr)
+    }
+    fn disable_spe(&self, vcpu: VcpuId) -> Result<(), spe_policy::HostError> {
+        self.model.disable_spe(vcpu)
+    }
+}

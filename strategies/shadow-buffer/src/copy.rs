@@ -1,0 +1,122 @@
+//! Copying complete records from the host buffer into the guest's buffer in software, the way
+//! the SPU would have written them: through the guest's stage 1 (the walker, with the SPU's
+//! access rules of spec sheet §3.5) and the VMM's ordinary guest-memory write path (which may
+//! wait for swap-in or a post-copy fetch, and marks pages dirty for migration).
+
+use spe_policy::arch::walk::{Stage1Regs, WalkError, WalkOptions, Walker};
+use spe_policy::arch::{BufferEvent, FaultStatusCode, Pmbsr, Stage};
+use spe_policy::spe::{DecodeMode, Fill, Record, Records};
+use spe_policy::{GuestMemoryRead, Gva, HostBacking, HostError, Ipa};
+
+/// How a copy ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopyEnd {
+    /// Every byte reached the guest's buffer.
+    Done,
+    /// The write of the byte at `offset` faulted as the SPU's would have: the bytes before it
+    /// are in the guest's buffer, the rest are dropped (the SPU would have stopped there).
+    Fault {
+        /// Offset into the copied bytes.
+        offset: usize,
+        /// PMBSR_EL1 as the SPU would have set it (S = 1, EC, FSC, DL).
+        pmbsr: Pmbsr,
+    },
+}
+
+/// What a copy did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Copied {
+    /// How it ended.
+    pub(crate) end: CopyEnd,
+    /// Stage 1 walks done.
+    pub(crate) walks: u64,
+}
+
+/// Whether `offset` is the first byte after a complete record of `bytes` (or 0): the place a
+/// fault leaves DL = 0 (spec sheet §1.11 rule 5). `bytes` starts at a record boundary and holds
+/// complete records only, padding included; boundaries are found with the record codec.
+fn is_record_boundary(bytes: &[u8], offset: usize) -> bool {
+    if offset == 0 || offset == bytes.len() {
+        return true;
+    }
+    let mut records = Records::new(bytes, DecodeMode::Architecture);
+    let mut r = Record::default();
+    loop {
+        match records.next_into(&mut r) {
+            Fill::Record if r.offset == offset => return true,
+            Fill::Record if r.offset > offset => return false,
+            Fill::Record => {}
+            // Trailing padding after the last record is the record's alignment padding.
+            Fill::IncompleteTail { .. } | Fill::Done => return false,
+        }
+    }
+}
+
+fn fault(stage: Stage, fsc: FaultStatusCode, bytes: &[u8], offset: usize) -> CopyEnd {
+    let dl = !is_record_boundary(bytes, offset);
+    CopyEnd::Fault {
+        offset,
+        pmbsr: BufferEvent::fault(stage, fsc, dl).encode(),
+    }
+}
+
+/// A stage 2 fault as the SPU reports one on an IPA with no memory behind it: EC 0x25, a
+/// translation fault at the last level (the host maps guest RAM with pages).
+const STAGE2_NO_MEMORY: FaultStatusCode = FaultStatusCode::Translation(3);
+
+/// Copies `bytes` (complete records) to the guest VA `to`.
+pub(crate) fn copy_to_guest<G, H>(
+    bytes: &[u8],
+    to: Gva,
+    stage1: Stage1Regs,
+    guest: &G,
+    host: &H,
+) -> Result<Copied, HostError>
+where
+    G: GuestMemoryRead + ?Sized,
+    H: HostBacking + ?Sized,
+{
+    // Recursive mappings are legal (the SPU would just follow them); the walker's cycle guard
+    // is for the host's own safety elsewhere.
+    let options = WalkOptions {
+        allow_recursive_tables: true,
+        ..WalkOptions::default()
+    };
+    let walker = Walker::with_options(stage1, options, guest);
+    let mut walks = 0;
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let va = Gva(to.0.wrapping_add(done as u64));
+        walks += 1;
+        let t = match walker.translate(va) {
+            Ok(t) => t,
+            Err(WalkError::Fault(f)) => {
+                let end = fault(Stage::One, f.fsc(), bytes, done);
+                return Ok(Copied { end, walks });
+            }
+            // A table outside guest RAM: the SPU's walk takes a stage 2 fault.
+            Err(WalkError::TableUnreadable { .. }) => {
+                let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);
+                return Ok(Copied { end, walks });
+            }
+            Err(e) => return Err(HostError::Other(format!("walking the guest buffer: {e}"))),
+        };
+        // The leaf maps `block_size` bytes: copy up to its end at once.
+        let in_block = t.block_size - (va.0 & (t.block_size - 1));
+        let n = usize::try_from(in_block)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len() - done);
+        match host.write_guest(Ipa(t.ipa.0), &bytes[done..done + n]) {
+            Ok(()) => done += n,
+            Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {
+                let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);
+                return Ok(Copied { end, walks });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Copied {
+        end: CopyEnd::Done,
+        walks,
+    })
+}
