@@ -290,6 +290,18 @@ impl BufferEvent {
         }
     }
 
+    /// A buffer-full event as the SPU reports it (S = 1, EC = 0, BSC = 1, DL unchanged at 0;
+    /// spec sheet §1.11 rule 4).
+    pub const fn buffer_full() -> Self {
+        BufferEvent {
+            kind: BufferEventKind::BufferFull,
+            service: true,
+            data_loss: false,
+            collision: false,
+            external_abort: false,
+        }
+    }
+
     /// Decodes a PMBSR_EL1 value. Pure and total: every value decodes.
     pub const fn decode(pmbsr: Pmbsr) -> Self {
         let mss = pmbsr.mss();

@@ -358,14 +358,7 @@ impl ShadowBuffer {
         let limit = v.pmblimitr.limit_address().0;
         if ptr > limit.saturating_sub(self.config.max_record_bytes) {
             // §1.11 rule 4, on the guest's buffer: the same record fills it as on hardware.
-            v.pmbsr = BufferEvent {
-                kind: BufferEventKind::BufferFull,
-                service: true,
-                data_loss: false,
-                collision: false,
-                external_abort: false,
-            }
-            .encode();
+            v.pmbsr = BufferEvent::buffer_full().encode();
             v.host.park();
             self.shared.lock().stats.injected += 1;
             return Ok(Outcome::Inject {

@@ -28,16 +28,10 @@ fn strategy(host_buffer: u64) -> ShadowBuffer {
 }
 
 fn host_full() -> BufferRegs {
-    let mut regs = BufferRegs::default();
-    regs.pmbsr = BufferEvent {
-        kind: BufferEventKind::BufferFull,
-        service: true,
-        data_loss: false,
-        collision: false,
-        external_abort: false,
+    BufferRegs {
+        pmbsr: BufferEvent::buffer_full().encode(),
+        ..BufferRegs::default()
     }
-    .encode();
-    regs
 }
 
 /// What the hardware would do with the guest's own buffer (pin-all: never faults): records
