@@ -66,8 +66,16 @@ pub fn with_overrides(config: &SpeConfig, scenario: &Scenario) -> Result<SpeConf
     Ok(parsed.spe)
 }
 
-/// Runs every scenario against each of the three strategies, configured from `config` (its
-/// `strategy` key is ignored: all three run).
+/// The strategies `compare` runs, in table order.
+pub const STRATEGIES: [StrategyName; 4] = [
+    StrategyName::PinAll,
+    StrategyName::PinBuffer,
+    StrategyName::FaultTranslate,
+    StrategyName::ShadowBuffer,
+];
+
+/// Runs every scenario against each strategy, configured from `config` (its `strategy` key is
+/// ignored: all of them run).
 pub fn compare(
     config: &SpeConfig,
     scenarios: &[Scenario],
@@ -76,11 +84,7 @@ pub fn compare(
     let mut out = Vec::new();
     for scenario in scenarios {
         let config = with_overrides(config, scenario)?;
-        for name in [
-            StrategyName::PinAll,
-            StrategyName::PinBuffer,
-            StrategyName::FaultTranslate,
-        ] {
+        for name in STRATEGIES {
             let mut c = config;
             c.strategy = name;
             // pin-all cannot pre-copy or post-copy (config rule); the simulator runs it with the

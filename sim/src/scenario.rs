@@ -43,6 +43,17 @@ pub enum HostEventKind {
     /// vCPU 0's first buffer page becomes impossible to bring back (the post-copy source or the
     /// backing file is gone).
     PageUnavailable,
+    /// A hostile or broken guest maps vCPU 0's second buffer page to an IPA outside its RAM
+    /// (a device region) and re-arms the buffer.
+    GuestMapOutsideRam,
+    /// A 16 MiB memslot is hot-plugged above RAM.
+    MemslotHotplug,
+    /// The hot-plugged memslot is removed (hot-unplug).
+    MemslotUnplug,
+    /// Every vCPU's guest stops profiling (perf disabled): PMBLIMITR = 0.
+    GuestDisable,
+    /// Every vCPU's guest starts profiling again.
+    GuestEnable,
 }
 
 /// A scenario.

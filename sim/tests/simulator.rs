@@ -72,11 +72,11 @@ fn pin_all_never_loses_a_record_and_never_faults_but_pins_all_ram() {
             "{}",
             m.scenario
         );
-        assert_eq!(
-            m.pinned_peak_bytes,
-            spe_policy_sim::engine::SIM_RAM,
-            "{}",
-            m.scenario
+        assert!(
+            m.pinned_peak_bytes >= spe_policy_sim::engine::SIM_RAM,
+            "{}: {}",
+            m.scenario,
+            m.pinned_peak_bytes
         );
     }
 }
@@ -150,7 +150,7 @@ fn each_strategys_declared_profile_holds_in_the_measurements() {
         results(),
         &spe_policy_sim::Thresholds::default(),
     );
-    assert_eq!(verdicts.len(), 3);
+    assert_eq!(verdicts.len(), 4);
     for p in Policy::all_defaults() {
         let v = verdicts
             .iter()
@@ -177,7 +177,81 @@ fn every_erratum_a_scenario_claims_is_shown_by_its_strategys_run() {
             }
         }
     }
-    assert!(shown >= 10, "only {shown} errata reproduced");
+    assert!(shown >= 20, "only {shown} errata reproduced");
+}
+
+#[test]
+fn every_erratum_of_every_strategy_names_a_scenario_that_reproduces_it() {
+    use spe_policies::all_errata;
+    let cost = CostModel::default();
+    let scenarios = scenarios();
+    for (strategy, errata) in all_errata() {
+        for e in errata {
+            let sc = scenarios
+                .iter()
+                .find(|s| s.name == e.scenario)
+                .unwrap_or_else(|| panic!("{}: no scenario file {}.toml", e.id, e.scenario));
+            assert!(
+                sc.reproduces.iter().any(|r| r == e.id),
+                "{}: {}.toml does not list it in `reproduces`",
+                e.id,
+                e.scenario
+            );
+            let m = get(results(), &sc.name, strategy);
+            assert_eq!(
+                spe_policy_sim::evidence::reproduced(e.id, m, &cost),
+                Some(true),
+                "{}: not shown by {}: {m:?}",
+                e.id,
+                sc.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_guest_sees_the_same_bytes_and_registers_with_shadow_buffer_as_with_pin_all() {
+    // Timing aside (all costs zero), the emulation must be exact: the same interrupts with the
+    // same PMBSR and PMBPTR, and the same bytes in the guest's buffer at each.
+    // Small guest buffers (64 KiB): many buffer-full interrupts in a short run.
+    let mut config = SpeConfig::default();
+    config.guest.buffer_per_vcpu = spe_policy::config::ByteSize(64 << 10);
+    // Exceptional scenarios break the host or the guest on purpose (a lost post-copy source
+    // is harmless to pin-all only because it pinned the page before).
+    let normal: Vec<Scenario> = scenarios().into_iter().filter(|s| !s.exceptional).collect();
+    let free = compare(&config, &normal, &CostModel::FREE).expect("runs");
+    let mut compared = 0;
+    for pa in free.iter().filter(|m| m.strategy == "pin-all") {
+        if pa.lost() > 0 || pa.stage2_faults > 0 || pa.fatal_events > 0 {
+            continue; // pin-all is not valid here (it cannot start, or the guest broke it)
+        }
+        let sb = get(&free, &pa.scenario, "shadow-buffer");
+        assert!(pa.guest_interrupts >= 4, "{}", pa.scenario);
+        assert_eq!(
+            (sb.guest_interrupts, sb.guest_digest, sb.records_written),
+            (pa.guest_interrupts, pa.guest_digest, pa.records_written),
+            "{}: the guest saw something else",
+            pa.scenario
+        );
+        compared += 1;
+    }
+    assert!(compared >= 7, "only {compared} scenarios compared");
+}
+
+#[test]
+fn shadow_buffer_pins_only_its_host_buffers_and_no_fault_reaches_the_spu() {
+    let scenarios = scenarios();
+    for m in results().iter().filter(|m| m.strategy == "shadow-buffer") {
+        let exceptional = scenarios
+            .iter()
+            .any(|s| s.name == m.scenario && s.exceptional);
+        assert_eq!(m.stage2_faults, 0, "{}", m.scenario);
+        // 4 vCPUs x 64 KiB, whatever the guest's 4 MiB buffers.
+        assert_eq!(m.pinned_peak_bytes, 4 * (64 << 10), "{}", m.scenario);
+        if !exceptional {
+            assert_eq!((m.lost_recovery, m.lost_fatal), (0, 0), "{}", m.scenario);
+        }
+    }
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub use spe_strategy_fault_translate::{FaultTranslate, FaultTranslateConfig};
 pub use spe_strategy_pin_all::{PinAll, PinAllConfig, PinAllMigration, PinAt};
 #[cfg(feature = "pin-buffer")]
 pub use spe_strategy_pin_buffer::{PinBuffer, PinBufferConfig};
+#[cfg(feature = "shadow-buffer")]
+pub use spe_strategy_shadow_buffer::{ShadowBuffer, ShadowBufferConfig, ShadowStats, SpuWrite};
 
 /// Which strategy, with its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +38,9 @@ pub enum StrategyConfig {
     /// Pin nothing; translate and repair on the fault.
     #[cfg(feature = "fault-translate")]
     FaultTranslate(FaultTranslateConfig),
+    /// The host owns the SPU buffer and copies records into the guest's.
+    #[cfg(feature = "shadow-buffer")]
+    ShadowBuffer(ShadowBufferConfig),
 }
 
 /// The active backing strategy.
@@ -50,6 +55,9 @@ pub enum Policy {
     /// fault-translate.
     #[cfg(feature = "fault-translate")]
     FaultTranslate(FaultTranslate),
+    /// shadow-buffer.
+    #[cfg(feature = "shadow-buffer")]
+    ShadowBuffer(ShadowBuffer),
 }
 
 pub mod errata_doc;
@@ -64,6 +72,8 @@ macro_rules! dispatch {
             Policy::PinBuffer($s) => $body,
             #[cfg(feature = "fault-translate")]
             Policy::FaultTranslate($s) => $body,
+            #[cfg(feature = "shadow-buffer")]
+            Policy::ShadowBuffer($s) => $body,
         }
     };
 }
@@ -78,6 +88,8 @@ impl Policy {
             StrategyConfig::PinBuffer(c) => Policy::PinBuffer(PinBuffer::new(c)),
             #[cfg(feature = "fault-translate")]
             StrategyConfig::FaultTranslate(c) => Policy::FaultTranslate(FaultTranslate::new(c)),
+            #[cfg(feature = "shadow-buffer")]
+            StrategyConfig::ShadowBuffer(c) => Policy::ShadowBuffer(ShadowBuffer::new(c)),
         }
     }
 
@@ -90,6 +102,8 @@ impl Policy {
             Policy::PinBuffer(PinBuffer::new(PinBufferConfig::default())),
             #[cfg(feature = "fault-translate")]
             Policy::FaultTranslate(FaultTranslate::new(FaultTranslateConfig::default())),
+            #[cfg(feature = "shadow-buffer")]
+            Policy::ShadowBuffer(ShadowBuffer::new(ShadowBufferConfig::default())),
         ]
     }
 }
@@ -171,6 +185,11 @@ impl StrategyConfig {
                     exempt_learned_pages: c.dirty_log == DirtyLogHandling::KeepBufferDirty,
                 }))
             }
+            #[cfg(feature = "shadow-buffer")]
+            StrategyName::ShadowBuffer => Ok(StrategyConfig::ShadowBuffer(ShadowBufferConfig {
+                host_buffer_bytes: c.shadow_buffer.host_buffer.bytes(),
+                max_record_bytes: c.guest.max_record.bytes(),
+            })),
             #[allow(unreachable_patterns)]
             other => Err(ConfigErrors(vec![ConfigError {
                 key: "spe.strategy".into(),

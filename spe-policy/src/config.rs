@@ -32,6 +32,8 @@ pub mod defaults {
     /// shadow-buffer's host buffer per vCPU (two halves of 32 KiB: one host interrupt per
     /// 32 KiB of SPE data).
     pub const SHADOW_HOST_BUFFER: u64 = 64 << 10;
+    /// The largest host buffer per vCPU shadow-buffer accepts: host memory stays bounded.
+    pub const SHADOW_HOST_BUFFER_MAX: u64 = 64 << 20;
 }
 
 /// A size in bytes, written as an integer or with a binary unit: `"4KiB"`, `"16MiB"`, `"1GiB"`
@@ -166,6 +168,8 @@ pub enum StrategyName {
     PinBuffer,
     /// Pin nothing; repair on the fault.
     FaultTranslate,
+    /// The host owns the SPU buffer and copies records into the guest's.
+    ShadowBuffer,
 }
 
 impl StrategyName {
@@ -175,6 +179,7 @@ impl StrategyName {
             StrategyName::PinAll => "pin-all",
             StrategyName::PinBuffer => "pin-buffer",
             StrategyName::FaultTranslate => "fault-translate",
+            StrategyName::ShadowBuffer => "shadow-buffer",
         }
     }
 }
@@ -277,6 +282,22 @@ impl Default for PinBufferSection {
     }
 }
 
+/// `[spe.shadow_buffer]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowBufferSection {
+    /// Host memory per vCPU the SPU writes into (two halves; one host interrupt per half).
+    pub host_buffer: ByteSize,
+}
+
+impl Default for ShadowBufferSection {
+    fn default() -> Self {
+        ShadowBufferSection {
+            host_buffer: ByteSize(defaults::SHADOW_HOST_BUFFER),
+        }
+    }
+}
+
 /// `[spe.guest]`: the guest and its SPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -340,6 +361,8 @@ pub struct SpeConfig {
     pub pin_all: PinAllSection,
     /// pin-buffer's settings.
     pub pin_buffer: PinBufferSection,
+    /// shadow-buffer's settings.
+    pub shadow_buffer: ShadowBufferSection,
     /// The guest.
     pub guest: GuestSection,
     /// The host.
@@ -499,6 +522,22 @@ impl SpeConfig {
                         "raise RLIMIT_MEMLOCK to the VM's RAM, or choose pin-buffer",
                     ));
                 }
+            }
+        }
+        if self.strategy == StrategyName::ShadowBuffer {
+            let host = self.shadow_buffer.host_buffer.bytes();
+            let min = (2 * page.max(0x1000)).max(4 * rec);
+            if host < min || host > defaults::SHADOW_HOST_BUFFER_MAX || host % page.max(1) != 0 {
+                errs.push(problem(
+                    "spe.shadow_buffer.host_buffer",
+                    self.shadow_buffer.host_buffer,
+                    format!(
+                        "must be whole host pages, from {} (two pages and four largest records) to {}",
+                        ByteSize(min),
+                        ByteSize(defaults::SHADOW_HOST_BUFFER_MAX)
+                    ),
+                    "use a power of two such as 64KiB (the default) or 1MiB",
+                ));
             }
         }
         if self.strategy == StrategyName::PinBuffer {

@@ -82,6 +82,7 @@ pub struct Erratum {
     pub mitigation: &'static str,
     /// Whether the guest is told.
     pub guest_told: GuestTold,
-    /// The simulator scenario (file stem in `configs/scenarios/`) that reproduces it.
+    /// The simulator scenario (file stem in `configs/scenarios/`) that reproduces it; that
+    /// file lists the id in its `reproduces`.
     pub scenario: &'static str,
 }

@@ -225,6 +225,18 @@ impl Stage2Model {
         }
     }
 
+    /// Pages dirty logging cannot track (pinned, or exempt from write protection): a migration
+    /// must assume they are dirty and send them again at stop-and-copy.
+    pub fn untracked_pages(&self) -> u64 {
+        let m = self.inner.lock();
+        let exempt = m
+            .pages
+            .iter()
+            .filter(|(ipa, p)| p.exempt && !m.pinned.contains(ipa))
+            .count();
+        (m.pinned.len() + exempt) as u64
+    }
+
     /// Makes `ipa`'s page impossible to fault in (the source died, the backing file is gone).
     pub fn make_unavailable(&self, ipa: Ipa) {
         self.inner
@@ -369,12 +381,19 @@ impl HostBacking for Stage2Model {
                 });
             }
             // The VMM's write path faults the page in as any host write would.
+            let mut brought = None;
             if let Some(p) = m.pages.get_mut(&page.0) {
-                p.absent = None;
+                brought = p.absent.take().map(|a| a.0);
                 if !p.exempt {
                     // A host write to a write-protected (logged) page marks it dirty.
                     p.write_protected = p.ksm_shared;
                 }
+            }
+            // The write path waits for the page like any host access would.
+            match brought {
+                Some(Absence::Swapped) => m.counters.swap_ins += 1,
+                Some(Absence::PostCopyPending) => m.counters.post_copy_fetches += 1,
+                _ => {}
             }
         }
         m.counters.guest_bytes_written += bytes.len() as u64;

@@ -58,7 +58,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "Lost bytes are counted by cause (rewind, discard).",
         mitigation: "Choose pin-buffer or pin-all where samples must not be lost; write_order = sequential on SPUs known to write records in order shrinks the loss to the partial record.",
         guest_told: GuestTold::NoticeBit(bits::REWIND),
-        scenario: "ft01_data_loss",
+        scenario: "swap-storm",
     },
     Erratum {
         id: "FT-02",
@@ -68,7 +68,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "A walk, a fault-in and a recovery scan on the vCPU's path.",
         mitigation: "Exempt learned pages from reclaim where the host allows; keep buffers warm.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
-        scenario: "ft02_swap_storm",
+        scenario: "swap-storm",
     },
     Erratum {
         id: "FT-03",
@@ -78,7 +78,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "PMBSR has no S1PTW bit: every fault costs a full walk, faulting in each table page the walk needs.",
         mitigation: "None in the architecture; learned table pages are exempted like buffer pages.",
         guest_told: GuestTold::No,
-        scenario: "ft03_table_fault",
+        scenario: "swap-storm",
     },
     Erratum {
         id: "FT-04",
@@ -88,7 +88,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "With exempt_learned_pages, pages seen in a fault stay writable and are resent at stop-and-copy (downtime grows with the buffer); pages never faulted on are not known and fault once.",
         mitigation: "Keep exempt_learned_pages on.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
-        scenario: "ft04_dirty_log",
+        scenario: "pre-copy",
     },
     Erratum {
         id: "FT-05",
@@ -98,7 +98,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "Counted as injected.",
         mitigation: "None for misprogrammed guests; keep post-copy sources alive.",
         guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
-        scenario: "ft05_unbackable",
+        scenario: "unbackable",
     },
     Erratum {
         id: "FT-06",
@@ -108,7 +108,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "Demand-paging requests on the profiling path.",
         mitigation: "Prefer pre-copy for VMs that profile.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
-        scenario: "ft06_postcopy",
+        scenario: "post-copy",
     },
     Erratum {
         id: "FT-07",
@@ -118,7 +118,7 @@ pub static ERRATA: [Erratum; 7] = [
         host_visible: "Nothing to keep coherent: nothing was pinned.",
         mitigation: "None needed.",
         guest_told: GuestTold::NoticeBit(bits::STAGE1_REMAP),
-        scenario: "ft07_guest_remap",
+        scenario: "guest-remap",
     },
 ];
 

@@ -61,7 +61,7 @@ pub static ERRATA: [Erratum; 5] = [
         host_visible: "Every guest page stays resident and unmovable for the VM's life: invalidations and balloon inflation are refused.",
         mitigation: "Size the host for the VM's full RAM, or choose pin-buffer or fault-translate on overcommitted hosts.",
         guest_told: GuestTold::No,
-        scenario: "pa01_overcommit",
+        scenario: "swap-storm",
     },
     Erratum {
         id: "PA-02",
@@ -71,7 +71,7 @@ pub static ERRATA: [Erratum; 5] = [
         host_visible: "Start-up (or the first enable) faults in and locks every page of every memslot.",
         mitigation: "Use pin_at = first-enable so VMs that never profile never pay; pre-fault with hugetlb or guest_memfd.",
         guest_told: GuestTold::No,
-        scenario: "pa02_first_enable",
+        scenario: "first-enable",
     },
     Erratum {
         id: "PA-03",
@@ -81,7 +81,7 @@ pub static ERRATA: [Erratum; 5] = [
         host_visible: "The migration is refused, or asked to run as stop-and-copy (downtime proportional to RAM).",
         mitigation: "Migrate before the first enable (pin_at = first-enable), or choose another strategy on migration-heavy hosts.",
         guest_told: GuestTold::No,
-        scenario: "pa03_migration",
+        scenario: "pre-copy",
     },
     Erratum {
         id: "PA-04",
@@ -91,7 +91,7 @@ pub static ERRATA: [Erratum; 5] = [
         host_visible: "The memslot removal is refused until every buffer is disabled.",
         mitigation: "Stop profiling before unplugging memory.",
         guest_told: GuestTold::No,
-        scenario: "pa04_hot_unplug",
+        scenario: "hot-unplug",
     },
     Erratum {
         id: "PA-05",
@@ -101,7 +101,7 @@ pub static ERRATA: [Erratum; 5] = [
         host_visible: "A typed error names the limit and the bytes requested.",
         mitigation: "Raise RLIMIT_MEMLOCK to the VM's RAM, or pin at VM start so the failure stops the VM before it runs.",
         guest_told: GuestTold::NoticeBit(bits::SPE_DISABLED),
-        scenario: "pa05_lock_limit",
+        scenario: "lock-limit",
     },
 ];
 

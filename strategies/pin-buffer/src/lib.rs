@@ -64,7 +64,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "Nothing is pinned for the window; the refusal is counted.",
         mitigation: "Size the cap for the guests' perf AUX buffers (perf's default is 4 MiB per CPU for root); guests read the cap from PMBIDR_EL1 or the notice.",
         guest_told: GuestTold::NoticeBit(bits::BUFFER_CAP),
-        scenario: "pb01_cap_exceeded",
+        scenario: "small-cap",
     },
     Erratum {
         id: "PB-02",
@@ -74,7 +74,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "Walk and pin cost on the profiling path; cached re-enables cost a lookup.",
         mitigation: "Keep pin_cache on; the cache makes steady-state re-enables of the same buffer free.",
         guest_told: GuestTold::No,
-        scenario: "pb02_enable_latency",
+        scenario: "steady",
     },
     Erratum {
         id: "PB-03",
@@ -84,7 +84,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "An unexpected stage 2 fault, repaired by walking and pinning the new pages; counted.",
         mitigation: "Trap TLB maintenance and deliver GuestStage1Remap events, so pins follow remaps before the SPU writes.",
         guest_told: GuestTold::NoticeBit(bits::STAGE1_REMAP),
-        scenario: "pb03_guest_remap",
+        scenario: "guest-remap",
     },
     Erratum {
         id: "PB-04",
@@ -94,7 +94,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "Up to the cap per vCPU stays pinned while idle; an invalidation of an idle cached page unpins it and goes ahead.",
         mitigation: "Turn pin_cache off to unpin at every disable (at the price of PB-02 on every enable).",
         guest_told: GuestTold::No,
-        scenario: "pb04_idle_pins",
+        scenario: "idle-pins",
     },
     Erratum {
         id: "PB-05",
@@ -104,7 +104,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "Buffer and table pages are exempt from write protection and reported dirty in every round until the vCPU stops, then sent in the final copy: downtime grows with the buffer size.",
         mitigation: "Keep guest buffers small on migration-heavy hosts.",
         guest_told: GuestTold::No,
-        scenario: "pb05_precopy",
+        scenario: "pre-copy",
     },
     Erratum {
         id: "PB-06",
@@ -114,7 +114,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "Pinned buffer and table pages are sent before switch-over, delaying it by their transfer time.",
         mitigation: "Keep guest buffers small on migration-heavy hosts.",
         guest_told: GuestTold::No,
-        scenario: "pb06_postcopy",
+        scenario: "post-copy",
     },
     Erratum {
         id: "PB-07",
@@ -124,7 +124,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "The enable pins nothing; the walk error is counted, never a host panic.",
         mitigation: "None needed for correct guests; this is guest misbehaviour.",
         guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
-        scenario: "pb07_hostile_guest",
+        scenario: "hostile-guest",
     },
     Erratum {
         id: "PB-08",
@@ -134,7 +134,7 @@ pub static ERRATA: [Erratum; 8] = [
         host_visible: "A typed error names the limit and the bytes requested; nothing stays half pinned.",
         mitigation: "Raise RLIMIT_MEMLOCK to vCPUs x cap.",
         guest_told: GuestTold::NoticeBit(bits::BUFFER_CAP),
-        scenario: "pb08_lock_limit",
+        scenario: "lock-limit",
     },
 ];
 

@@ -1,0 +1,913 @@
+//! The simulator: one VM whose vCPUs profile with SPE while the host does what a scenario says,
+//! with a backing strategy in between. Virtual time advances one record interval at a time;
+//! everything is seeded, so the same inputs give the same metrics.
+//!
+//! * The SPU writes real records (the 44- and 64-byte records of the shared test data). With
+//!   the guest owning the buffer it writes at PMBPTR through the guest's stage 1 and the host's
+//!   stage 2 model; a record that meets a page not present (or not writable) stops with a
+//!   stage 2 fault, DL=1 when the fault is past the record's first byte (spec sheet §1.11
+//!   rule 5), the bytes before it written. With shadow-buffer it writes into the host buffer
+//!   and the strategy copies (§1.11b).
+//! * The guest driver (spec sheet §4.3) re-programs the buffer at every buffer-full and stops
+//!   the session on any fault or unknown status it receives.
+//! * The host applies the scenario's events through the strategy (MMU-notifier invalidations,
+//!   migrations, hot-plug, a guest remap) to the stage 2 model.
+
+mod guest;
+mod metrics;
+mod sim_host;
+
+use std::collections::{HashMap, VecDeque};
+
+use spe_policies::{Policy, ShadowBuffer, SpuWrite};
+use spe_policy::arch::walk::Walker;
+use spe_policy::arch::walk::builder::LEAF_RW;
+use spe_policy::arch::{
+    BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmbidr, Pmblimitr, Pmbptr, Pmbsr,
+    Stage,
+};
+use spe_policy::config::SpeConfig;
+use spe_policy::event::{
+    BufferReg, BufferRegs, Event, InvalidationCause, MigrationMode, Outcome, Refusal,
+};
+use spe_policy::stage2::{Absence, Stage2Model};
+use spe_policy::{BackingStrategy, Granule, Gva, HostBacking, Ipa, IpaRange, Memslot, VcpuId};
+
+use crate::scenario::{HostEventKind, Scenario};
+use guest::{BUFFER_VA, Guest, OUTSIDE_RAM, Rng, SPARE_PAGE, build_guest, sample_records};
+pub use guest::{RAM_BASE, SIM_RAM};
+use metrics::LossCause;
+pub use metrics::Metrics;
+use sim_host::SimHost;
+
+/// Costs of host work in virtual time, in nanoseconds (defaults in one place; from the real
+/// benchmarks where the host part was measured, docs/BENCHMARKS.md).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    /// Handling a trapped register access or a buffer management exit.
+    pub trap_ns: f64,
+    /// A host interrupt taken while the guest runs (exit, handler, re-entry): shadow-buffer's
+    /// host buffer-full.
+    pub host_irq_ns: f64,
+    /// Walking one page of a buffer at enable.
+    pub walk_page_ns: f64,
+    /// Pinning one page (mlock of a scattered page).
+    pub pin_page_ns: f64,
+    /// Servicing a stage 2 fault in the strategy (walk, fault-in of present pages, recovery).
+    pub fault_service_ns: f64,
+    /// Bringing one page back from swap.
+    pub swap_in_ns: f64,
+    /// Fetching one page from the post-copy source.
+    pub post_copy_fetch_ns: f64,
+    /// Scanning one byte of buffer during recovery.
+    pub scan_byte_ns: f64,
+    /// Copying one byte into guest memory (shadow-buffer; the walk is priced per page).
+    pub copy_byte_ns: f64,
+    /// Sending one 4 KiB page to the migration destination (10 Gb/s).
+    pub send_page_ns: f64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        CostModel {
+            trap_ns: 1_000.0,
+            host_irq_ns: 2_000.0,
+            walk_page_ns: 40.0,
+            pin_page_ns: 8_000.0,
+            fault_service_ns: 25_000.0,
+            swap_in_ns: 60_000.0,
+            post_copy_fetch_ns: 500_000.0,
+            scan_byte_ns: 0.6,
+            copy_byte_ns: 0.15,
+            send_page_ns: 3_300.0,
+        }
+    }
+}
+
+impl CostModel {
+    /// Every cost zero: a run where only the mechanism matters (differential tests).
+    pub const FREE: CostModel = CostModel {
+        trap_ns: 0.0,
+        host_irq_ns: 0.0,
+        walk_page_ns: 0.0,
+        pin_page_ns: 0.0,
+        fault_service_ns: 0.0,
+        swap_in_ns: 0.0,
+        post_copy_fetch_ns: 0.0,
+        scan_byte_ns: 0.0,
+        copy_byte_ns: 0.0,
+        send_page_ns: 0.0,
+    };
+}
+
+/// Why a run could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The strategy reported a host failure.
+    #[error(transparent)]
+    Policy(#[from] spe_policy::PolicyError),
+    /// The guest could not be built.
+    #[error("building the simulated guest: {0}")]
+    Guest(String),
+}
+
+#[derive(Debug)]
+struct Vcpu {
+    base: u64,
+    size: u64,
+    /// The guest's PMBPTR, as an offset (guest-owned buffers).
+    ptr: u64,
+    safe: u64,
+    starts: VecDeque<u64>,
+    blackout_until: f64,
+    blackout_cause: LossCause,
+    fatal: bool,
+    fatal_cause: LossCause,
+    /// The guest disabled its buffer (perf stopped): no records are attempted.
+    disabled: bool,
+    /// shadow-buffer: when the copy of the last full host half ends.
+    copy_busy_until: f64,
+    /// shadow-buffer: when the first record not yet copied was written.
+    oldest_uncopied: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Migration {
+    None,
+    PreCopy,
+    /// Refused or degraded: dirty-log events of the scenario do not apply.
+    NotLive,
+}
+
+const HOTPLUG_SLOT: Memslot = Memslot {
+    slot: 1,
+    range: IpaRange::new(Ipa(RAM_BASE.0 + SIM_RAM), 16 << 20),
+};
+
+fn regs(ptr: u64, limit: u64, enabled: bool, pmbsr: Pmbsr) -> BufferRegs {
+    BufferRegs {
+        pmbptr: Pmbptr::from_bits(ptr),
+        pmblimitr: Pmblimitr::for_buffer(Gva(limit), enabled, BufferMode::Fill),
+        pmbsr,
+    }
+}
+
+fn fault_pmbsr(data_loss: bool) -> Pmbsr {
+    BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode()
+}
+
+/// FNV-1a, for the guest-visible digest.
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+struct Sim<'a> {
+    policy: &'a Policy,
+    shadow: Option<&'a ShadowBuffer>,
+    cost: &'a CostModel,
+    guest: Guest,
+    host: SimHost,
+    m: Metrics,
+    declared: Vec<&'static str>,
+    /// (vCPU, buffer page VA) -> (IPA, table pages).
+    xlat: HashMap<(u32, u64), (Ipa, Vec<Ipa>)>,
+    cpus: Vec<Vcpu>,
+    rng: Rng,
+    buffers: Vec<Vec<Ipa>>,
+    migration: Migration,
+    max_record: u64,
+}
+
+/// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB
+/// buffers are simulated, in 64 MiB of RAM).
+pub fn run(
+    config: &SpeConfig,
+    policy: &Policy,
+    scenario: &Scenario,
+    cost: &CostModel,
+) -> Result<Metrics, SimError> {
+    let vcpus = config.guest.vcpus.clamp(1, 8);
+    let buffer = config
+        .guest
+        .buffer_per_vcpu
+        .bytes()
+        .clamp(16 << 10, 4 << 20)
+        & !0xfff;
+    let (guest, buffers) = build_guest(vcpus, buffer)?;
+    let slot = [Memslot {
+        slot: 0,
+        range: IpaRange::new(RAM_BASE, SIM_RAM),
+    }];
+    let model = Stage2Model::new(Granule::K4, &slot);
+    if let spe_policy::config::Limit::Bytes(limit) = config.host.lock_limit {
+        model.set_lock_limit(Some(limit.bytes()));
+    }
+    let shadow = match policy {
+        Policy::ShadowBuffer(s) => Some(s),
+        _ => None,
+    };
+    let mut sim = Sim {
+        policy,
+        shadow,
+        cost,
+        guest,
+        host: SimHost::new(model),
+        m: Metrics {
+            strategy: policy.name().into(),
+            scenario: scenario.name.clone(),
+            guest_digest: 0xcbf2_9ce4_8422_2325,
+            ..Metrics::default()
+        },
+        declared: policy.errata().iter().map(|e| e.id).collect(),
+        xlat: HashMap::new(),
+        cpus: Vec::new(),
+        rng: Rng(scenario.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        buffers,
+        migration: Migration::None,
+        max_record: config.guest.max_record.bytes().max(64),
+    };
+    // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
+    let started = policy
+        .on_event(
+            &Event::VmStart { memslots: &slot },
+            &sim.guest.ram,
+            &sim.host,
+        )
+        .is_ok();
+    if !started {
+        sim.m.fatal_events += 1;
+    }
+    sim.cpus = (0..vcpus)
+        .map(|v| Vcpu {
+            base: BUFFER_VA + u64::from(v) * (1 << 30),
+            size: buffer,
+            ptr: 0,
+            safe: 0,
+            starts: VecDeque::new(),
+            blackout_until: 0.0,
+            blackout_cause: LossCause::EnableBlackout,
+            fatal: !started,
+            fatal_cause: LossCause::FatalAtEnable,
+            disabled: false,
+            copy_busy_until: 0.0,
+            oldest_uncopied: None,
+        })
+        .collect();
+    let mut events = scenario.events.clone();
+    events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    let mut next_event = 0;
+    let interval = 1e6 / scenario.records_per_ms;
+    let ticks = (scenario.duration_ms * 1e6 / interval) as u64;
+    let sample_every = (ticks / 100).max(1);
+    let mut pinned_sum = 0.0;
+
+    // Each vCPU enables its buffer at time 0.
+    for v in (0..vcpus).filter(|_| started) {
+        sim.enable(v, 0.0)?;
+    }
+    for tick in 0..ticks {
+        let now = tick as f64 * interval;
+        while let Some(e) = events.get(next_event).filter(|e| e.at_ms * 1e6 <= now) {
+            sim.host_event(e.kind, e.fraction, now)?;
+            next_event += 1;
+        }
+        for v in 0..vcpus {
+            sim.record(v, now)?;
+        }
+        let pinned = policy.stats().pinned_bytes;
+        pinned_sum += pinned as f64;
+        if sim.cpus.iter().all(|c| c.disabled) {
+            sim.m.pinned_idle_peak_bytes = sim.m.pinned_idle_peak_bytes.max(pinned);
+        }
+        if tick % sample_every == 0 {
+            sim.m.pinned_timeline.push([now / 1e6, pinned as f64]);
+        }
+    }
+    sim.finish(ticks, pinned_sum)
+}
+
+impl Sim<'_> {
+    fn on_event(&mut self, ev: &Event<'_>) -> Result<Outcome, SimError> {
+        let out = self.policy.on_event(ev, &self.guest.ram, &self.host)?;
+        self.host.flush_writes(&mut self.guest.ram);
+        Ok(out)
+    }
+
+    fn finish(mut self, ticks: u64, pinned_sum: f64) -> Result<Metrics, SimError> {
+        let stats = self.policy.stats();
+        let m = &mut self.m;
+        m.pinned_peak_bytes = stats.peak_pinned_bytes;
+        m.table_faults = stats.stage2_faults_table;
+        m.pin_ops = stats.pin_ops + stats.unpin_ops;
+        m.bytes_lost = stats.bytes_lost_rewind + stats.bytes_lost_discard;
+        m.pinned_mean_bytes = if ticks > 0 {
+            pinned_sum / ticks as f64
+        } else {
+            0.0
+        };
+        m.invalidations_refused = stats.refused;
+        m.pages_sent_before_switchover = self.host.model.counters().sent_before_switchover;
+        if let Some(s) = self.shadow {
+            let st = s.shadow_stats();
+            m.traps = st.traps;
+            m.bytes_copied = st.bytes_copied;
+        }
+        self.on_event(&Event::VmStop)?;
+        self.m.pinned_after_stop =
+            self.host.model.pinned_bytes() + self.policy.stats().pinned_bytes;
+        Ok(self.m)
+    }
+
+    fn blackout(&mut self, v: u32, now: f64, ns: f64, cause: LossCause) {
+        let c = &mut self.cpus[v as usize];
+        c.blackout_until = now + ns;
+        c.blackout_cause = cause;
+        self.m.blackout_count += 1;
+        self.m.blackout_ns += ns;
+        self.m.longest_blackout_ns = self.m.longest_blackout_ns.max(ns);
+        if self.m.blackout_windows.len() < 256 {
+            self.m.blackout_windows.push([now / 1e6, ns / 1e3]);
+        }
+    }
+
+    /// The IPA of the buffer page at `va` for vCPU `v` and the table pages that translate it
+    /// (an untranslatable page is left at IPA 0, outside RAM: it faults).
+    fn translate(&mut self, v: u32, va: u64) -> (Ipa, Vec<Ipa>) {
+        let page = va & !0xfff;
+        let guest = &self.guest;
+        self.xlat
+            .entry((v, page))
+            .or_insert_with(|| {
+                Walker::new(guest.stage1, &guest.ram)
+                    .translate(Gva(page))
+                    .map(|t| (t.ipa, t.tables_touched.as_slice().to_vec()))
+                    .unwrap_or((Ipa(0), Vec::new()))
+            })
+            .clone()
+    }
+
+    /// One sample interval of vCPU `v`.
+    fn record(&mut self, v: u32, now: f64) -> Result<(), SimError> {
+        let c = &self.cpus[v as usize];
+        if c.disabled {
+            return Ok(());
+        }
+        self.m.records_attempted += 1;
+        if c.fatal {
+            let cause = c.fatal_cause;
+            self.m.lost_fatal += 1;
+            self.m.lose(cause, 1, &self.declared);
+            return Ok(());
+        }
+        if now < c.blackout_until {
+            let cause = c.blackout_cause;
+            self.m.lost_blackout += 1;
+            if cause == LossCause::EnableBlackout {
+                self.m.lost_blackout_enable += 1;
+            }
+            self.m.lose(cause, 1, &self.declared);
+            return Ok(());
+        }
+        let records = sample_records();
+        let rec = records[(self.rng.next() % records.len() as u64) as usize];
+        match self.shadow {
+            Some(s) => self.spu_into_host_buffer(s, v, now, rec),
+            None => self.spu_into_guest_buffer(v, now, rec),
+        }
+    }
+
+    /// The guest owns the buffer: the SPU writes through stage 1 and stage 2.
+    fn spu_into_guest_buffer(&mut self, v: u32, now: f64, rec: &[u8]) -> Result<(), SimError> {
+        let len = rec.len() as u64;
+        let (base, ptr) = {
+            let c = &self.cpus[v as usize];
+            (c.base, c.ptr)
+        };
+        // Where does stage 2 stop the write? (Tables are read: present suffices; the data
+        // page is written: it must be writable.)
+        let mut fault_at = None;
+        let mut outside_ram = false;
+        let mut at = ptr;
+        while at < ptr + len {
+            let (ipa, tables) = self.translate(v, base + at);
+            let host = &self.host.model;
+            let ok = tables.iter().all(|t| host.page_state(*t).present)
+                && host.page_state(ipa).writable();
+            let chunk = (0x1000 - ((base + at) & 0xfff)).min(ptr + len - at);
+            if !ok {
+                outside_ram = !host.page_state(ipa).in_memslot;
+                fault_at = Some(at);
+                break;
+            }
+            let from = (at - ptr) as usize;
+            let off = (base + at) & 0xfff;
+            let _ = self
+                .guest
+                .ram
+                .write(Ipa(ipa.0 + off), &rec[from..from + chunk as usize]);
+            self.host.mark_dirty(ipa);
+            at += chunk;
+        }
+        match fault_at {
+            None => {
+                let c = &mut self.cpus[v as usize];
+                c.starts.push_back(c.ptr);
+                c.ptr += len;
+                self.m.records_written += 1;
+            }
+            Some(f) => self.stage2_fault(v, now, f, outside_ram)?,
+        }
+        // §1.11 rule 4: buffer full once another largest record might not fit; the guest's
+        // driver takes the data and re-programs the buffer.
+        let c = &self.cpus[v as usize];
+        if !c.fatal && c.ptr + self.max_record > c.size {
+            let (pmbsr, pmbptr) = (BufferEvent::buffer_full().encode(), c.base + c.ptr);
+            self.guest_interrupt(v, now, pmbsr, pmbptr)?;
+        }
+        Ok(())
+    }
+
+    fn stage2_fault(
+        &mut self,
+        v: u32,
+        now: f64,
+        f: u64,
+        outside_ram: bool,
+    ) -> Result<(), SimError> {
+        let (base, size, ptr, safe) = {
+            let c = &self.cpus[v as usize];
+            (c.base, c.size, c.ptr, c.safe)
+        };
+        self.m.stage2_faults += 1;
+        self.m.guest_error_faults += u64::from(outside_ram);
+        let dl = f != ptr;
+        self.m.dl_events += u64::from(dl);
+        let before = self.host.model.counters();
+        let ev = Event::BufferManagement {
+            vcpu: VcpuId(v),
+            regs: regs(base + f, base + size, true, fault_pmbsr(dl)),
+            stage1: self.guest.stage1,
+        };
+        let out = self.on_event(&ev)?;
+        let after = self.host.model.counters();
+        let cost = self.cost;
+        let service = cost.trap_ns
+            + cost.fault_service_ns
+            + (after.swap_ins - before.swap_ins) as f64 * cost.swap_in_ns
+            + (after.post_copy_fetches - before.post_copy_fetches) as f64 * cost.post_copy_fetch_ns
+            + (f - safe) as f64 * cost.scan_byte_ns;
+        match out {
+            Outcome::ResumeAt { pmbptr } => {
+                let resume = pmbptr.0.saturating_sub(base).min(f);
+                // Records that started at or after the resume point are gone.
+                let c = &mut self.cpus[v as usize];
+                let mut gone = 1; // the record that faulted
+                while c.starts.back().is_some_and(|s| *s >= resume) {
+                    c.starts.pop_back();
+                    gone += 1;
+                }
+                c.ptr = resume;
+                c.safe = resume;
+                self.m.records_written -= gone - 1;
+                self.m.lost_recovery += gone;
+                self.m.lose(LossCause::Recovery, gone, &self.declared);
+                self.blackout(v, now, service, LossCause::FaultBlackout);
+            }
+            Outcome::Resume => {
+                self.m.lost_recovery += 1;
+                self.m.lose(LossCause::Recovery, 1, &self.declared);
+                self.blackout(v, now, service, LossCause::FaultBlackout);
+            }
+            Outcome::Inject { pmbsr, pmbptr } => {
+                self.m.lost_fatal += 1;
+                let cause = if outside_ram {
+                    LossCause::GuestError
+                } else {
+                    LossCause::FatalAtFault
+                };
+                self.m.lose(cause, 1, &self.declared);
+                self.cpus[v as usize].fatal_cause = cause;
+                self.guest_interrupt(v, now, pmbsr, pmbptr.0)?;
+            }
+            _ => {
+                // SPE disabled or refused: Linux's session ends.
+                self.m.fatal_events += 1;
+                self.m.lost_fatal += 1;
+                self.m.lose(LossCause::FatalAtFault, 1, &self.declared);
+                let c = &mut self.cpus[v as usize];
+                c.fatal = true;
+                c.fatal_cause = LossCause::FatalAtFault;
+            }
+        }
+        Ok(())
+    }
+
+    /// shadow-buffer: the SPU writes into the host buffer; a host buffer-full is handled by
+    /// the strategy (copy, then restart on the other half, or a guest event).
+    fn spu_into_host_buffer(
+        &mut self,
+        s: &ShadowBuffer,
+        v: u32,
+        now: f64,
+        rec: &[u8],
+    ) -> Result<(), SimError> {
+        match s.spu_write(VcpuId(v), rec) {
+            SpuWrite::Written => {
+                self.m.records_written += 1;
+                self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
+                Ok(())
+            }
+            SpuWrite::HostBufferFull => {
+                self.m.records_written += 1;
+                self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
+                self.host_buffer_full(s, v, now)
+            }
+            SpuWrite::NotProfiling | SpuWrite::Oversized => {
+                // Not expected from a well-behaved guest: counted as unexplained so tests see it.
+                self.m.unexplained_loss += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn host_buffer_full(&mut self, s: &ShadowBuffer, v: u32, now: f64) -> Result<(), SimError> {
+        let before = (
+            self.host.model.counters(),
+            s.shadow_stats(),
+            self.policy.stats(),
+        );
+        let ev = Event::BufferManagement {
+            vcpu: VcpuId(v),
+            regs: BufferRegs {
+                pmbsr: BufferEvent::buffer_full().encode(),
+                ..BufferRegs::default()
+            },
+            stage1: self.guest.stage1,
+        };
+        let out = self.on_event(&ev)?;
+        let (hc, sc, ps) = (
+            self.host.model.counters(),
+            s.shadow_stats(),
+            self.policy.stats(),
+        );
+        let cost = self.cost;
+        let copy = (sc.bytes_copied - before.1.bytes_copied) as f64 * cost.copy_byte_ns
+            + (ps.walks - before.2.walks) as f64 * cost.walk_page_ns
+            + (hc.swap_ins - before.0.swap_ins) as f64 * cost.swap_in_ns
+            + (hc.post_copy_fetches - before.0.post_copy_fetches) as f64 * cost.post_copy_fetch_ns;
+        self.m.copy_ns += copy;
+        let c = &mut self.cpus[v as usize];
+        if let Some(t) = c.oldest_uncopied.take() {
+            self.m.max_copy_delay_ns = self.m.max_copy_delay_ns.max(now - t);
+        }
+        // Double buffering: the SPU restarts on the other half after the host interrupt,
+        // unless that half is still being copied.
+        let wait = (c.copy_busy_until - now).max(0.0);
+        c.copy_busy_until = c.copy_busy_until.max(now) + copy;
+        match out {
+            Outcome::Resume => {
+                if wait > 0.0 {
+                    self.m.copy_wait_ns += wait;
+                    self.blackout(v, now, cost.host_irq_ns + wait, LossCause::CopyWait);
+                } else if cost.host_irq_ns > 0.0 {
+                    self.blackout(v, now, cost.host_irq_ns, LossCause::HostInterrupt);
+                }
+                Ok(())
+            }
+            Outcome::Inject { pmbsr, pmbptr } => {
+                // The guest's buffer filled (or faulted) at this copy: its driver handles it.
+                if let BufferEventKind::Fault { .. } = BufferEvent::decode(pmbsr).kind {
+                    let page = pmbptr.0 & !0xfff;
+                    let (ipa, _) = self.translate(v, page);
+                    let outside = !self.host.model.page_state(ipa).in_memslot;
+                    self.m.guest_error_faults += u64::from(outside);
+                    self.cpus[v as usize].fatal_cause = if outside {
+                        LossCause::GuestError
+                    } else {
+                        LossCause::FatalAtFault
+                    };
+                }
+                self.guest_interrupt(v, now, pmbsr, pmbptr.0)
+            }
+            _ => {
+                self.m.fatal_events += 1;
+                let c = &mut self.cpus[v as usize];
+                c.fatal = true;
+                c.fatal_cause = LossCause::FatalAtFault;
+                Ok(())
+            }
+        }
+    }
+
+    /// A trapped read of `reg` (shadow-buffer emulates it).
+    fn read_reg(&mut self, v: u32, reg: BufferReg) -> Result<Option<u64>, SimError> {
+        let ev = Event::BufferRead {
+            vcpu: VcpuId(v),
+            reg,
+            regs: BufferRegs::default(),
+            pmbidr: Pmbidr::new(),
+        };
+        Ok(match self.on_event(&ev)? {
+            Outcome::Emulated(x) => Some(x),
+            _ => None,
+        })
+    }
+
+    /// The guest takes a buffer management interrupt (spec sheet §4.3): it reads PMBSR and
+    /// PMBPTR, commits the data, and re-arms on buffer-full or stops the session otherwise.
+    fn guest_interrupt(
+        &mut self,
+        v: u32,
+        now: f64,
+        pmbsr: Pmbsr,
+        pmbptr: u64,
+    ) -> Result<(), SimError> {
+        let (pmbsr, pmbptr) = if self.shadow.is_some() {
+            let sr = self.read_reg(v, BufferReg::Pmbsr)?;
+            let pr = self.read_reg(v, BufferReg::Pmbptr)?;
+            (sr.map_or(pmbsr, Pmbsr::from_bits), pr.unwrap_or(pmbptr))
+        } else {
+            (pmbsr, pmbptr)
+        };
+        self.m.guest_interrupts += 1;
+        self.digest(v, pmbsr, pmbptr);
+        if BufferEvent::decode(pmbsr).kind == BufferEventKind::BufferFull {
+            let c = &mut self.cpus[v as usize];
+            c.ptr = 0;
+            c.safe = 0;
+            c.starts.clear();
+            self.enable(v, now)
+        } else {
+            self.m.fatal_events += 1;
+            let c = &mut self.cpus[v as usize];
+            c.fatal = true;
+            if c.fatal_cause == LossCause::FatalAtEnable {
+                c.fatal_cause = LossCause::FatalAtFault;
+            }
+            Ok(())
+        }
+    }
+
+    fn digest(&mut self, v: u32, pmbsr: Pmbsr, pmbptr: u64) {
+        let base = self.cpus[v as usize].base;
+        let mut h = self.m.guest_digest;
+        h = fnv(h, &v.to_le_bytes());
+        h = fnv(h, &pmbsr.into_bits().to_le_bytes());
+        h = fnv(h, &pmbptr.wrapping_sub(base).to_le_bytes());
+        let end = pmbptr.saturating_sub(base).min(self.cpus[v as usize].size);
+        let mut at = 0;
+        while at < end {
+            let n = (0x1000 - (at & 0xfff)).min(end - at);
+            let (ipa, _) = self.translate(v, base + at);
+            if let Some(bytes) = self.guest.ram.slice(Ipa(ipa.0 + (at & 0xfff)), n as usize) {
+                h = fnv(h, bytes);
+            }
+            at += n;
+        }
+        self.m.guest_digest = h;
+    }
+
+    /// The guest programs its buffer (Linux: PMBPTR, PMBLIMITR with E = 1, then PMBSR = 0).
+    fn enable(&mut self, v: u32, now: f64) -> Result<(), SimError> {
+        let before = self.policy.stats();
+        let (base, size, ptr) = {
+            let c = &self.cpus[v as usize];
+            (c.base, c.size, c.ptr)
+        };
+        let r = regs(base + ptr, base + size, true, Pmbsr::new());
+        let writes: &[BufferReg] = if self.shadow.is_some() {
+            &[BufferReg::Pmbptr, BufferReg::Pmblimitr, BufferReg::Pmbsr]
+        } else {
+            &[BufferReg::Pmblimitr]
+        };
+        let mut out = Outcome::Resume;
+        for reg in writes {
+            let ev = Event::BufferWrite {
+                vcpu: VcpuId(v),
+                reg: *reg,
+                regs: r,
+                stage1: self.guest.stage1,
+            };
+            out = self.on_event(&ev)?;
+        }
+        let after = self.policy.stats();
+        let cost = self.cost;
+        let walked = (after.walks - before.walks) as f64 * (size / 4096) as f64;
+        let pinned = after.pinned_bytes.saturating_sub(before.pinned_bytes) as f64 / 4096.0;
+        let ns = if self.shadow.is_some() {
+            // Allocating the host buffer is not on the enable path after the first time, and
+            // no guest page is walked or pinned.
+            cost.trap_ns
+        } else {
+            cost.trap_ns + walked * cost.walk_page_ns + pinned * cost.pin_page_ns
+        };
+        match out {
+            Outcome::Resume | Outcome::ResumeAt { .. } => {
+                if ns > cost.trap_ns {
+                    self.blackout(v, now, ns, LossCause::EnableBlackout);
+                }
+                self.m.longest_enable_ns = self.m.longest_enable_ns.max(ns);
+                Ok(())
+            }
+            _ => {
+                self.m.fatal_events += 1;
+                let c = &mut self.cpus[v as usize];
+                c.fatal = true;
+                c.fatal_cause = LossCause::FatalAtEnable;
+                Ok(())
+            }
+        }
+    }
+
+    /// The guest stops profiling on vCPU `v` (perf disabled): PMBLIMITR = 0.
+    fn disable(&mut self, v: u32) -> Result<(), SimError> {
+        let ev = Event::BufferWrite {
+            vcpu: VcpuId(v),
+            reg: BufferReg::Pmblimitr,
+            regs: BufferRegs::default(),
+            stage1: self.guest.stage1,
+        };
+        self.on_event(&ev)?;
+        if self.shadow.is_some() {
+            // Linux reads PMBPTR to commit the data (arm_spe_perf_aux_output_end) and starts
+            // from there next time.
+            if let Some(ptr) = self.read_reg(v, BufferReg::Pmbptr)? {
+                let c = &mut self.cpus[v as usize];
+                c.ptr = ptr.saturating_sub(c.base).min(c.size);
+            }
+        }
+        self.cpus[v as usize].disabled = true;
+        Ok(())
+    }
+
+    fn host_event(&mut self, kind: HostEventKind, fraction: f64, now: f64) -> Result<(), SimError> {
+        let ram = IpaRange::new(RAM_BASE, SIM_RAM);
+        let pages = SIM_RAM / 4096;
+        let all_ram_send = (pages as f64) * self.cost.send_page_ns;
+        match kind {
+            HostEventKind::SwapOut | HostEventKind::KsmMerge | HostEventKind::ThpSplit => {
+                let n = (pages as f64 * fraction) as u64;
+                let cause = match kind {
+                    HostEventKind::SwapOut => InvalidationCause::Swap,
+                    HostEventKind::KsmMerge => InvalidationCause::KsmMerge,
+                    _ => InvalidationCause::ThpSplit,
+                };
+                for _ in 0..n {
+                    let page = Ipa(RAM_BASE.0 + (self.rng.next() % pages) * 4096);
+                    let range = IpaRange::new(page, 4096);
+                    let ev = Event::HostInvalidation { range, cause };
+                    if self.on_event(&ev)? == Outcome::Resume {
+                        let host = &self.host.model;
+                        match kind {
+                            HostEventKind::SwapOut => {
+                                host.unmap(range, Absence::Swapped);
+                            }
+                            HostEventKind::KsmMerge => {
+                                host.ksm_merge(range);
+                            }
+                            _ => {
+                                host.unmap(range, Absence::NeverTouched);
+                            }
+                        }
+                    }
+                }
+            }
+            HostEventKind::DirtyLogStart => {
+                match self.on_event(&Event::MigrationStart(MigrationMode::PreCopy))? {
+                    Outcome::Refuse(r) => {
+                        // PA-03: no live migration; stop-and-copy sends all RAM while stopped.
+                        self.m.migrations_refused += 1;
+                        if r == Refusal::UseStopAndCopy {
+                            self.m.migration_downtime_ns += all_ram_send;
+                        }
+                        self.migration = Migration::NotLive;
+                    }
+                    _ => {
+                        self.migration = Migration::PreCopy;
+                        self.on_event(&Event::DirtyLogStart)?;
+                        self.host.model.dirty_log_protect(None);
+                        self.host.start_logging();
+                    }
+                }
+            }
+            HostEventKind::DirtyLogRound if self.migration == Migration::PreCopy => {
+                self.m.pages_resent += self.host.take_resend();
+                self.on_event(&Event::DirtyLogClear(ram))?;
+                self.host.model.dirty_log_protect(None);
+            }
+            HostEventKind::DirtyLogStop if self.migration == Migration::PreCopy => {
+                // Stop-and-copy: what is dirty or untracked is sent while the VM is stopped.
+                self.m.untracked_pages_at_stop = self.host.model.untracked_pages();
+                let last = self.host.take_resend();
+                self.m.pages_resent += last;
+                self.m.migration_downtime_ns += last as f64 * self.cost.send_page_ns;
+                for v in 0..self.cpus.len() as u32 {
+                    self.on_event(&Event::VcpuStop(VcpuId(v)))?;
+                }
+                self.on_event(&Event::DirtyLogStop)?;
+                self.host.model.dirty_log_stop();
+                self.host.stop_logging();
+                self.migration = Migration::None;
+            }
+            HostEventKind::DirtyLogRound | HostEventKind::DirtyLogStop => {}
+            HostEventKind::PostCopySwitchover => {
+                match self.on_event(&Event::MigrationStart(MigrationMode::PostCopy))? {
+                    Outcome::Refuse(r) => {
+                        self.m.migrations_refused += 1;
+                        if r == Refusal::UseStopAndCopy {
+                            self.m.migration_downtime_ns += all_ram_send;
+                        }
+                    }
+                    _ => {
+                        let before = self.host.model.counters().sent_before_switchover;
+                        self.on_event(&Event::PostCopySwitchover)?;
+                        self.host.model.post_copy_switchover(ram);
+                        let sent = self.host.model.counters().sent_before_switchover - before;
+                        self.m.migration_downtime_ns += sent as f64 * self.cost.send_page_ns;
+                    }
+                }
+            }
+            HostEventKind::PageUnavailable => {
+                if let Some(page) = self.buffers.first().and_then(|b| b.first()).copied() {
+                    self.host.model.make_unavailable(page);
+                    self.host
+                        .model
+                        .unmap(IpaRange::new(page, 4096), Absence::PostCopyPending);
+                }
+            }
+            HostEventKind::GuestRemap => self.remap_first_page(1, SPARE_PAGE, true),
+            HostEventKind::GuestMapOutsideRam => {
+                // A hostile or broken guest points its second buffer page at a device IPA and
+                // re-arms the buffer (a perf restart).
+                self.remap_first_page(2, OUTSIDE_RAM, false);
+                if !self.cpus[0].fatal && !self.cpus[0].disabled {
+                    self.enable(0, now)?;
+                }
+            }
+            HostEventKind::MemslotHotplug => {
+                self.host.model.add_memslot(HOTPLUG_SLOT);
+                self.on_event(&Event::MemslotAdded(HOTPLUG_SLOT))?;
+            }
+            HostEventKind::MemslotUnplug => {
+                match self.on_event(&Event::MemslotRemoved(HOTPLUG_SLOT))? {
+                    Outcome::Refuse(_) => self.m.unplugs_refused += 1,
+                    _ => self.host.model.remove_memslot(HOTPLUG_SLOT.slot),
+                }
+            }
+            HostEventKind::GuestDisable => {
+                for v in 0..self.cpus.len() as u32 {
+                    if !self.cpus[v as usize].disabled {
+                        self.disable(v)?;
+                    }
+                }
+            }
+            HostEventKind::GuestEnable => {
+                for v in 0..self.cpus.len() as u32 {
+                    let c = &mut self.cpus[v as usize];
+                    if c.disabled {
+                        c.disabled = false;
+                        if !c.fatal {
+                            self.enable(v, now)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest points vCPU 0's buffer page number `nth` (1-based) at `to` and updates its
+    /// tables; the host does not see the TLB invalidation. `copy` keeps the page's contents.
+    fn remap_first_page(&mut self, nth: u64, to: Ipa, copy: bool) {
+        let Some(old) = self
+            .buffers
+            .first()
+            .and_then(|b| b.get(nth as usize - 1))
+            .copied()
+        else {
+            return;
+        };
+        let va = Gva(BUFFER_VA + (nth - 1) * 4096);
+        let walker = Walker::new(self.guest.stage1, &self.guest.ram);
+        let Some(desc) = walker.translate(va).ok().and_then(|t| t.leaf_descriptor) else {
+            return;
+        };
+        if copy {
+            let mut page = vec![0u8; 4096];
+            let _ = self
+                .guest
+                .ram
+                .slice(old, 4096)
+                .map(|b| page.copy_from_slice(b));
+            let _ = self.guest.ram.write(to, &page);
+            // The new page was never touched, so it is not present at stage 2.
+            self.host
+                .model
+                .unmap(IpaRange::new(to, 4096), Absence::NeverTouched);
+        }
+        let _ = self.guest.ram.write_u64(desc, to.0 | 0b11 | LEAF_RW, false);
+        self.xlat.retain(|(v, _), _| *v != 0);
+    }
+}

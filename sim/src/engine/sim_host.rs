@@ -1,0 +1,110 @@
+//! The simulator's host: the stage 2 model, plus guest-memory writes that land in the
+//! simulated RAM after each strategy call, and the dirty pages a migration must send again.
+
+use std::collections::BTreeSet;
+
+use parking_lot::Mutex;
+use spe_policy::arch::{Pmbptr, Pmbsr};
+use spe_policy::host::{FaultIn, HostGranule, PageState};
+use spe_policy::stage2::Stage2Model;
+use spe_policy::{GuestRam, HostBacking, HostError, Ipa, IpaRange, VcpuId};
+
+/// The stage 2 model with a write-back queue and dirty tracking.
+#[derive(Debug)]
+pub(crate) struct SimHost {
+    pub(crate) model: Stage2Model,
+    writes: Mutex<Vec<(Ipa, Vec<u8>)>>,
+    dirty: Mutex<Option<BTreeSet<u64>>>,
+}
+
+impl SimHost {
+    pub(crate) fn new(model: Stage2Model) -> Self {
+        SimHost {
+            model,
+            writes: Mutex::new(Vec::new()),
+            dirty: Mutex::new(None),
+        }
+    }
+
+    /// Applies the guest-memory writes made through [`HostBacking::write_guest`].
+    pub(crate) fn flush_writes(&self, ram: &mut GuestRam) {
+        for (ipa, bytes) in self.writes.lock().drain(..) {
+            let _ = ram.write(ipa, &bytes);
+        }
+    }
+
+    /// Dirty logging starts: writes are tracked from now on.
+    pub(crate) fn start_logging(&self) {
+        *self.dirty.lock() = Some(BTreeSet::new());
+    }
+
+    /// Dirty logging stops.
+    pub(crate) fn stop_logging(&self) {
+        *self.dirty.lock() = None;
+    }
+
+    /// A write to `ipa`'s page (by the SPU or the host).
+    pub(crate) fn mark_dirty(&self, ipa: Ipa) {
+        if let Some(d) = self.dirty.lock().as_mut() {
+            d.insert(ipa.0 & !0xfff);
+        }
+    }
+
+    /// Pages a dirty-log round must send again: the tracked dirty pages that are not pinned
+    /// or exempt, plus every untracked page. The tracked set is cleared.
+    pub(crate) fn take_resend(&self) -> u64 {
+        let tracked = self.dirty.lock().as_mut().map(std::mem::take);
+        let dirty = tracked.map_or(0, |d| {
+            d.into_iter()
+                .filter(|p| {
+                    let s = self.model.page_state(Ipa(*p));
+                    !s.pinned && !s.dirty_log_exempt
+                })
+                .count() as u64
+        });
+        dirty + self.model.untracked_pages()
+    }
+}
+
+impl HostBacking for SimHost {
+    fn granule(&self) -> HostGranule {
+        self.model.granule()
+    }
+    fn pin(&self, range: IpaRange) -> Result<(), HostError> {
+        self.model.pin(range)
+    }
+    fn unpin(&self, range: IpaRange) -> Result<(), HostError> {
+        self.model.unpin(range)
+    }
+    fn fault_in(&self, ipa: Ipa) -> Result<FaultIn, HostError> {
+        let r = self.model.fault_in(ipa);
+        // Made writable again: the SPU's next write dirties it.
+        if r.is_ok() {
+            self.mark_dirty(ipa);
+        }
+        r
+    }
+    fn page_state(&self, ipa: Ipa) -> PageState {
+        self.model.page_state(ipa)
+    }
+    fn set_dirty_log_exempt(&self, range: IpaRange, exempt: bool) -> Result<(), HostError> {
+        self.model.set_dirty_log_exempt(range, exempt)
+    }
+    fn send_before_switchover(&self, range: IpaRange) -> Result<(), HostError> {
+        self.model.send_before_switchover(range)
+    }
+    fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError> {
+        self.model.write_guest(ipa, bytes)?;
+        for page in IpaRange::new(ipa, bytes.len() as u64).pages(self.model.granule()) {
+            self.mark_dirty(page);
+        }
+        self.writes.lock().push((ipa, bytes.to_vec()));
+        Ok(())
+    }
+    fn inject(&self, vcpu: VcpuId, pmbsr: Pmbsr, pmbptr: Pmbptr) -> Result<(), HostError> {
+        self.model.inject(vcpu, pmbsr, pmbptr)
+    }
+    fn disable_spe(&self, vcpu: VcpuId) -> Result<(), HostError> {
+        self.model.disable_spe(vcpu)
+    }
+}
