@@ -5,6 +5,7 @@
 mod commands;
 mod hexnum;
 mod image;
+mod plots;
 
 use clap::{Parser, Subcommand};
 
@@ -33,9 +34,13 @@ enum Command {
     /// The errata of each strategy: a table, markdown or JSON; `--write DIR` generates
     /// docs/errata, `--check DIR` verifies it is fresh.
     Errata(commands::errata::ErrataArgs),
-    /// Simulate the three strategies side by side on the scenarios (default: the default config
-    /// and configs/scenarios): records kept and lost by cause, faults, pins, blackouts.
+    /// Simulate the strategies side by side on the scenarios (default: the default config and
+    /// configs/scenarios) on every core: records kept and lost by cause, faults, pins,
+    /// blackouts, migration downtime; `--out DIR` adds metrics.json and SVG plots.
     Compare(commands::compare::CompareArgs),
+    /// Simulate one scenario with one strategy (`--strategy`) or all, optionally with another
+    /// seed.
+    Simulate(commands::compare::SimulateArgs),
 }
 
 fn main() {
@@ -55,6 +60,9 @@ fn main() {
         Command::Config(_) => commands::config::defaults(&mut stdout.lock()),
         Command::Compare(args) => {
             commands::compare::run(args, &mut stdout.lock(), &mut stderr.lock())
+        }
+        Command::Simulate(args) => {
+            commands::compare::simulate(args, &mut stdout.lock(), &mut stderr.lock())
         }
         Command::Errata(args) => {
             commands::errata::run(args, &mut stdout.lock(), &mut stderr.lock())

@@ -79,7 +79,7 @@ fn config_defaults_prints_a_config_that_checks_and_is_the_default() {
 fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
     let (code, out, _) = run(&["errata"]);
     assert_eq!(code, 0);
-    for id in ["PA-01", "PB-08", "FT-07"] {
+    for id in ["PA-01", "PB-08", "FT-07", "SB-06"] {
         assert!(out.contains(id), "{out}");
     }
     let (_, md, _) = run(&["errata", "--strategy", "pin-buffer", "--format", "md"]);
@@ -89,12 +89,12 @@ fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
     );
     let (_, json, _) = run(&["errata", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-    assert_eq!(v.as_array().map(Vec::len), Some(3));
+    assert_eq!(v.as_array().map(Vec::len), Some(4));
     assert_eq!(v[1]["errata"][0]["id"], "PB-01");
     let (code, _, err) = run(&["errata", "--strategy", "pin-everything"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("pin-all, pin-buffer, fault-translate"),
+        err.contains("pin-all, pin-buffer, fault-translate, shadow-buffer"),
         "{err}"
     );
     let (code, _, err) = run(&["errata", "--check", "docs/errata"]);
@@ -102,14 +102,22 @@ fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
 }
 
 #[test]
-fn compare_runs_the_three_strategies_side_by_side_on_every_scenario() {
+fn compare_runs_the_four_strategies_side_by_side_on_every_scenario() {
     let (code, out, err) = run(&["compare", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let rows: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    assert_eq!(rows.len(), 3 * 11, "three strategies x eleven scenarios");
+    let scenarios =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/scenarios"))
+            .expect("scenarios")
+            .count();
+    assert_eq!(
+        rows.len(),
+        4 * scenarios,
+        "four strategies x every scenario"
+    );
     for r in &rows {
         assert_eq!(r["pinned_after_stop"], 0, "{r}");
         assert_eq!(r["unexplained_loss"], 0, "{r}");
@@ -117,6 +125,66 @@ fn compare_runs_the_three_strategies_side_by_side_on_every_scenario() {
     let (code, _, err) = run(&["compare", "--scenarios", "/nonexistent"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent"), "{err}");
+}
+
+#[test]
+fn compare_writes_metrics_and_plots_and_simulate_runs_one_scenario_with_a_seed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("out");
+    let (code, _, err) = run(&[
+        "compare",
+        "configs/default.toml",
+        "configs/scenarios/steady.toml",
+        "configs/scenarios/swap-storm.toml",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let metrics: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).expect("json"))
+            .expect("parses");
+    assert_eq!(metrics.len(), 8, "two scenarios x four strategies");
+    for f in [
+        "lost-shadow-buffer.svg",
+        "pinned-swap-storm.svg",
+        "blackouts-steady.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(svg.starts_with("<svg"), "{f}");
+    }
+    let (code, a, err) = run(&[
+        "simulate",
+        "configs/scenarios/swap-storm.toml",
+        "--strategy",
+        "fault-translate",
+        "--seed",
+        "7",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_, b, _) = run(&[
+        "simulate",
+        "configs/scenarios/swap-storm.toml",
+        "--strategy",
+        "fault-translate",
+        "--seed",
+        "8",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(a.lines().count(), 1);
+    assert_ne!(a, b, "another seed, another run");
+    let (code, _, err) = run(&[
+        "simulate",
+        "configs/scenarios/steady.toml",
+        "--strategy",
+        "pin-most",
+    ]);
+    assert_eq!(code, 2, "clap rejects it");
+    assert!(err.contains("choose one of"), "{err}");
 }
 
 #[test]

@@ -75,3 +75,68 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         _ => return None,
     })
 }
+
+/// The measured impact of erratum `id` in `m` (a run of its strategy in its scenario), as one
+/// sentence for the errata documents.
+pub fn impact(id: &str, m: &Metrics) -> String {
+    let lost = m.loss_by_erratum.get(id).copied().unwrap_or(0);
+    let share = 100.0 * lost as f64 / m.records_attempted.max(1) as f64;
+    let figure = match id {
+        "PA-01" => format!("{} host invalidations refused", m.invalidations_refused),
+        "PA-02" | "PB-02" => format!("longest enable {:.1} µs", m.longest_enable_ns / 1e3),
+        "PA-03" => format!(
+            "{} migration(s) refused or degraded; downtime {:.1} ms",
+            m.migrations_refused,
+            m.migration_downtime_ns / 1e6
+        ),
+        "PA-04" => format!("{} hot-unplug(s) refused", m.unplugs_refused),
+        "PB-04" => format!(
+            "{:.2} MiB pinned while no buffer was enabled",
+            m.pinned_idle_peak_bytes as f64 / f64::from(1u32 << 20)
+        ),
+        "PB-05" => format!(
+            "{} untracked pages at stop-and-copy; downtime {:.2} ms; {} pages resent",
+            m.untracked_pages_at_stop,
+            m.migration_downtime_ns / 1e6,
+            m.pages_resent
+        ),
+        "PB-06" => format!(
+            "{} pages sent before switch-over",
+            m.pages_sent_before_switchover
+        ),
+        "PB-07" => format!(
+            "{} fault(s) on a page outside RAM, {} fatal event(s)",
+            m.guest_error_faults, m.fatal_events
+        ),
+        "FT-03" => format!("{} stage 2 faults on table pages", m.table_faults),
+        "FT-04" => format!("{} stage 2 faults", m.stage2_faults),
+        "FT-06" | "FT-02" => format!(
+            "{} blackouts, longest {:.1} µs",
+            m.blackout_count,
+            m.longest_blackout_ns / 1e3
+        ),
+        "SB-01" => format!(
+            "records waited up to {:.1} µs in the host buffer",
+            m.max_copy_delay_ns / 1e3
+        ),
+        "SB-02" => format!("{} trapped PMB* accesses", m.traps),
+        "SB-03" => format!(
+            "{:.1} MiB copied in {:.2} ms of host CPU ({:.2} ns/byte)",
+            m.bytes_copied as f64 / f64::from(1u32 << 20),
+            m.copy_ns / 1e6,
+            m.copy_ns / (m.bytes_copied.max(1) as f64)
+        ),
+        "SB-06" => format!(
+            "{:.1} ms of blackout waiting for copies",
+            m.copy_wait_ns / 1e6
+        ),
+        _ => format!(
+            "{} stage 2 faults, {} fatal event(s)",
+            m.stage2_faults, m.fatal_events
+        ),
+    };
+    format!(
+        "scenario `{}`: {lost} of {} records lost to it ({share:.2}%); {figure}",
+        m.scenario, m.records_attempted
+    )
+}

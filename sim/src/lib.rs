@@ -74,29 +74,81 @@ pub const STRATEGIES: [StrategyName; 4] = [
     StrategyName::ShadowBuffer,
 ];
 
+/// The configuration `strategy` runs with in the simulator: `config` with its strategy set
+/// (pin-all, which cannot pre-copy or post-copy by config rule, runs with the migration mode
+/// it would use: stop-and-copy).
+pub fn config_for(config: &SpeConfig, strategy: StrategyName) -> SpeConfig {
+    let mut c = *config;
+    c.strategy = strategy;
+    if strategy == StrategyName::PinAll {
+        c.migration = spe_policy::config::MigrationPolicy::StopAndCopy;
+        c.recovery = spe_policy::config::RecoveryName::Rewind;
+    }
+    c
+}
+
+/// Runs one scenario with one strategy.
+pub fn run_one(
+    config: &SpeConfig,
+    scenario: &Scenario,
+    strategy: StrategyName,
+    cost: &CostModel,
+) -> Result<Metrics, String> {
+    let c = config_for(&with_overrides(config, scenario)?, strategy);
+    let policy = Policy::new(StrategyConfig::from_spe(&c).map_err(|e| e.to_string())?);
+    run(&c, &policy, scenario, cost)
+        .map_err(|e| format!("{} with {}: {e}", scenario.name, strategy.as_str()))
+}
+
+/// Runs every scenario against each of `strategies` on `threads` threads (at least one),
+/// calling `done` after each run. Results come in scenario order, then strategy order,
+/// whatever the threads: the output is deterministic.
+pub fn compare_parallel(
+    config: &SpeConfig,
+    scenarios: &[Scenario],
+    strategies: &[StrategyName],
+    cost: &CostModel,
+    threads: usize,
+    done: &(dyn Fn() + Sync),
+) -> Result<Vec<Metrics>, String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs: Vec<(&Scenario, StrategyName)> = scenarios
+        .iter()
+        .flat_map(|s| strategies.iter().map(move |n| (s, *n)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let slots: Vec<parking_lot::Mutex<Option<Result<Metrics, String>>>> =
+        jobs.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, jobs.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((scenario, strategy)) = jobs.get(i) else {
+                        break;
+                    };
+                    *slots[i].lock() = Some(run_one(config, scenario, *strategy, cost));
+                    done();
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(|| Err("a run did not finish".into()))
+        })
+        .collect()
+}
+
 /// Runs every scenario against each strategy, configured from `config` (its `strategy` key is
-/// ignored: all of them run).
+/// ignored: all of them run), on every core.
 pub fn compare(
     config: &SpeConfig,
     scenarios: &[Scenario],
     cost: &CostModel,
 ) -> Result<Vec<Metrics>, String> {
-    let mut out = Vec::new();
-    for scenario in scenarios {
-        let config = with_overrides(config, scenario)?;
-        for name in STRATEGIES {
-            let mut c = config;
-            c.strategy = name;
-            // pin-all cannot pre-copy or post-copy (config rule); the simulator runs it with the
-            // migration mode it would use.
-            if name == StrategyName::PinAll {
-                c.migration = spe_policy::config::MigrationPolicy::StopAndCopy;
-                c.recovery = spe_policy::config::RecoveryName::Rewind;
-            }
-            let strategy = StrategyConfig::from_spe(&c).map_err(|e| e.to_string())?;
-            let policy = Policy::new(strategy);
-            out.push(run(&c, &policy, scenario, cost).map_err(|e| e.to_string())?);
-        }
-    }
-    Ok(out)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    compare_parallel(config, scenarios, &STRATEGIES, cost, threads, &|| {})
 }

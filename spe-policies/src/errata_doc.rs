@@ -30,8 +30,11 @@ fn props(ps: &[Property]) -> String {
         .join(", ")
 }
 
-/// The document of one strategy.
-pub fn strategy_page(p: &Policy) -> String {
+/// What was measured for an erratum (one sentence), if anything; from the simulator.
+pub type Impact<'a> = &'a dyn Fn(&Erratum) -> Option<String>;
+
+/// The document of one strategy, with each erratum's measured impact.
+pub fn strategy_page(p: &Policy, impact: Impact<'_>) -> String {
     let mut s = String::new();
     let prof = p.profile();
     let notice = p.guest_notice();
@@ -60,11 +63,22 @@ pub fn strategy_page(p: &Policy) -> String {
         let _ = writeln!(s, "- **Host-visible effect:** {}", e.host_visible);
         let _ = writeln!(s, "- **Mitigation:** {}", e.mitigation);
         let _ = writeln!(s, "- **Guest told:** {}", told(e));
-        let _ = writeln!(
-            s,
-            "- **Reproduced by:** scenario `{}` (its measured impact is added when the simulator lands)",
-            e.scenario
-        );
+        match impact(e) {
+            Some(figures) => {
+                let _ = writeln!(
+                    s,
+                    "- **Reproduced by:** `configs/scenarios/{}.toml`\n- **Measured** (default config, `spe-policy compare`): {figures}",
+                    e.scenario
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "- **Reproduced by:** `configs/scenarios/{}.toml` (not measured in this build)",
+                    e.scenario
+                );
+            }
+        }
     }
     s
 }
@@ -152,10 +166,10 @@ pub fn comparison_page() -> String {
 }
 
 /// Every generated document: (file name, contents).
-pub fn all_pages() -> Vec<(String, String)> {
+pub fn all_pages(impact: Impact<'_>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Policy::all_defaults()
         .iter()
-        .map(|p| (format!("{}.md", p.name()), strategy_page(p)))
+        .map(|p| (format!("{}.md", p.name()), strategy_page(p, impact)))
         .collect();
     out.push(("README.md".into(), comparison_page()));
     out

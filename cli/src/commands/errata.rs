@@ -23,7 +23,7 @@ pub enum Format {
 /// Arguments of `errata`.
 #[derive(clap::Args, Debug)]
 pub struct ErrataArgs {
-    /// Only this strategy (pin-all, pin-buffer, fault-translate).
+    /// Only this strategy (pin-all, pin-buffer, fault-translate, shadow-buffer).
     #[arg(long)]
     pub strategy: Option<String>,
     /// Output format.
@@ -44,14 +44,55 @@ struct JsonStrategy {
     errata: &'static [Erratum],
 }
 
+/// Each erratum's measured impact: the default config and the shipped scenarios run in the
+/// simulator (from the repository root); empty when they cannot be read.
+fn measured() -> std::collections::HashMap<&'static str, String> {
+    use spe_policy::config::{StrategyName, load_toml};
+    use spe_policy_sim::{CostModel, STRATEGIES, evidence, load_scenarios, run_one};
+    let Ok(src) = std::fs::read_to_string("configs/default.toml") else {
+        return Default::default();
+    };
+    let (Ok(config), Ok(scenarios)) = (
+        load_toml(&src),
+        load_scenarios(std::path::Path::new("configs/scenarios")),
+    ) else {
+        return Default::default();
+    };
+    let cost = CostModel::default();
+    let mut out = std::collections::HashMap::new();
+    for (name, errata) in spe_policies::all_errata() {
+        let Some(strategy) = STRATEGIES
+            .into_iter()
+            .find(|s: &StrategyName| s.as_str() == name)
+        else {
+            continue;
+        };
+        for e in errata {
+            let Some(sc) = scenarios.iter().find(|s| s.name == e.scenario) else {
+                continue;
+            };
+            if let Ok(m) = run_one(&config, sc, strategy, &cost) {
+                out.insert(e.id, evidence::impact(e.id, &m));
+            }
+        }
+    }
+    out
+}
+
 /// Runs the command: 0 ok, 1 stale documents or unknown strategy, 2 I/O error.
 pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let figures = if args.write.is_some() || args.check.is_some() || args.format == Format::Md {
+        measured()
+    } else {
+        Default::default()
+    };
+    let impact = |e: &Erratum| figures.get(e.id).cloned();
     if let Some(dir) = &args.write {
         if let Err(e) = std::fs::create_dir_all(dir) {
             let _ = writeln!(err, "error: {}: {e}", dir.display());
             return 2;
         }
-        for (name, text) in errata_doc::all_pages() {
+        for (name, text) in errata_doc::all_pages(&impact) {
             let path = dir.join(&name);
             if let Err(e) = std::fs::write(&path, text) {
                 let _ = writeln!(err, "error: {}: {e}", path.display());
@@ -63,7 +104,7 @@ pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     }
     if let Some(dir) = &args.check {
         let mut stale = 0;
-        for (name, text) in errata_doc::all_pages() {
+        for (name, text) in errata_doc::all_pages(&impact) {
             let path = dir.join(&name);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 let _ = writeln!(
@@ -97,7 +138,7 @@ pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let r = match args.format {
         Format::Md => chosen
             .iter()
-            .try_for_each(|p| write!(out, "{}", errata_doc::strategy_page(p))),
+            .try_for_each(|p| write!(out, "{}", errata_doc::strategy_page(p, &impact))),
         Format::Json => {
             let docs: Vec<JsonStrategy> = chosen
                 .iter()
