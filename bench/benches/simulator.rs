@@ -19,10 +19,10 @@ fn steady(duration_ms: f64) -> Scenario {
 
 fn records_per_second(c: &mut Criterion) {
     let config = SpeConfig::default();
-    let scenario = steady(5.0);
+    let scenario = steady(500.0);
     let records =
         (scenario.duration_ms * scenario.records_per_ms) as u64 * u64::from(config.guest.vcpus);
-    let mut grp = c.benchmark_group("simulator_steady_5ms");
+    let mut grp = c.benchmark_group("simulator_steady_500ms");
     grp.sample_size(10);
     grp.throughput(Throughput::Elements(records));
     for strategy in STRATEGIES {

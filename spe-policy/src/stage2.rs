@@ -66,11 +66,39 @@ struct Model {
     unavailable: BTreeSet<u64>,
 }
 
+/// A locked model whose generation is bumped when the lock is released, after the change.
+struct Change<'a> {
+    guard: parking_lot::MutexGuard<'a, Model>,
+    generation: &'a core::sync::atomic::AtomicU64,
+}
+
+impl core::ops::Deref for Change<'_> {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for Change<'_> {
+    fn deref_mut(&mut self) -> &mut Model {
+        &mut self.guard
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        self.generation
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// The stage 2 model. Thread-safe.
 #[derive(Debug)]
 pub struct Stage2Model {
     granule: Granule,
     inner: Mutex<Model>,
+    /// Bumped by every call that may change a page's state.
+    generation: core::sync::atomic::AtomicU64,
 }
 
 impl Stage2Model {
@@ -82,6 +110,21 @@ impl Stage2Model {
                 memslots: memslots.to_vec(),
                 ..Model::default()
             }),
+            generation: core::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A number that changes whenever any page's state may have changed: a caller that cached
+    /// [`HostBacking::page_state`] answers may keep them while it stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The model, locked for a change; the generation moves when the change is done.
+    fn change(&self) -> Change<'_> {
+        Change {
+            guard: self.inner.lock(),
+            generation: &self.generation,
         }
     }
 
@@ -120,12 +163,12 @@ impl Stage2Model {
 
     /// Adds a memslot.
     pub fn add_memslot(&self, slot: Memslot) {
-        self.inner.lock().memslots.push(slot);
+        self.change().memslots.push(slot);
     }
 
     /// Removes a memslot; its pages forget their state.
     pub fn remove_memslot(&self, slot: u32) {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         if let Some(i) = m.memslots.iter().position(|s| s.slot == slot) {
             let gone = m.memslots.remove(i);
             let range = gone.range.start.0..gone.range.end();
@@ -141,7 +184,7 @@ impl Stage2Model {
     /// Host event: unmap the unpinned pages of `range` (swap-out, reclaim, NUMA migration,
     /// compaction, THP split). Returns the pages taken away; pinned pages stay.
     pub fn unmap(&self, range: IpaRange, why: Absence) -> Vec<Ipa> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let mut taken = Vec::new();
         for page in range.pages(self.granule) {
             if m.pinned.contains(&page.0) || !Self::in_memslot(&m, page.0) {
@@ -158,7 +201,7 @@ impl Stage2Model {
 
     /// Host event: KSM merges the unpinned pages of `range` (read-only, shared).
     pub fn ksm_merge(&self, range: IpaRange) -> Vec<Ipa> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let mut merged = Vec::new();
         for page in range.pages(self.granule) {
             if m.pinned.contains(&page.0) || !Self::in_memslot(&m, page.0) {
@@ -177,7 +220,7 @@ impl Stage2Model {
     /// Host event: dirty logging write-protects every present page that is not pinned or
     /// exempt (start, and each clear round).
     pub fn dirty_log_protect(&self, range: Option<IpaRange>) {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         m.dirty_logging = true;
         let slots: Vec<IpaRange> = match range {
             Some(r) => vec![r],
@@ -198,7 +241,7 @@ impl Stage2Model {
 
     /// Host event: dirty logging stops; write protection that was only for logging goes.
     pub fn dirty_log_stop(&self) {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         m.dirty_logging = false;
         for p in m.pages.values_mut() {
             if !p.ksm_shared {
@@ -209,7 +252,7 @@ impl Stage2Model {
 
     /// Host event: post-copy switch-over; every page not sent yet is left at the source.
     pub fn post_copy_switchover(&self, left_behind: IpaRange) {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         for page in left_behind.pages(self.granule) {
             if !Self::in_memslot(&m, page.0) {
                 continue;
@@ -252,7 +295,7 @@ impl HostBacking for Stage2Model {
     }
 
     fn pin(&self, range: IpaRange) -> Result<(), HostError> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let pages: Vec<Ipa> = range.pages(self.granule).collect();
         for p in &pages {
             if !Self::in_memslot(&m, p.0) {
@@ -290,7 +333,7 @@ impl HostBacking for Stage2Model {
     }
 
     fn unpin(&self, range: IpaRange) -> Result<(), HostError> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let pages: Vec<Ipa> = range.pages(self.granule).collect();
         if let Some(p) = pages.iter().find(|p| !m.pinned.contains(&p.0)) {
             return Err(HostError::NotPinned(*p));
@@ -305,7 +348,7 @@ impl HostBacking for Stage2Model {
     }
 
     fn fault_in(&self, ipa: Ipa) -> Result<FaultIn, HostError> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let page = ipa.page_base(self.granule).0;
         if !Self::in_memslot(&m, page) {
             return Err(HostError::NotInMemslot(ipa));
@@ -347,7 +390,7 @@ impl HostBacking for Stage2Model {
     }
 
     fn set_dirty_log_exempt(&self, range: IpaRange, exempt: bool) -> Result<(), HostError> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let logging = m.dirty_logging;
         for page in range.pages(self.granule) {
             let p = m.pages.entry(page.0).or_default();
@@ -362,13 +405,13 @@ impl HostBacking for Stage2Model {
     }
 
     fn send_before_switchover(&self, range: IpaRange) -> Result<(), HostError> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         m.counters.sent_before_switchover += range.pages(self.granule).count() as u64;
         Ok(())
     }
 
     fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError> {
-        let mut m = self.inner.lock();
+        let mut m = self.change();
         let range = IpaRange::new(ipa, bytes.len() as u64);
         for page in range.pages(self.granule) {
             if !Self::in_memslot(&m, page.0) {

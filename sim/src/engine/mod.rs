@@ -129,6 +129,9 @@ struct Vcpu {
     copy_busy_until: f64,
     /// shadow-buffer: when the first record not yet copied was written.
     oldest_uncopied: Option<f64>,
+    /// The last buffer page the SPU wrote: (page VA, IPA, stage 2 generation). While the host's
+    /// generation is unchanged the page and its tables are still writable and present.
+    last_page: Option<(u64, Ipa, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,11 +159,27 @@ fn fault_pmbsr(data_loss: bool) -> Pmbsr {
     BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode()
 }
 
-/// FNV-1a, for the guest-visible digest.
+/// FNV-1a style over 32-byte blocks in four independent lanes (so the multiplies pipeline),
+/// then the tail bytes: a digest of every buffer at every interrupt must not dominate the run.
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
-    bytes
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let word = |b: &[u8]| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(b);
+        u64::from_le_bytes(x)
+    };
+    let mut blocks = bytes.chunks_exact(32);
+    let mut lanes = [h, h ^ 1, h ^ 2, h ^ 3];
+    for b in blocks.by_ref() {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            *lane = (*lane ^ word(&b[8 * k..8 * k + 8])).wrapping_mul(PRIME);
+        }
+    }
+    let h = lanes.iter().fold(h, |h, l| (h ^ *l).wrapping_mul(PRIME));
+    blocks
+        .remainder()
         .iter()
-        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 struct Sim<'a> {
@@ -178,6 +197,9 @@ struct Sim<'a> {
     buffers: Vec<Vec<Ipa>>,
     migration: Migration,
     max_record: u64,
+    records: Vec<&'static [u8]>,
+    /// Bytes the strategy has pinned, read after every event (pins change only then).
+    pinned_now: u64,
 }
 
 /// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB
@@ -227,6 +249,8 @@ pub fn run(
         buffers,
         migration: Migration::None,
         max_record: config.guest.max_record.bytes().max(64),
+        records: sample_records(),
+        pinned_now: 0,
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
     let started = policy
@@ -236,6 +260,7 @@ pub fn run(
             &sim.host,
         )
         .is_ok();
+    sim.pinned_now = policy.stats().pinned_bytes;
     if !started {
         sim.m.fatal_events += 1;
     }
@@ -253,6 +278,7 @@ pub fn run(
             disabled: false,
             copy_busy_until: 0.0,
             oldest_uncopied: None,
+            last_page: None,
         })
         .collect();
     let mut events = scenario.events.clone();
@@ -276,7 +302,7 @@ pub fn run(
         for v in 0..vcpus {
             sim.record(v, now)?;
         }
-        let pinned = policy.stats().pinned_bytes;
+        let pinned = sim.pinned_now;
         pinned_sum += pinned as f64;
         if sim.cpus.iter().all(|c| c.disabled) {
             sim.m.pinned_idle_peak_bytes = sim.m.pinned_idle_peak_bytes.max(pinned);
@@ -292,6 +318,7 @@ impl Sim<'_> {
     fn on_event(&mut self, ev: &Event<'_>) -> Result<Outcome, SimError> {
         let out = self.policy.on_event(ev, &self.guest.ram, &self.host)?;
         self.host.flush_writes(&mut self.guest.ram);
+        self.pinned_now = self.policy.stats().pinned_bytes;
         Ok(out)
     }
 
@@ -348,6 +375,15 @@ impl Sim<'_> {
             .clone()
     }
 
+    /// The IPA of the buffer page at `va` (as [`Self::translate`], without the table list).
+    fn translate_ipa(&mut self, v: u32, va: u64) -> Ipa {
+        let page = va & !0xfff;
+        if let Some((ipa, _)) = self.xlat.get(&(v, page)) {
+            return *ipa;
+        }
+        self.translate(v, page).0
+    }
+
     /// One sample interval of vCPU `v`.
     fn record(&mut self, v: u32, now: f64) -> Result<(), SimError> {
         let c = &self.cpus[v as usize];
@@ -370,8 +406,9 @@ impl Sim<'_> {
             self.m.lose(cause, 1, &self.declared);
             return Ok(());
         }
-        let records = sample_records();
-        let rec = records[(self.rng.next() % records.len() as u64) as usize];
+        // Lemire's multiply-shift instead of a 64-bit division on the hot path.
+        let pick = ((self.rng.next() >> 32) * self.records.len() as u64) >> 32;
+        let rec = self.records[pick as usize];
         match self.shadow {
             Some(s) => self.spu_into_host_buffer(s, v, now, rec),
             None => self.spu_into_guest_buffer(v, now, rec),
@@ -391,16 +428,29 @@ impl Sim<'_> {
         let mut outside_ram = false;
         let mut at = ptr;
         while at < ptr + len {
-            let (ipa, tables) = self.translate(v, base + at);
-            let host = &self.host.model;
-            let ok = tables.iter().all(|t| host.page_state(*t).present)
-                && host.page_state(ipa).writable();
+            let page = (base + at) & !0xfff;
+            let generation = self.host.model.generation();
+            let cached = match self.cpus[v as usize].last_page {
+                Some((p, ipa, g)) if p == page && g == generation => Some(ipa),
+                _ => None,
+            };
+            let ipa = match cached {
+                Some(ipa) => ipa,
+                None => {
+                    let (ipa, tables) = self.translate(v, page);
+                    let host = &self.host.model;
+                    let ok = tables.iter().all(|t| host.page_state(*t).present)
+                        && host.page_state(ipa).writable();
+                    if !ok {
+                        outside_ram = !host.page_state(ipa).in_memslot;
+                        fault_at = Some(at);
+                        break;
+                    }
+                    self.cpus[v as usize].last_page = Some((page, ipa, generation));
+                    ipa
+                }
+            };
             let chunk = (0x1000 - ((base + at) & 0xfff)).min(ptr + len - at);
-            if !ok {
-                outside_ram = !host.page_state(ipa).in_memslot;
-                fault_at = Some(at);
-                break;
-            }
             let from = (at - ptr) as usize;
             let off = (base + at) & 0xfff;
             let _ = self
@@ -660,7 +710,7 @@ impl Sim<'_> {
         let mut at = 0;
         while at < end {
             let n = (0x1000 - (at & 0xfff)).min(end - at);
-            let (ipa, _) = self.translate(v, base + at);
+            let ipa = self.translate_ipa(v, base + at);
             if let Some(bytes) = self.guest.ram.slice(Ipa(ipa.0 + (at & 0xfff)), n as usize) {
                 h = fnv(h, bytes);
             }
@@ -908,6 +958,8 @@ impl Sim<'_> {
                 .unmap(IpaRange::new(to, 4096), Absence::NeverTouched);
         }
         let _ = self.guest.ram.write_u64(desc, to.0 | 0b11 | LEAF_RW, false);
+        // Stage 1 changed behind the host's back: the SPU's cached translations go.
         self.xlat.retain(|(v, _), _| *v != 0);
+        self.cpus[0].last_page = None;
     }
 }

@@ -15,6 +15,7 @@ pub(crate) struct SimHost {
     pub(crate) model: Stage2Model,
     writes: Mutex<Vec<(Ipa, Vec<u8>)>>,
     dirty: Mutex<Option<BTreeSet<u64>>>,
+    logging: std::sync::atomic::AtomicBool,
 }
 
 impl SimHost {
@@ -23,6 +24,7 @@ impl SimHost {
             model,
             writes: Mutex::new(Vec::new()),
             dirty: Mutex::new(None),
+            logging: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -36,15 +38,22 @@ impl SimHost {
     /// Dirty logging starts: writes are tracked from now on.
     pub(crate) fn start_logging(&self) {
         *self.dirty.lock() = Some(BTreeSet::new());
+        self.logging
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Dirty logging stops.
     pub(crate) fn stop_logging(&self) {
         *self.dirty.lock() = None;
+        self.logging
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A write to `ipa`'s page (by the SPU or the host).
     pub(crate) fn mark_dirty(&self, ipa: Ipa) {
+        if !self.logging.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Some(d) = self.dirty.lock().as_mut() {
             d.insert(ipa.0 & !0xfff);
         }

@@ -197,7 +197,10 @@ impl ShadowBuffer {
     /// The SPU writes one complete `record` for `vcpu` into the host buffer (the hardware's
     /// side of the host-owned buffer, for a VMM that models the SPU).
     pub fn spu_write(&self, vcpu: VcpuId, record: &[u8]) -> SpuWrite {
-        let Some(v) = self.vcpus.lock().get(&vcpu).cloned() else {
+        // Map, then vCPU: the same lock order as VM stop; no reference count traffic on the
+        // SPU's path.
+        let map = self.vcpus.lock();
+        let Some(v) = map.get(&vcpu) else {
             return SpuWrite::NotProfiling;
         };
         let mut v = v.lock();
