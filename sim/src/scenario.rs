@@ -43,8 +43,8 @@ pub enum HostEventKind {
     /// vCPU 0's first buffer page becomes impossible to bring back (the post-copy source or the
     /// backing file is gone).
     PageUnavailable,
-    /// A hostile or broken guest maps vCPU 0's second buffer page to an IPA outside its RAM
-    /// (a device region) and re-arms the buffer.
+    /// A hostile or broken guest maps a page of vCPU 0's buffer ahead of the SPU (60 KiB in)
+    /// to an IPA outside its RAM (a device region) and re-arms the buffer.
     GuestMapOutsideRam,
     /// A 16 MiB memslot is hot-plugged above RAM.
     MemslotHotplug,

@@ -32,6 +32,8 @@ struct Page {
     pinned: bool,
     exempt: bool,
     ksm_shared: bool,
+    /// Sent to the post-copy destination on request before switch-over.
+    sent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,7 +262,7 @@ impl Stage2Model {
             let sent = m
                 .pages
                 .get(&page.0)
-                .is_some_and(|p| p.absent.is_none() && p.pinned);
+                .is_some_and(|p| p.absent.is_none() && (p.pinned || p.sent));
             if !sent {
                 m.pages.entry(page.0).or_default().absent =
                     Some(AbsenceState(Absence::PostCopyPending));
@@ -406,7 +408,13 @@ impl HostBacking for Stage2Model {
 
     fn send_before_switchover(&self, range: IpaRange) -> Result<(), HostError> {
         let mut m = self.change();
-        m.counters.sent_before_switchover += range.pages(self.granule).count() as u64;
+        for page in range.pages(self.granule) {
+            if !Self::in_memslot(&m, page.0) {
+                return Err(HostError::NotInMemslot(page));
+            }
+            m.pages.entry(page.0).or_default().sent = true;
+            m.counters.sent_before_switchover += 1;
+        }
         Ok(())
     }
 

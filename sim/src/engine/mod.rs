@@ -889,10 +889,17 @@ impl Sim<'_> {
             }
             HostEventKind::GuestRemap => self.remap_first_page(1, SPARE_PAGE, true),
             HostEventKind::GuestMapOutsideRam => {
-                // A hostile or broken guest points its second buffer page at a device IPA and
-                // re-arms the buffer (a perf restart).
-                self.remap_first_page(2, OUTSIDE_RAM, false);
+                // A hostile or broken guest points the 16th page of its buffer (60 KiB in,
+                // still ahead of the SPU) at a device IPA and re-arms the buffer where it is (a
+                // perf restart).
+                self.remap_first_page(16, OUTSIDE_RAM, false);
                 if !self.cpus[0].fatal && !self.cpus[0].disabled {
+                    if self.shadow.is_some() {
+                        if let Some(ptr) = self.read_reg(0, BufferReg::Pmbptr)? {
+                            let c = &mut self.cpus[0];
+                            c.ptr = ptr.saturating_sub(c.base).min(c.size);
+                        }
+                    }
                     self.enable(0, now)?;
                 }
             }

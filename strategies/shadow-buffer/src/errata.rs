@@ -58,12 +58,12 @@ pub static ERRATA: [Erratum; 6] = [
     Erratum {
         id: "SB-06",
         title: "A copy that waits for host paging can stall profiling",
-        trigger: "A guest buffer page swapped out, write-protected or still at the post-copy source when its records are copied, and the other host half fills before that copy ends.",
+        trigger: "Guest buffer pages swapped out (or still at the post-copy source, if the window could not be sent before switch-over) when their records are copied, and the other host half fills before that copy ends.",
         guest_visible: "A blackout until the copy ends: the SPU has no free half to restart on.",
         host_visible: "The vCPU thread waits for swap-in or a post-copy fetch inside the copy; the wait is measured.",
-        mitigation: "A larger host buffer gives slow copies more time; swap and post-copy costs still apply.",
+        mitigation: "A larger host buffer gives slow copies more time. Before post-copy switch-over the strategy sends each vCPU's remaining buffer window and its table pages, so only pages the guest maps later are fetched at copy time.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
-        scenario: "post-copy",
+        scenario: "swap-heavy",
     },
 ];
 

@@ -38,7 +38,8 @@ use spe_policy::errata::{Erratum, Profile};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
 use spe_policy::guest_notice::StrategyId;
 use spe_policy::{
-    BackingStrategy, GuestMemoryRead, HostBacking, HostError, PolicyError, StrategyStats, VcpuId,
+    BackingStrategy, GuestMemoryRead, HostBacking, HostError, IpaRange, PolicyError, StrategyStats,
+    VcpuId,
 };
 
 pub use errata::{ERRATA, PROFILE};
@@ -48,6 +49,10 @@ use copy::{CopyEnd, copy_to_guest};
 use host_buffer::HostBuffer;
 
 const NAME: &str = "shadow-buffer";
+
+/// Most pages of one vCPU's buffer window sent before post-copy switch-over (256 MiB of 4 KiB
+/// pages): bounded host work whatever the guest programs.
+pub const SEND_LIMIT: u64 = 1 << 16;
 
 /// Configuration of shadow-buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -328,6 +333,49 @@ impl ShadowBuffer {
         }))
     }
 
+    /// Post-copy: the guest buffers' remaining windows (and the table pages that map them) go
+    /// to the destination before switch-over, so copies after it do not wait for the network
+    /// (SB-06's mitigation, like pin-buffer's PB-06). Walked now, not at enable: switch-over is
+    /// rare and enables stay one trap. A window the walk cannot cover (a fault, more than
+    /// [`SEND_LIMIT`] lookups) is sent as far as it goes.
+    fn send_buffers_before_switchover<G, H>(&self, guest: &G, host: &H) -> Result<(), PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let vcpus: Vec<Arc<Mutex<VcpuShadow>>> = self.vcpus.lock().values().cloned().collect();
+        let granule = host.granule();
+        for v in vcpus {
+            let (window, stage1) = {
+                let v = v.lock();
+                (v.regs().window(), v.stage1)
+            };
+            let (Some((start, len)), Some(stage1)) = (window, stage1) else {
+                continue;
+            };
+            let walker = spe_policy::arch::walk::Walker::new(stage1, guest);
+            let limits = spe_policy::arch::walk::RangeLimits {
+                max_steps: SEND_LIMIT,
+            };
+            let Ok(t) = walker.translate_range(start, len.min(SEND_LIMIT * 4096), limits) else {
+                continue;
+            };
+            let mut pages: Vec<spe_policy::Ipa> = t.tables_touched.clone();
+            for run in &t.runs {
+                pages.extend(IpaRange::new(run.ipa, run.len).pages(granule));
+            }
+            pages.sort_unstable();
+            pages.dedup();
+            for range in spe_policy::pin_ledger::runs(&pages, granule) {
+                match host.send_before_switchover(range) {
+                    Ok(()) | Err(HostError::NotInMemslot(_)) => {}
+                    Err(e) => return Err(err("sending guest buffer pages before switch-over")(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The SPU stopped on the host buffer.
     fn on_host_event<G, H>(
         &self,
@@ -457,8 +505,11 @@ impl BackingStrategy for ShadowBuffer {
             | Event::MigrationStart(_)
             | Event::DirtyLogStart
             | Event::DirtyLogClear(_)
-            | Event::DirtyLogStop
-            | Event::PostCopySwitchover => Ok(Outcome::Resume),
+            | Event::DirtyLogStop => Ok(Outcome::Resume),
+            Event::PostCopySwitchover => {
+                self.send_buffers_before_switchover(guest, host)?;
+                Ok(Outcome::Resume)
+            }
             Event::GuestStage1Remap { vcpu, stage1 } => {
                 if let Some(v) = self.vcpus.lock().get(&vcpu) {
                     v.lock().stage1 = Some(stage1);

@@ -440,3 +440,22 @@ proptest! {
         prop_assert_eq!(s.stats().pinned_bytes, 0);
     }
 }
+
+#[test]
+fn post_copy_switch_over_sends_the_remaining_buffer_window_and_its_tables_first() {
+    let f = GuestFixture::new(8);
+    let host = RamHost::new(&f);
+    let s = strategy(64 << 10);
+    enable(&s, &f, &host, 0, 2 * 4096, 6 * 4096);
+    s.on_event(&Event::PostCopySwitchover, &f.ram, &host)
+        .expect("switch-over");
+    let sent = host.model.counters().sent_before_switchover;
+    let tables = f.table_pages().len() as u64;
+    assert_eq!(
+        sent,
+        6 + tables,
+        "six window pages and {tables} table pages"
+    );
+    // Nothing was pinned for it.
+    assert_eq!(host.model.pinned_bytes(), 0);
+}
