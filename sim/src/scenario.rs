@@ -40,6 +40,16 @@ pub enum HostEventKind {
     /// Transparent huge pages are split: a fraction of the pages is unmapped until re-faulted
     /// (cheap to fault back: no swap-in).
     ThpSplit,
+    /// khugepaged collapses small pages into huge pages: a fraction of 2 MiB-aligned ranges is
+    /// unmapped while it copies (cheap to fault back).
+    ThpCollapse,
+    /// NUMA balancing migrates a fraction of the pages to another node (cheap to fault back).
+    NumaMigration,
+    /// Memory compaction moves a fraction of the pages (cheap to fault back).
+    Compaction,
+    /// The guest's balloon driver gives a fraction of its free pages (never its buffers or page
+    /// tables: the first 16 MiB are kept) back to the host.
+    BalloonInflate,
     /// vCPU 0's first buffer page becomes impossible to bring back (the post-copy source or the
     /// backing file is gone).
     PageUnavailable,
@@ -54,6 +64,44 @@ pub enum HostEventKind {
     GuestDisable,
     /// Every vCPU's guest starts profiling again.
     GuestEnable,
+}
+
+/// How the modelled SPU and the guest's buffer behave (spec sheet §1.11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpuModel {
+    /// `sequential` writes each record byte by byte in order; `unordered` may write any byte
+    /// of a record first (rule 2), so a fault can leave the record's later bytes written past
+    /// PMBPTR.
+    pub write_order: SpuWriteOrder,
+    /// Whether a fault after a record's first byte sets PMBSR.DL (rule 5's prose, the default);
+    /// `false` follows the J1.3 pseudocode comment ("DL is unchanged"), which leaves a torn
+    /// record that a DL-trusting host cannot see.
+    pub dl_on_mid_record_fault: Flag,
+    /// The guest programs PMBLIMITR.FM = discard: the SPU takes samples and writes nothing.
+    pub discard_mode: bool,
+}
+
+/// Write order of the modelled SPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpuWriteOrder {
+    /// In order, byte by byte.
+    #[default]
+    Sequential,
+    /// Any byte of a record first.
+    Unordered,
+}
+
+/// A boolean that defaults to true.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Flag(pub bool);
+
+impl Default for Flag {
+    fn default() -> Self {
+        Flag(true)
+    }
 }
 
 /// A scenario.
@@ -83,6 +131,9 @@ pub struct Scenario {
     /// operation: the profile check does not count it.
     #[serde(default)]
     pub exceptional: bool,
+    /// The SPU model (`[spu]`).
+    #[serde(default)]
+    pub spu: SpuModel,
     /// Keys of the `[spe]` config this scenario changes (same schema, merged over the config
     /// `compare` is given), e.g. a smaller cap or a lock limit.
     #[serde(default)]

@@ -46,9 +46,9 @@ fn nothing_stays_pinned_after_vm_stop_in_any_scenario() {
     for m in results() {
         assert_eq!(m.pinned_after_stop, 0, "{}/{}", m.scenario, m.strategy);
         assert_eq!(
-            m.records_written + m.lost(),
+            m.records_written + m.lost() + m.records_discarded_by_mode,
             m.records_attempted,
-            "{}/{}: every record is kept or lost for a cause",
+            "{}/{}: every record is kept, discarded by the guest's choice, or lost for a cause",
             m.scenario,
             m.strategy
         );
@@ -226,6 +226,9 @@ fn the_guest_sees_the_same_bytes_and_registers_with_shadow_buffer_as_with_pin_al
             continue; // pin-all is not valid here (it cannot start, or the guest broke it)
         }
         let sb = get(&free, &pa.scenario, "shadow-buffer");
+        if pa.records_discarded_by_mode > 0 {
+            continue; // discard mode: nothing is written, no interrupt to compare
+        }
         assert!(pa.guest_interrupts >= 4, "{}", pa.scenario);
         assert_eq!(
             (sb.guest_interrupts, sb.guest_digest, sb.records_written),
@@ -269,4 +272,47 @@ fn every_lost_record_is_explained_by_an_erratum_of_its_strategy() {
     // losses are FT-01 and FT-02.
     let m = get(results(), "swap-storm", "fault-translate");
     assert!(m.loss_by_erratum.contains_key("FT-01") && m.loss_by_erratum.contains_key("FT-02"));
+}
+
+#[test]
+fn the_same_seed_gives_byte_identical_json() {
+    let json = |m: &[Metrics]| serde_json::to_string(m).expect("json");
+    assert_eq!(json(results()), json(&run_all()));
+}
+
+#[test]
+fn an_spu_that_keeps_dl_clear_mid_record_tears_the_stream_of_a_host_that_trusts_dl() {
+    // spu-quirks: unordered writes and DL left unchanged on a mid-record fault (the J1.3
+    // pseudocode's reading of §1.11 rule 5).
+    let r = results();
+    let ft = get(r, "spu-quirks", "fault-translate");
+    assert!(ft.stage2_faults > 0 && ft.dl_events == 0, "{ft:?}");
+    assert!(
+        ft.torn_records > 0,
+        "fault-translate resumed past partial records"
+    );
+    assert!(
+        ft.stale_bytes_before_fault > 0,
+        "unordered writes left stale bytes"
+    );
+    for s in ["pin-all", "shadow-buffer"] {
+        assert_eq!(get(r, "spu-quirks", s).torn_records, 0, "{s} never faults");
+    }
+}
+
+#[test]
+fn in_discard_mode_nothing_is_written_pinned_for_the_buffer_or_faulted() {
+    for m in results().iter().filter(|m| m.scenario == "discard-mode") {
+        assert_eq!(m.records_written, 0, "{}", m.strategy);
+        assert_eq!(
+            m.records_discarded_by_mode, m.records_attempted,
+            "{}",
+            m.strategy
+        );
+        assert_eq!((m.stage2_faults, m.lost()), (0, 0), "{}", m.strategy);
+    }
+    assert_eq!(
+        get(results(), "discard-mode", "pin-buffer").pinned_peak_bytes,
+        0
+    );
 }

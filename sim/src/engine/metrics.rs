@@ -35,6 +35,8 @@ pub struct Metrics {
     pub fatal_events: u64,
     /// Buffer management interrupts the guest took (buffer full and faults).
     pub guest_interrupts: u64,
+    /// Of those, with PMBSR.DL = 1: Linux flags the AUX record TRUNCATED | PARTIAL.
+    pub guest_truncated: u64,
     /// A digest of every guest-visible interrupt: vCPU, PMBSR, PMBPTR and the bytes of the
     /// guest's buffer up to PMBPTR. Equal digests: the guest saw exactly the same thing.
     pub guest_digest: u64,
@@ -52,10 +54,19 @@ pub struct Metrics {
     pub longest_blackout_ns: f64,
     /// Longest time a buffer enable kept the SPU from profiling, ns (0: enables are free).
     pub longest_enable_ns: f64,
+    /// Longest time from a buffer enable to the first record kept after it, ns.
+    pub longest_enable_to_first_record_ns: f64,
     /// Stage 2 faults the strategy attributed to a stage 1 table page.
     pub table_faults: u64,
     /// Faults with PMBSR.DL = 1.
     pub dl_events: u64,
+    /// Partial records left in the guest's buffer where the host resumed past them (a fault
+    /// mid-record reported with DL = 0): the stream is torn there.
+    pub torn_records: u64,
+    /// Bytes of a faulting record before PMBPTR that an unordered SPU left unwritten (stale).
+    pub stale_bytes_before_fault: u64,
+    /// Samples taken and dropped by the SPU because the guest chose discard mode.
+    pub records_discarded_by_mode: u64,
     /// Host pin and unpin operations.
     pub pin_ops: u64,
     /// Bytes of buffer given up by rewinds and discards.

@@ -33,7 +33,7 @@ use spe_policy::event::{
 use spe_policy::stage2::{Absence, Stage2Model};
 use spe_policy::{BackingStrategy, Granule, Gva, HostBacking, Ipa, IpaRange, Memslot, VcpuId};
 
-use crate::scenario::{HostEventKind, Scenario};
+use crate::scenario::{HostEventKind, Scenario, SpuModel, SpuWriteOrder};
 use guest::{BUFFER_VA, Guest, OUTSIDE_RAM, Rng, SPARE_PAGE, build_guest, sample_records};
 pub use guest::{RAM_BASE, SIM_RAM};
 use metrics::LossCause;
@@ -132,6 +132,8 @@ struct Vcpu {
     /// The last buffer page the SPU wrote: (page VA, IPA, stage 2 generation). While the host's
     /// generation is unchanged the page and its tables are still writable and present.
     last_page: Option<(u64, Ipa, u64)>,
+    /// When the buffer was last enabled, until its first record is kept.
+    enabled_at: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +202,7 @@ struct Sim<'a> {
     records: Vec<&'static [u8]>,
     /// Bytes the strategy has pinned, read after every event (pins change only then).
     pinned_now: u64,
+    spu: SpuModel,
 }
 
 /// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB
@@ -251,6 +254,7 @@ pub fn run(
         max_record: config.guest.max_record.bytes().max(64),
         records: sample_records(),
         pinned_now: 0,
+        spu: scenario.spu,
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
     let started = policy
@@ -279,6 +283,7 @@ pub fn run(
             copy_busy_until: 0.0,
             oldest_uncopied: None,
             last_page: None,
+            enabled_at: None,
         })
         .collect();
     let mut events = scenario.events.clone();
@@ -384,6 +389,27 @@ impl Sim<'_> {
         self.translate(v, page).0
     }
 
+    /// The IPA of buffer page `page` if the SPU can write it now (its tables present, the page
+    /// writable), else whether the page is outside RAM. The last page is cached per vCPU while
+    /// the host's stage 2 generation is unchanged.
+    fn writable_page(&mut self, v: u32, page: u64) -> Result<Ipa, bool> {
+        let generation = self.host.model.generation();
+        if let Some((p, ipa, g)) = self.cpus[v as usize].last_page {
+            if p == page && g == generation {
+                return Ok(ipa);
+            }
+        }
+        let (ipa, tables) = self.translate(v, page);
+        let host = &self.host.model;
+        let ok =
+            tables.iter().all(|t| host.page_state(*t).present) && host.page_state(ipa).writable();
+        if !ok {
+            return Err(!host.page_state(ipa).in_memslot);
+        }
+        self.cpus[v as usize].last_page = Some((page, ipa, generation));
+        Ok(ipa)
+    }
+
     /// One sample interval of vCPU `v`.
     fn record(&mut self, v: u32, now: f64) -> Result<(), SimError> {
         let c = &self.cpus[v as usize];
@@ -409,6 +435,11 @@ impl Sim<'_> {
         // Lemire's multiply-shift instead of a 64-bit division on the hot path.
         let pick = ((self.rng.next() >> 32) * self.records.len() as u64) >> 32;
         let rec = self.records[pick as usize];
+        if self.spu.discard_mode {
+            // §1.2: FM = discard; the sample is taken and dropped, nothing is written.
+            self.m.records_discarded_by_mode += 1;
+            return Ok(());
+        }
         match self.shadow {
             Some(s) => self.spu_into_host_buffer(s, v, now, rec),
             None => self.spu_into_guest_buffer(v, now, rec),
@@ -423,34 +454,42 @@ impl Sim<'_> {
             (c.base, c.ptr)
         };
         // Where does stage 2 stop the write? (Tables are read: present suffices; the data
-        // page is written: it must be writable.)
+        // page is written: it must be writable.) Pages are checked first, then written: a
+        // sequential SPU writes every byte before the fault; an unordered one (§1.11 rule 2)
+        // may have tried a later byte first, so the bytes before PMBPTR can be left stale.
         let mut fault_at = None;
         let mut outside_ram = false;
+        let mut targets: [(u64, Ipa); 2] = [(0, Ipa(0)); 2];
+        let mut n = 0;
         let mut at = ptr;
-        while at < ptr + len {
+        while at < ptr + len && n < targets.len() {
             let page = (base + at) & !0xfff;
-            let generation = self.host.model.generation();
-            let cached = match self.cpus[v as usize].last_page {
-                Some((p, ipa, g)) if p == page && g == generation => Some(ipa),
-                _ => None,
-            };
-            let ipa = match cached {
-                Some(ipa) => ipa,
-                None => {
-                    let (ipa, tables) = self.translate(v, page);
-                    let host = &self.host.model;
-                    let ok = tables.iter().all(|t| host.page_state(*t).present)
-                        && host.page_state(ipa).writable();
-                    if !ok {
-                        outside_ram = !host.page_state(ipa).in_memslot;
-                        fault_at = Some(at);
-                        break;
-                    }
-                    self.cpus[v as usize].last_page = Some((page, ipa, generation));
-                    ipa
+            match self.writable_page(v, page) {
+                Ok(ipa) => targets[n] = (at, ipa),
+                Err(outside) => {
+                    outside_ram = outside;
+                    fault_at = Some(at);
+                    break;
                 }
-            };
-            let chunk = (0x1000 - ((base + at) & 0xfff)).min(ptr + len - at);
+            }
+            n += 1;
+            at += (0x1000 - ((base + at) & 0xfff)).min(ptr + len - at);
+        }
+        let write_before_fault =
+            fault_at.is_none() || self.spu.write_order == SpuWriteOrder::Sequential;
+        if !write_before_fault {
+            if let Some(f) = fault_at {
+                self.m.stale_bytes_before_fault += f - ptr;
+            }
+        }
+        for (at, ipa) in targets
+            .iter()
+            .take(n)
+            .copied()
+            .filter(|_| write_before_fault)
+        {
+            let end = fault_at.unwrap_or(ptr + len);
+            let chunk = (0x1000 - ((base + at) & 0xfff)).min(end - at);
             let from = (at - ptr) as usize;
             let off = (base + at) & 0xfff;
             let _ = self
@@ -458,7 +497,6 @@ impl Sim<'_> {
                 .ram
                 .write(Ipa(ipa.0 + off), &rec[from..from + chunk as usize]);
             self.host.mark_dirty(ipa);
-            at += chunk;
         }
         match fault_at {
             None => {
@@ -466,6 +504,7 @@ impl Sim<'_> {
                 c.starts.push_back(c.ptr);
                 c.ptr += len;
                 self.m.records_written += 1;
+                self.first_record(v, now);
             }
             Some(f) => self.stage2_fault(v, now, f, outside_ram)?,
         }
@@ -492,7 +531,8 @@ impl Sim<'_> {
         };
         self.m.stage2_faults += 1;
         self.m.guest_error_faults += u64::from(outside_ram);
-        let dl = f != ptr;
+        let mid_record = f != ptr;
+        let dl = mid_record && self.spu.dl_on_mid_record_fault.0;
         self.m.dl_events += u64::from(dl);
         let before = self.host.model.counters();
         let ev = Event::BufferManagement {
@@ -511,6 +551,8 @@ impl Sim<'_> {
         match out {
             Outcome::ResumeAt { pmbptr } => {
                 let resume = pmbptr.0.saturating_sub(base).min(f);
+                // A partial record stays in the stream when the host resumes past its start.
+                self.m.torn_records += u64::from(mid_record && resume > ptr);
                 // Records that started at or after the resume point are gone.
                 let c = &mut self.cpus[v as usize];
                 let mut gone = 1; // the record that faulted
@@ -526,6 +568,10 @@ impl Sim<'_> {
                 self.blackout(v, now, service, LossCause::FaultBlackout);
             }
             Outcome::Resume => {
+                // The SPU restarts at the faulting address: a mid-record fault leaves a torn
+                // record.
+                self.m.torn_records += u64::from(mid_record);
+                self.cpus[v as usize].ptr = f;
                 self.m.lost_recovery += 1;
                 self.m.lose(LossCause::Recovery, 1, &self.declared);
                 self.blackout(v, now, service, LossCause::FaultBlackout);
@@ -566,11 +612,13 @@ impl Sim<'_> {
         match s.spu_write(VcpuId(v), rec) {
             SpuWrite::Written => {
                 self.m.records_written += 1;
+                self.first_record(v, now);
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
                 Ok(())
             }
             SpuWrite::HostBufferFull => {
                 self.m.records_written += 1;
+                self.first_record(v, now);
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
                 self.host_buffer_full(s, v, now)
             }
@@ -651,6 +699,14 @@ impl Sim<'_> {
         }
     }
 
+    /// A record was kept: the first since an enable closes the enable-to-first-record window.
+    fn first_record(&mut self, v: u32, now: f64) {
+        if let Some(t) = self.cpus[v as usize].enabled_at.take() {
+            self.m.longest_enable_to_first_record_ns =
+                self.m.longest_enable_to_first_record_ns.max(now - t);
+        }
+    }
+
     /// A trapped read of `reg` (shadow-buffer emulates it).
     fn read_reg(&mut self, v: u32, reg: BufferReg) -> Result<Option<u64>, SimError> {
         let ev = Event::BufferRead {
@@ -682,6 +738,7 @@ impl Sim<'_> {
             (pmbsr, pmbptr)
         };
         self.m.guest_interrupts += 1;
+        self.m.guest_truncated += u64::from(pmbsr.dl());
         self.digest(v, pmbsr, pmbptr);
         if BufferEvent::decode(pmbsr).kind == BufferEventKind::BufferFull {
             let c = &mut self.cpus[v as usize];
@@ -726,7 +783,10 @@ impl Sim<'_> {
             let c = &self.cpus[v as usize];
             (c.base, c.size, c.ptr)
         };
-        let r = regs(base + ptr, base + size, true, Pmbsr::new());
+        let mut r = regs(base + ptr, base + size, true, Pmbsr::new());
+        if self.spu.discard_mode {
+            r.pmblimitr = r.pmblimitr.with_fm(BufferMode::Discard);
+        }
         let writes: &[BufferReg] = if self.shadow.is_some() {
             &[BufferReg::Pmbptr, BufferReg::Pmblimitr, BufferReg::Pmbsr]
         } else {
@@ -755,6 +815,7 @@ impl Sim<'_> {
         };
         match out {
             Outcome::Resume | Outcome::ResumeAt { .. } => {
+                self.cpus[v as usize].enabled_at = Some(now);
                 if ns > cost.trap_ns {
                     self.blackout(v, now, ns, LossCause::EnableBlackout);
                 }
@@ -797,16 +858,31 @@ impl Sim<'_> {
         let pages = SIM_RAM / 4096;
         let all_ram_send = (pages as f64) * self.cost.send_page_ns;
         match kind {
-            HostEventKind::SwapOut | HostEventKind::KsmMerge | HostEventKind::ThpSplit => {
-                let n = (pages as f64 * fraction) as u64;
+            HostEventKind::SwapOut
+            | HostEventKind::KsmMerge
+            | HostEventKind::ThpSplit
+            | HostEventKind::NumaMigration
+            | HostEventKind::Compaction
+            | HostEventKind::ThpCollapse => {
                 let cause = match kind {
                     HostEventKind::SwapOut => InvalidationCause::Swap,
                     HostEventKind::KsmMerge => InvalidationCause::KsmMerge,
+                    HostEventKind::NumaMigration => InvalidationCause::NumaMigration,
+                    HostEventKind::Compaction => InvalidationCause::Compaction,
+                    HostEventKind::ThpCollapse => InvalidationCause::ThpCollapse,
                     _ => InvalidationCause::ThpSplit,
                 };
+                // Collapse works on 2 MiB ranges; the others on pages.
+                let unit = if kind == HostEventKind::ThpCollapse {
+                    512
+                } else {
+                    1
+                };
+                let n = (pages as f64 * fraction) as u64 / unit;
                 for _ in 0..n {
-                    let page = Ipa(RAM_BASE.0 + (self.rng.next() % pages) * 4096);
-                    let range = IpaRange::new(page, 4096);
+                    let first = (self.rng.next() % (pages / unit)) * unit;
+                    let page = Ipa(RAM_BASE.0 + first * 4096);
+                    let range = IpaRange::new(page, unit * 4096);
                     let ev = Event::HostInvalidation { range, cause };
                     if self.on_event(&ev)? == Outcome::Resume {
                         let host = &self.host.model;
@@ -817,10 +893,28 @@ impl Sim<'_> {
                             HostEventKind::KsmMerge => {
                                 host.ksm_merge(range);
                             }
+                            // Moved or remapped: back on the next touch, no I/O.
                             _ => {
                                 host.unmap(range, Absence::NeverTouched);
                             }
                         }
+                    }
+                }
+            }
+            HostEventKind::BalloonInflate => {
+                // Free guest pages: not the first 16 MiB (the page tables) and not a buffer
+                // page. The balloon never takes pages the guest is using.
+                let n = (pages as f64 * fraction) as u64;
+                let in_use: std::collections::BTreeSet<u64> =
+                    self.buffers.iter().flatten().map(|p| p.0).collect();
+                for _ in 0..n {
+                    let page = Ipa(RAM_BASE.0 + (self.rng.next() % pages) * 4096);
+                    if page.0 < RAM_BASE.0 + (16 << 20) || in_use.contains(&page.0) {
+                        continue;
+                    }
+                    let range = IpaRange::new(page, 4096);
+                    if self.on_event(&Event::BalloonInflate(range))? == Outcome::Resume {
+                        self.host.model.unmap(range, Absence::NeverTouched);
                     }
                 }
             }
