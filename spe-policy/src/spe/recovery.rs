@@ -24,6 +24,14 @@ use crate::spe::packet::{HEADER_CLASS, HeaderClass, PACKET_LEN, zero_run};
 /// known single-byte header but padding, Timestamp and End), else 0.
 static PLAIN_LEN: [u8; 256] = plain_len_table();
 
+/// A packet's length from its header's size field, bits `[5:4]` (spec sheet §2.2): the header
+/// plus 1, 2, 4 or 8 payload bytes. Arithmetic, so the scanner's chain from one header to the
+/// next is one load and a few ALU operations instead of two dependent loads.
+#[inline(always)]
+const fn size_encoded_len(h: u8) -> u8 {
+    1 + (1 << ((h >> 4) & 3))
+}
+
 const fn plain_len_table() -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut h = 0;
@@ -35,7 +43,9 @@ const fn plain_len_table() -> [u8; 256] {
                 | HeaderClass::Timestamp
                 | HeaderClass::Extended
                 | HeaderClass::Unknown
-        ) {
+        ) && crate::spe::packet::PACKET_LEN_CONST[h] == size_encoded_len(h as u8)
+        {
+            // Only packets whose length follows the size field (§2.2) take the fast path.
             t[h] = crate::spe::packet::PACKET_LEN_CONST[h];
         }
         h += 1;
@@ -165,52 +175,69 @@ impl fmt::Display for Recovery {
     }
 }
 
-/// Decides where to resume. Linear in the input, never allocates, never panics.
-pub fn recover(input: &RecoveryInput<'_>) -> Recovery {
-    let total = input.bytes.len();
-    let max = input.max_record_bytes.max(1);
-    let discard = |reason| Recovery {
-        resume_offset: 0,
-        complete_records: 0,
-        lost_bytes: total,
-        verdict: Verdict::Discard(reason),
-    };
-    // Record ends, newest last: (end offset, records up to it). Only the newest ones matter
-    // for the unordered rule, so keep a running "provable" point instead of a list.
-    let mut last_end = 0usize;
-    let mut records = 0usize;
-    let mut provable_end = 0usize;
-    let mut provable_records = 0usize;
-    let window_start = total.saturating_sub(max);
-    let mut rec_start: Option<usize> = None;
-    let mut tail_problem: Option<usize> = None;
-    // Architecture-mode framing straight from the header tables: the scanner needs packet
-    // boundaries and classes, never payload values.
-    let bytes = input.bytes;
-    let mut pos = 0usize;
-    while let Some(&h) = bytes.get(pos) {
+/// The framing state of one pass over the bytes (architecture mode, spec sheet §2.2).
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    pos: usize,
+    /// Where the record being parsed started.
+    rec_start: Option<usize>,
+    /// The first packet in that record a partial record of today's SPUs cannot hold.
+    tail_problem: Option<usize>,
+    records: usize,
+    last_end: usize,
+    provable_end: usize,
+    provable_records: usize,
+    /// The first complete record longer than MaxSize: (offset, length).
+    too_long: Option<(usize, usize)>,
+    /// How many such records this pass has seen.
+    too_long_count: usize,
+}
+
+impl Pass {
+    const fn at(pos: usize) -> Self {
+        Pass {
+            pos,
+            rec_start: None,
+            tail_problem: None,
+            records: 0,
+            last_end: pos,
+            provable_end: pos,
+            provable_records: 0,
+            too_long: None,
+            too_long_count: 0,
+        }
+    }
+
+    /// Steps over one packet (with `burst`, over every ordinary packet up to the next one that
+    /// needs a look). Returns whether a record ended here. Call only while `pos < total`.
+    #[inline(always)]
+    fn step(&mut self, bytes: &[u8], max: usize, window_start: usize, burst: bool) -> bool {
+        let total = bytes.len();
+        let Some(&h) = bytes.get(self.pos) else {
+            return false;
+        };
         let class = HEADER_CLASS[h as usize];
-        if rec_start.is_some() && PLAIN_LEN[h as usize] != 0 {
+        if self.rec_start.is_some() && PLAIN_LEN[h as usize] != 0 {
             // The hot path: ordinary packets inside a record, where only the length matters.
-            // A tight inner loop until the next packet that needs a look (terminator, padding,
-            // extended or unknown header) or the end.
-            pos += PLAIN_LEN[h as usize] as usize;
-            while let Some(&next) = bytes.get(pos) {
-                let n = PLAIN_LEN[next as usize] as usize;
-                if n == 0 {
-                    break;
+            self.pos += size_encoded_len(h) as usize;
+            if burst {
+                while let Some(&next) = bytes.get(self.pos) {
+                    // The table only predicts the branch; the length is computed.
+                    if PLAIN_LEN[next as usize] == 0 {
+                        break;
+                    }
+                    self.pos += size_encoded_len(next) as usize;
                 }
-                pos += n;
             }
-            continue;
+            return false;
         }
         if h == 0 {
             // Padding, inside or between records: skip the whole run.
-            pos += zero_run(&bytes[pos..]);
-            continue;
+            self.pos += zero_run(&bytes[self.pos..]);
+            return false;
         }
         let (len, known) = match class {
-            HeaderClass::Extended => match bytes.get(pos + 1) {
+            HeaderClass::Extended => match bytes.get(self.pos + 1) {
                 Some(&h1) => {
                     let second = HEADER_CLASS[h1 as usize];
                     let known = matches!(second, HeaderClass::Address | HeaderClass::Counter);
@@ -221,33 +248,147 @@ pub fn recover(input: &RecoveryInput<'_>) -> Recovery {
             HeaderClass::Unknown => (PACKET_LEN[h as usize] as usize, false),
             _ => (PACKET_LEN[h as usize] as usize, true),
         };
-        let start = *rec_start.get_or_insert(pos);
-        if !known && tail_problem.is_none() {
+        let start = *self.rec_start.get_or_insert(self.pos);
+        if !known && self.tail_problem.is_none() {
             // Legal in a complete record (future packets are skipped by size), but not
             // something a partial record of today's SPUs can hold.
-            tail_problem = Some(pos);
+            self.tail_problem = Some(self.pos);
         }
-        pos += len;
-        if pos > total {
-            break;
+        self.pos += len;
+        if self.pos > total {
+            // The torn end of the partial record, which rec_start already marks.
+            return false;
         }
-        if matches!(class, HeaderClass::End | HeaderClass::Timestamp) {
-            if pos - start > max {
-                return discard(DiscardReason::RecordTooLong {
-                    offset: start,
-                    len: pos - start,
-                });
-            }
-            records += 1;
-            last_end = pos;
-            if pos <= window_start {
-                provable_end = pos;
-                provable_records = records;
-            }
-            rec_start = None;
-            tail_problem = None;
+        if !matches!(class, HeaderClass::End | HeaderClass::Timestamp) {
+            return false;
+        }
+        if self.pos - start > max {
+            self.too_long_count += 1;
+            self.too_long.get_or_insert((start, self.pos - start));
+        }
+        self.records += 1;
+        self.last_end = self.pos;
+        if self.pos <= window_start {
+            self.provable_end = self.pos;
+            self.provable_records = self.records;
+        }
+        self.rec_start = None;
+        self.tail_problem = None;
+        true
+    }
+
+    /// Runs to the end of `bytes`, or to the first record longer than MaxSize.
+    fn finish(mut self, bytes: &[u8], max: usize, window_start: usize) -> Self {
+        while self.pos < bytes.len() && self.too_long.is_none() {
+            self.step(bytes, max, window_start, true);
+        }
+        self
+    }
+}
+
+/// Regions at least this long are framed by two interleaved passes.
+const SPLIT_MIN: usize = 64 << 10;
+/// Record ends the second pass remembers for the first to meet.
+const SYNC_POINTS: usize = 32;
+
+/// Frames `bytes` from offset 0. The byte-to-byte chain of a framing pass is a chain of
+/// dependent loads, so a long region is framed by two passes at once: the true one from 0, and
+/// a speculative one from the middle, interleaved so their chains overlap in the CPU. Where a
+/// packet starts depends only on where the previous one started, so once the first pass ends a
+/// record exactly where the second one did, the second pass's results from there on are the
+/// first's (the same packets, the same records, from the same canonical state). If they never
+/// meet, the first pass simply runs on: the result is always the sequential one (tested).
+fn frame(bytes: &[u8], max: usize, window_start: usize, split_min: usize) -> Pass {
+    let total = bytes.len();
+    if total < split_min.max(2) {
+        return Pass::at(0).finish(bytes, max, window_start);
+    }
+    let mid = total / 2;
+    let mut a = Pass::at(0);
+    let mut b = Pass::at(mid);
+    // (end offset, b's records there, b's too-long count there)
+    let mut ends = [(0usize, 0usize, 0usize); SYNC_POINTS];
+    let mut n_ends = 0;
+    while a.pos < mid && b.pos < total {
+        a.step(bytes, max, window_start, false);
+        if a.too_long.is_some() {
+            return a;
+        }
+        if b.step(bytes, max, window_start, false) && n_ends < SYNC_POINTS {
+            ends[n_ends] = (b.pos, b.records, b.too_long_count);
+            n_ends += 1;
         }
     }
+    while b.pos < total {
+        if b.step(bytes, max, window_start, true) && n_ends < SYNC_POINTS {
+            ends[n_ends] = (b.pos, b.records, b.too_long_count);
+            n_ends += 1;
+        }
+    }
+    let mut j = 0;
+    loop {
+        while j < n_ends && ends[j].0 < a.pos {
+            j += 1;
+        }
+        if j == n_ends || a.pos >= total {
+            return a.finish(bytes, max, window_start);
+        }
+        let (at, b_records, b_too_long) = ends[j];
+        if at == a.pos && a.rec_start.is_none() && a.records > 0 && a.last_end == at {
+            // Met: both passes just ended a record here.
+            if b.too_long_count > b_too_long {
+                // A record after here is too long: let the true pass find which.
+                return a.finish(bytes, max, window_start);
+            }
+            let after = b.records - b_records;
+            let (provable_end, provable_records) = if b.provable_records > b_records {
+                (b.provable_end, a.records + (b.provable_records - b_records))
+            } else {
+                (a.provable_end, a.provable_records)
+            };
+            return Pass {
+                pos: b.pos,
+                rec_start: b.rec_start,
+                tail_problem: b.tail_problem,
+                records: a.records + after,
+                last_end: if after > 0 { b.last_end } else { a.last_end },
+                provable_end,
+                provable_records,
+                too_long: None,
+                too_long_count: 0,
+            };
+        }
+        a.step(bytes, max, window_start, false);
+        if a.too_long.is_some() {
+            return a;
+        }
+    }
+}
+
+/// Decides where to resume. Linear in the input, never allocates, never panics.
+pub fn recover(input: &RecoveryInput<'_>) -> Recovery {
+    recover_with(input, SPLIT_MIN)
+}
+
+/// [`recover`], with two-pass framing from `split_min` bytes (tests use small values).
+#[doc(hidden)]
+pub fn recover_with(input: &RecoveryInput<'_>, split_min: usize) -> Recovery {
+    let total = input.bytes.len();
+    let max = input.max_record_bytes.max(1);
+    let discard = |reason| Recovery {
+        resume_offset: 0,
+        complete_records: 0,
+        lost_bytes: total,
+        verdict: Verdict::Discard(reason),
+    };
+    let window_start = total.saturating_sub(max);
+    let p = frame(input.bytes, max, window_start, split_min);
+    if let Some((offset, len)) = p.too_long {
+        return discard(DiscardReason::RecordTooLong { offset, len });
+    }
+    let (records, last_end, provable_end, provable_records) =
+        (p.records, p.last_end, p.provable_end, p.provable_records);
+    let (rec_start, tail_problem) = (p.rec_start, p.tail_problem);
     // A last packet cut by the end of the region (pos > total) is the torn end of the partial
     // record, which rec_start already marks.
     let rewind = |resume: usize, kept: usize| Recovery {
