@@ -112,7 +112,7 @@ fn copy_half(c: &mut Criterion) {
         .take(probe as usize)
         .collect();
     let mut dst = vec![0u8; probe as usize];
-    grp.bench_function("memcpy_baseline", |b| {
+    grp.bench_function("baseline_memcpy", |b| {
         b.iter(|| {
             dst.copy_from_slice(black_box(&src));
             black_box(&mut dst);
