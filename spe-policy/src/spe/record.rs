@@ -2,12 +2,14 @@
 //! padding allowed inside and between records (spec sheet §2.1, §2.8).
 
 use crate::spe::packet::{
-    AddressKind, CounterKind, DecodeMode, HEADER_CLASS, HeaderClass, OpClass, PACKET_LEN, Packet,
-    parse, read_payload, zero_run,
+    AddressKind, CounterKind, DecodeMode, HEADER_CLASS, HeaderClass, OpClass, Packet, parse,
+    read_payload, size_encoded_len, zero_run,
 };
 
 /// Single-byte headers the fast path decodes: every known class but padding (handled as runs),
 /// extended and unknown headers.
+/// Only those whose length is [`fast_len`]'s (every one today; a table entry guards it), so
+/// the chain from one header to the next is a load and a few ALU operations.
 static PLAIN_OR_END: [bool; 256] = plain_or_end();
 
 const fn plain_or_end() -> [bool; 256] {
@@ -17,10 +19,16 @@ const fn plain_or_end() -> [bool; 256] {
         t[h] = !matches!(
             crate::spe::packet::HEADER_CLASS_CONST[h],
             HeaderClass::Pad | HeaderClass::Extended | HeaderClass::Unknown
-        );
+        ) && crate::spe::packet::PACKET_LEN_CONST[h] == fast_len(h as u8);
         h += 1;
     }
     t
+}
+
+/// The length of a fast-path packet: End is one byte, the rest follow the size field.
+#[inline(always)]
+const fn fast_len(h: u8) -> u8 {
+    if h == 0x01 { 1 } else { size_encoded_len(h) }
 }
 
 /// The fields of one sample record. Addresses are raw payloads; the `*_address` methods apply
@@ -254,12 +262,17 @@ impl Records<'_> {
                 };
                 started = true;
             }
-            // Fast path: a known single-byte header whose packet fits; fields go straight
-            // into the record without building a `Packet`.
-            let h = rest[0];
-            let n = PACKET_LEN[h as usize] as usize;
-            if rest.len() >= n && PLAIN_OR_END[h as usize] {
-                let v = read_payload(rest, 1, n - 1);
+            // Fast path: known single-byte headers whose packets fit, one after the other;
+            // fields go straight into the record without building a `Packet`. Anything else
+            // (padding, extended or unknown headers, a torn packet) goes back to the loop.
+            let mut fast = false;
+            while let Some(&h) = self.buf.get(self.pos) {
+                let n = fast_len(h) as usize;
+                if !PLAIN_OR_END[h as usize] || self.pos + n > len {
+                    break;
+                }
+                fast = true;
+                let v = read_payload(&self.buf[self.pos..], 1, n - 1);
                 r.packets = r.packets.saturating_add(1);
                 self.pos += n;
                 match HEADER_CLASS[h as usize] {
@@ -292,6 +305,8 @@ impl Records<'_> {
                     HeaderClass::DataSource => r.data_source = Some(v),
                     HeaderClass::Pad | HeaderClass::Extended | HeaderClass::Unknown => {}
                 }
+            }
+            if fast {
                 continue;
             }
             match parse(rest, self.mode, offset) {
@@ -329,6 +344,29 @@ impl Iterator for Records<'_> {
                 Some(RecordItem::IncompleteTail { offset, len })
             }
             Fill::Done => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    #[test]
+    fn every_plain_single_byte_header_takes_the_fast_path_with_its_real_length() {
+        for h in 0..=255u8 {
+            let plain = !matches!(
+                HEADER_CLASS[h as usize],
+                HeaderClass::Pad | HeaderClass::Extended | HeaderClass::Unknown
+            );
+            assert_eq!(PLAIN_OR_END[h as usize], plain, "header {h:#04x}");
+            if plain {
+                assert_eq!(
+                    fast_len(h),
+                    crate::spe::packet::PACKET_LEN[h as usize],
+                    "header {h:#04x}"
+                );
+            }
         }
     }
 }

@@ -18,19 +18,11 @@
 
 use core::fmt;
 
-use crate::spe::packet::{HEADER_CLASS, HeaderClass, PACKET_LEN, zero_run};
+use crate::spe::packet::{HEADER_CLASS, HeaderClass, PACKET_LEN, size_encoded_len, zero_run};
 
 /// The length of every header that neither ends a record nor needs a second look (every
 /// known single-byte header but padding, Timestamp and End), else 0.
 static PLAIN_LEN: [u8; 256] = plain_len_table();
-
-/// A packet's length from its header's size field, bits `[5:4]` (spec sheet §2.2): the header
-/// plus 1, 2, 4 or 8 payload bytes. Arithmetic, so the scanner's chain from one header to the
-/// next is one load and a few ALU operations instead of two dependent loads.
-#[inline(always)]
-const fn size_encoded_len(h: u8) -> u8 {
-    1 + (1 << ((h >> 4) & 3))
-}
 
 const fn plain_len_table() -> [u8; 256] {
     let mut t = [0u8; 256];
