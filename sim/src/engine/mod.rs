@@ -203,6 +203,8 @@ struct Sim<'a> {
     /// Bytes the strategy has pinned, read after every event (pins change only then).
     pinned_now: u64,
     spu: SpuModel,
+    /// Page states read from the stage 2 model at generation `.0` (cleared when it moves).
+    states: (u64, HashMap<u64, spe_policy::host::PageState>),
 }
 
 /// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB
@@ -255,6 +257,7 @@ pub fn run(
         records: sample_records(),
         pinned_now: 0,
         spu: scenario.spu,
+        states: (u64::MAX, HashMap::new()),
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
     let started = policy
@@ -400,14 +403,26 @@ impl Sim<'_> {
             }
         }
         let (ipa, tables) = self.translate(v, page);
-        let host = &self.host.model;
-        let ok =
-            tables.iter().all(|t| host.page_state(*t).present) && host.page_state(ipa).writable();
-        if !ok {
-            return Err(!host.page_state(ipa).in_memslot);
+        if self.states.0 != generation {
+            self.states = (generation, HashMap::new());
+        }
+        let data = self.page_state(ipa);
+        if !(tables.iter().all(|t| self.page_state(*t).present) && data.writable()) {
+            return Err(!data.in_memslot);
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
         Ok(ipa)
+    }
+
+    /// The stage 2 state of `ipa`'s page, cached while the model's generation stays the one
+    /// [`Self::writable_page`] last saw.
+    fn page_state(&mut self, ipa: Ipa) -> spe_policy::host::PageState {
+        let model = &self.host.model;
+        *self
+            .states
+            .1
+            .entry(ipa.0 & !0xfff)
+            .or_insert_with(|| model.page_state(ipa))
     }
 
     /// One sample interval of vCPU `v`.
