@@ -17,7 +17,7 @@ mod guest;
 mod metrics;
 mod sim_host;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use spe_policies::{Policy, ShadowBuffer, SpuWrite};
 use spe_policy::arch::walk::Walker;
@@ -118,7 +118,9 @@ struct Vcpu {
     /// The guest's PMBPTR, as an offset (guest-owned buffers).
     ptr: u64,
     safe: u64,
-    starts: VecDeque<u64>,
+    /// Where each record since the last buffer enable starts (offsets; buffers are at most
+    /// 4 MiB), for counting what a rewind gives up.
+    starts: Vec<u32>,
     blackout_until: f64,
     blackout_cause: LossCause,
     fatal: bool,
@@ -277,7 +279,7 @@ pub fn run(
             size: buffer,
             ptr: 0,
             safe: 0,
-            starts: VecDeque::new(),
+            starts: Vec::new(),
             blackout_until: 0.0,
             blackout_cause: LossCause::EnableBlackout,
             fatal: !started,
@@ -516,7 +518,7 @@ impl Sim<'_> {
         match fault_at {
             None => {
                 let c = &mut self.cpus[v as usize];
-                c.starts.push_back(c.ptr);
+                c.starts.push(c.ptr as u32);
                 c.ptr += len;
                 self.m.records_written += 1;
                 self.first_record(v, now);
@@ -571,8 +573,8 @@ impl Sim<'_> {
                 // Records that started at or after the resume point are gone.
                 let c = &mut self.cpus[v as usize];
                 let mut gone = 1; // the record that faulted
-                while c.starts.back().is_some_and(|s| *s >= resume) {
-                    c.starts.pop_back();
+                while c.starts.last().is_some_and(|s| u64::from(*s) >= resume) {
+                    c.starts.pop();
                     gone += 1;
                 }
                 c.ptr = resume;
