@@ -24,7 +24,9 @@ pub use spe_strategy_pin_all::{PinAll, PinAllConfig, PinAllMigration, PinAt};
 #[cfg(feature = "pin-buffer")]
 pub use spe_strategy_pin_buffer::{PinBuffer, PinBufferConfig};
 #[cfg(feature = "shadow-buffer")]
-pub use spe_strategy_shadow_buffer::{ShadowBuffer, ShadowBufferConfig, ShadowStats, SpuWrite};
+pub use spe_strategy_shadow_buffer::{
+    ShadowBuffer, ShadowBufferConfig, ShadowStats, Spu, SpuWrite,
+};
 
 /// Which strategy, with its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

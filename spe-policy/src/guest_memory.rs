@@ -144,6 +144,11 @@ impl GuestRam {
         Ok(())
     }
 
+    /// The regions, base first, giving their memory back (to reuse it for another guest).
+    pub fn into_regions(self) -> Vec<(Ipa, Vec<u8>)> {
+        self.regions
+    }
+
     /// Total bytes of guest memory held.
     pub fn len(&self) -> u64 {
         self.regions.iter().map(|(_, r)| r.len() as u64).sum()

@@ -19,7 +19,7 @@ mod sim_host;
 
 use std::collections::HashMap;
 
-use spe_policies::{Policy, ShadowBuffer, SpuWrite};
+use spe_policies::{Policy, ShadowBuffer, Spu, SpuWrite};
 use spe_policy::arch::walk::Walker;
 use spe_policy::arch::walk::builder::LEAF_RW;
 use spe_policy::arch::{
@@ -136,6 +136,8 @@ struct Vcpu {
     last_page: Option<(u64, Ipa, u64)>,
     /// When the buffer was last enabled, until its first record is kept.
     enabled_at: Option<f64>,
+    /// shadow-buffer: this vCPU's SPU port.
+    spu: Option<Spu>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +291,7 @@ pub fn run(
             oldest_uncopied: None,
             last_page: None,
             enabled_at: None,
+            spu: None,
         })
         .collect();
     let mut events = scenario.events.clone();
@@ -354,6 +357,7 @@ impl Sim<'_> {
         self.on_event(&Event::VmStop)?;
         self.m.pinned_after_stop =
             self.host.model.pinned_bytes() + self.policy.stats().pinned_bytes;
+        guest::return_ram(self.guest.ram);
         Ok(self.m)
     }
 
@@ -626,7 +630,15 @@ impl Sim<'_> {
         now: f64,
         rec: &[u8],
     ) -> Result<(), SimError> {
-        match s.spu_write(VcpuId(v), rec) {
+        let c = &mut self.cpus[v as usize];
+        if c.spu.is_none() {
+            c.spu = s.spu(VcpuId(v));
+        }
+        let written = match &c.spu {
+            Some(spu) => spu.write(rec),
+            None => SpuWrite::NotProfiling,
+        };
+        match written {
             SpuWrite::Written => {
                 self.m.records_written += 1;
                 self.first_record(v, now);

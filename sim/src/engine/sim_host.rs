@@ -9,11 +9,16 @@ use spe_policy::host::{FaultIn, HostGranule, PageState};
 use spe_policy::stage2::Stage2Model;
 use spe_policy::{GuestRam, HostBacking, HostError, Ipa, IpaRange, VcpuId};
 
+/// Writes waiting to land in the simulated RAM: (where, how many bytes), and the bytes.
+type PendingWrites = (Vec<(Ipa, usize)>, Vec<u8>);
+
 /// The stage 2 model with a write-back queue and dirty tracking.
 #[derive(Debug)]
 pub(crate) struct SimHost {
     pub(crate) model: Stage2Model,
-    writes: Mutex<Vec<(Ipa, Vec<u8>)>>,
+    /// Guest-memory writes not yet applied: where, and their bytes in `write_data` (one buffer
+    /// reused across calls, no allocation per write).
+    writes: Mutex<PendingWrites>,
     dirty: Mutex<Option<BTreeSet<u64>>>,
     logging: std::sync::atomic::AtomicBool,
 }
@@ -22,7 +27,7 @@ impl SimHost {
     pub(crate) fn new(model: Stage2Model) -> Self {
         SimHost {
             model,
-            writes: Mutex::new(Vec::new()),
+            writes: Mutex::new((Vec::new(), Vec::new())),
             dirty: Mutex::new(None),
             logging: std::sync::atomic::AtomicBool::new(false),
         }
@@ -30,9 +35,14 @@ impl SimHost {
 
     /// Applies the guest-memory writes made through [`HostBacking::write_guest`].
     pub(crate) fn flush_writes(&self, ram: &mut GuestRam) {
-        for (ipa, bytes) in self.writes.lock().drain(..) {
-            let _ = ram.write(ipa, &bytes);
+        let mut w = self.writes.lock();
+        let (list, data) = &mut *w;
+        let mut at = 0;
+        for (ipa, len) in list.drain(..) {
+            let _ = ram.write(ipa, &data[at..at + len]);
+            at += len;
         }
+        data.clear();
     }
 
     /// Dirty logging starts: writes are tracked from now on.
@@ -107,7 +117,9 @@ impl HostBacking for SimHost {
         for page in IpaRange::new(ipa, bytes.len() as u64).pages(self.model.granule()) {
             self.mark_dirty(page);
         }
-        self.writes.lock().push((ipa, bytes.to_vec()));
+        let mut w = self.writes.lock();
+        w.0.push((ipa, bytes.len()));
+        w.1.extend_from_slice(bytes);
         Ok(())
     }
     fn inject(&self, vcpu: VcpuId, pmbsr: Pmbsr, pmbptr: Pmbptr) -> Result<(), HostError> {

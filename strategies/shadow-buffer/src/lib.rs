@@ -91,6 +91,24 @@ pub struct ShadowStats {
     pub unpredictable_enables: u64,
 }
 
+/// The SPU's side of one vCPU's host buffer (see [`ShadowBuffer::spu`]).
+#[derive(Debug, Clone)]
+pub struct Spu {
+    vcpu: Arc<Mutex<VcpuShadow>>,
+    max_record: usize,
+}
+
+impl Spu {
+    /// Writes one complete record as the SPU would.
+    pub fn write(&self, record: &[u8]) -> SpuWrite {
+        let mut v = self.vcpu.lock();
+        if v.stopped {
+            return SpuWrite::NotProfiling;
+        }
+        v.host.spu_write(record, self.max_record)
+    }
+}
+
 /// The guest's view of one vCPU's Profiling Buffer, and the host buffer behind it.
 #[derive(Debug)]
 struct VcpuShadow {
@@ -99,6 +117,8 @@ struct VcpuShadow {
     pmbsr: Pmbsr,
     stage1: Option<Stage1Regs>,
     host: HostBuffer,
+    /// The VM stopped: the host buffer is gone.
+    stopped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +214,7 @@ impl ShadowBuffer {
                 pmbsr: Pmbsr::new(),
                 stage1: None,
                 host: HostBuffer::new(half),
+                stopped: false,
             }))
         });
         Arc::clone(entry)
@@ -202,14 +223,21 @@ impl ShadowBuffer {
     /// The SPU writes one complete `record` for `vcpu` into the host buffer (the hardware's
     /// side of the host-owned buffer, for a VMM that models the SPU).
     pub fn spu_write(&self, vcpu: VcpuId, record: &[u8]) -> SpuWrite {
-        // Map, then vCPU: the same lock order as VM stop; no reference count traffic on the
-        // SPU's path.
-        let map = self.vcpus.lock();
-        let Some(v) = map.get(&vcpu) else {
-            return SpuWrite::NotProfiling;
-        };
-        let mut v = v.lock();
-        v.host.spu_write(record, self.max_record())
+        match self.spu(vcpu) {
+            Some(spu) => spu.write(record),
+            None => SpuWrite::NotProfiling,
+        }
+    }
+
+    /// `vcpu`'s SPU port, once the guest has touched its buffer registers: a handle a model
+    /// of the SPU keeps to write records without looking the vCPU up each time. After VM stop
+    /// a port writes nothing (`NotProfiling`).
+    pub fn spu(&self, vcpu: VcpuId) -> Option<Spu> {
+        let v = self.vcpus.lock().get(&vcpu).cloned()?;
+        Some(Spu {
+            vcpu: v,
+            max_record: self.max_record(),
+        })
     }
 
     /// Copies what the SPU wrote since the last copy point into the guest's buffer, advancing
@@ -488,7 +516,14 @@ impl BackingStrategy for ShadowBuffer {
                     .vcpus
                     .lock()
                     .drain()
-                    .map(|(_, v)| v.lock().host.bytes())
+                    .map(|(_, v)| {
+                        let mut v = v.lock();
+                        v.stopped = true;
+                        let bytes = v.host.bytes();
+                        // Ports still held elsewhere keep nothing of the buffer.
+                        v.host = HostBuffer::new(0);
+                        bytes
+                    })
                     .sum();
                 let mut shared = self.shared.lock();
                 shared.stats.pinned_bytes = shared.stats.pinned_bytes.saturating_sub(freed);

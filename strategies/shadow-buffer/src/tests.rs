@@ -321,9 +321,13 @@ fn guest_memory_is_never_pinned_and_the_host_buffer_goes_at_vm_stop() {
     assert_eq!(s.on_event(&inval, &f.ram, &host), Ok(Outcome::Resume));
     assert_eq!(host.model.pinned_bytes(), 0);
     assert_eq!(s.stats().pinned_bytes, 4 * (64 << 10));
+    let port = s.spu(VcpuId(1)).expect("vCPU 1 has a port");
+    assert_eq!(port.write(records()[0]), SpuWrite::Written);
     s.on_event(&Event::VmStop, &f.ram, &host).expect("stop");
     assert_eq!(s.stats().pinned_bytes, 0);
     assert_eq!(s.spu_write(VcpuId(0), records()[0]), SpuWrite::NotProfiling);
+    // A port kept across VM stop holds nothing and takes nothing.
+    assert_eq!(port.write(records()[0]), SpuWrite::NotProfiling);
 }
 
 #[test]
