@@ -165,7 +165,7 @@ fn fault_pmbsr(data_loss: bool) -> Pmbsr {
     BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode()
 }
 
-/// FNV-1a style over 32-byte blocks in four independent lanes (so the multiplies pipeline),
+/// FNV-1a style over 64-byte blocks in eight independent lanes (so the multiplies pipeline),
 /// then the tail bytes: a digest of every buffer at every interrupt must not dominate the run.
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0100_0000_01b3;
@@ -174,8 +174,8 @@ fn fnv(h: u64, bytes: &[u8]) -> u64 {
         x.copy_from_slice(b);
         u64::from_le_bytes(x)
     };
-    let mut blocks = bytes.chunks_exact(32);
-    let mut lanes = [h, h ^ 1, h ^ 2, h ^ 3];
+    let mut blocks = bytes.chunks_exact(64);
+    let mut lanes = [h, h ^ 1, h ^ 2, h ^ 3, h ^ 4, h ^ 5, h ^ 6, h ^ 7];
     for b in blocks.by_ref() {
         for (k, lane) in lanes.iter_mut().enumerate() {
             *lane = (*lane ^ word(&b[8 * k..8 * k + 8])).wrapping_mul(PRIME);
