@@ -56,6 +56,11 @@ pub enum HostEventKind {
     /// A hostile or broken guest maps a page of vCPU 0's buffer ahead of the SPU (60 KiB in)
     /// to an IPA outside its RAM (a device region) and re-arms the buffer.
     GuestMapOutsideRam,
+    /// A broken guest re-programs vCPU 1's buffer against the enable rules (spec sheet §1.11
+    /// rule 3): PMBPTR 32 bytes below LIMIT, less than one largest record. CONSTRAINED
+    /// UNPREDICTABLE; the model takes the permitted "nothing is written" and the guest's
+    /// samples on that vCPU are lost to its own mistake.
+    GuestBadLimit,
     /// A 16 MiB memslot is hot-plugged above RAM.
     MemslotHotplug,
     /// The hot-plugged memslot is removed (hot-unplug).

@@ -316,3 +316,26 @@ fn in_discard_mode_nothing_is_written_pinned_for_the_buffer_or_faulted() {
         0
     );
 }
+
+#[test]
+fn a_hostile_guest_loses_only_its_own_samples_and_leaves_the_host_intact() {
+    for m in results().iter().filter(|m| m.scenario == "hostile-guest") {
+        assert!(
+            m.loss_by_erratum.get("guest").is_some_and(|n| *n > 0),
+            "{}: {:?}",
+            m.strategy,
+            m.loss_by_erratum
+        );
+        assert_eq!(
+            (m.unexplained_loss, m.pinned_after_stop),
+            (0, 0),
+            "{}",
+            m.strategy
+        );
+        assert!(
+            m.records_written > 0,
+            "{}: the other vCPUs keep profiling",
+            m.strategy
+        );
+    }
+}

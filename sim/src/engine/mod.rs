@@ -138,6 +138,8 @@ struct Vcpu {
     enabled_at: Option<f64>,
     /// shadow-buffer: this vCPU's SPU port.
     spu: Option<Spu>,
+    /// The guest's registers break the enable rules: the SPU writes nothing.
+    unpredictable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +294,7 @@ pub fn run(
             last_page: None,
             enabled_at: None,
             spu: None,
+            unpredictable: false,
         })
         .collect();
     let mut events = scenario.events.clone();
@@ -442,6 +445,11 @@ impl Sim<'_> {
             let cause = c.fatal_cause;
             self.m.lost_fatal += 1;
             self.m.lose(cause, 1, &self.declared);
+            return Ok(());
+        }
+        if c.unpredictable {
+            self.m.lost_fatal += 1;
+            self.m.lose(LossCause::GuestError, 1, &self.declared);
             return Ok(());
         }
         if now < c.blackout_until {
@@ -1024,6 +1032,13 @@ impl Sim<'_> {
                         }
                     }
                     self.enable(0, now)?;
+                }
+            }
+            HostEventKind::GuestBadLimit => {
+                if let Some(c) = self.cpus.get_mut(1).filter(|c| !c.fatal && !c.disabled) {
+                    c.ptr = c.size - 32;
+                    c.unpredictable = true;
+                    self.enable(1, now)?;
                 }
             }
             HostEventKind::MemslotHotplug => {
