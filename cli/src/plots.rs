@@ -27,6 +27,20 @@ fn names(metrics: &[Metrics], key: impl Fn(&Metrics) -> &str) -> Vec<String> {
     v
 }
 
+/// Draws the legend and writes the file.
+fn finish<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+) -> std::io::Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(io)?;
+    root.present().map_err(io)
+}
+
 /// Writes every plot into `dir`.
 pub fn write_all(dir: &Path, metrics: &[Metrics]) -> std::io::Result<()> {
     let strategies = names(metrics, |m| &m.strategy);
@@ -99,13 +113,7 @@ fn lost_by_cause(path: &Path, strategy: &str, runs: &[&Metrics]) -> std::io::Res
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(io)?;
-    root.present().map_err(io)
+    finish(&mut chart, &root)
 }
 
 /// One line per strategy: MiB pinned over virtual time.
@@ -150,13 +158,7 @@ fn pinned_over_time(path: &Path, scenario: &str, runs: &[&Metrics]) -> std::io::
             .label(m.strategy.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(io)?;
-    root.present().map_err(io)
+    finish(&mut chart, &root)
 }
 
 /// Each blackout window as a point: when it started and how long it lasted.
@@ -191,11 +193,5 @@ fn blackouts(path: &Path, scenario: &str, runs: &[&Metrics]) -> std::io::Result<
             .label(m.strategy.clone())
             .legend(move |(x, y)| Circle::new((x + 5, y), 3, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(io)?;
-    root.present().map_err(io)
+    finish(&mut chart, &root)
 }

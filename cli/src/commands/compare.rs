@@ -186,19 +186,16 @@ pub fn run(args: &CompareArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
             return code;
         }
     };
-    let metrics = match run_jobs(&config, &scenarios, &STRATEGIES, args.threads) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return 1;
-        }
+    let output = Output {
+        format: args.format,
+        dir: args.out.as_deref(),
     };
-    report(
+    run_and_report(
         &config,
         &scenarios,
-        &metrics,
-        args.format,
-        args.out.as_deref(),
+        &STRATEGIES,
+        args.threads,
+        &output,
         out,
         err,
     )
@@ -226,23 +223,36 @@ pub fn simulate(args: &SimulateArgs, out: &mut dyn Write, err: &mut dyn Write) -
         Some(s) => vec![s],
         None => STRATEGIES.to_vec(),
     };
-    let scenarios = [scenario];
-    let metrics = match run_jobs(&config, &scenarios, &strategies, None) {
-        Ok(m) => m,
+    let output = Output {
+        format: args.format,
+        dir: args.out.as_deref(),
+    };
+    run_and_report(&config, &[scenario], &strategies, None, &output, out, err)
+}
+
+/// Where the results go.
+struct Output<'a> {
+    format: Format,
+    dir: Option<&'a Path>,
+}
+
+/// Runs the jobs and reports them: 0 ok, 1 a run failed, 2 output failed.
+fn run_and_report(
+    config: &SpeConfig,
+    scenarios: &[Scenario],
+    strategies: &[StrategyName],
+    threads: Option<usize>,
+    output: &Output<'_>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    match run_jobs(config, scenarios, strategies, threads) {
+        Ok(metrics) => report(config, scenarios, &metrics, output, out, err),
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
-            return 1;
+            1
         }
-    };
-    report(
-        &config,
-        &scenarios,
-        &metrics,
-        args.format,
-        args.out.as_deref(),
-        out,
-        err,
-    )
+    }
 }
 
 fn mib(b: f64) -> String {
@@ -253,11 +263,11 @@ fn report(
     config: &SpeConfig,
     scenarios: &[Scenario],
     metrics: &[Metrics],
-    format: Format,
-    dir: Option<&Path>,
+    output: &Output<'_>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
+    let (format, dir) = (output.format, output.dir);
     if let Some(Err(e)) = dir.map(|d| write_out(d, metrics)) {
         let _ = writeln!(
             err,

@@ -893,7 +893,6 @@ impl Sim<'_> {
     fn host_event(&mut self, kind: HostEventKind, fraction: f64, now: f64) -> Result<(), SimError> {
         let ram = IpaRange::new(RAM_BASE, SIM_RAM);
         let pages = SIM_RAM / 4096;
-        let all_ram_send = (pages as f64) * self.cost.send_page_ns;
         match kind {
             HostEventKind::SwapOut
             | HostEventKind::KsmMerge
@@ -958,11 +957,7 @@ impl Sim<'_> {
             HostEventKind::DirtyLogStart => {
                 match self.on_event(&Event::MigrationStart(MigrationMode::PreCopy))? {
                     Outcome::Refuse(r) => {
-                        // PA-03: no live migration; stop-and-copy sends all RAM while stopped.
-                        self.m.migrations_refused += 1;
-                        if r == Refusal::UseStopAndCopy {
-                            self.m.migration_downtime_ns += all_ram_send;
-                        }
+                        self.migration_refused(r);
                         self.migration = Migration::NotLive;
                     }
                     _ => {
@@ -995,12 +990,7 @@ impl Sim<'_> {
             HostEventKind::DirtyLogRound | HostEventKind::DirtyLogStop => {}
             HostEventKind::PostCopySwitchover => {
                 match self.on_event(&Event::MigrationStart(MigrationMode::PostCopy))? {
-                    Outcome::Refuse(r) => {
-                        self.m.migrations_refused += 1;
-                        if r == Refusal::UseStopAndCopy {
-                            self.m.migration_downtime_ns += all_ram_send;
-                        }
-                    }
+                    Outcome::Refuse(r) => self.migration_refused(r),
                     _ => {
                         let before = self.host.model.counters().sent_before_switchover;
                         self.on_event(&Event::PostCopySwitchover)?;
@@ -1071,6 +1061,14 @@ impl Sim<'_> {
             }
         }
         Ok(())
+    }
+
+    /// PA-03: no live migration. A forced stop-and-copy sends all RAM while the VM is stopped.
+    fn migration_refused(&mut self, r: Refusal) {
+        self.m.migrations_refused += 1;
+        if r == Refusal::UseStopAndCopy {
+            self.m.migration_downtime_ns += (SIM_RAM / 4096) as f64 * self.cost.send_page_ns;
+        }
     }
 
     /// The guest points vCPU 0's buffer page number `nth` (1-based) at `to` and updates its
