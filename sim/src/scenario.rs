@@ -72,7 +72,7 @@ pub enum HostEventKind {
 }
 
 /// How the modelled SPU and the guest's buffer behave (spec sheet §1.11).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpuModel {
     /// `sequential` writes each record byte by byte in order; `unordered` may write any byte
@@ -85,6 +85,11 @@ pub struct SpuModel {
     pub dl_on_mid_record_fault: Flag,
     /// The guest programs PMBLIMITR.FM = discard: the SPU takes samples and writes nothing.
     pub discard_mode: bool,
+    /// How long a sampled operation stays in flight, on average (uniform from half to one and
+    /// a half times this), in ns; 0: it completes before the next sample is due. A sample due
+    /// while the previous one is in flight collides (rule 13): it is not taken, PMBSR.COLL is
+    /// set, and Linux flags the AUX record COLLISION at the next buffer event.
+    pub op_latency_ns: f64,
 }
 
 /// Write order of the modelled SPU.
@@ -193,6 +198,12 @@ impl Scenario {
             return Err(invalid(format!(
                 "records_per_ms = {} must be in (0, 10000] (the worst case is about 6000)",
                 s.records_per_ms
+            )));
+        }
+        if !(0.0..=1e6).contains(&s.spu.op_latency_ns) {
+            return Err(invalid(format!(
+                "spu.op_latency_ns = {} must be in [0, 1000000] (a sampled operation takes nanoseconds to microseconds)",
+                s.spu.op_latency_ns
             )));
         }
         for e in &s.events {

@@ -46,7 +46,7 @@ fn nothing_stays_pinned_after_vm_stop_in_any_scenario() {
     for m in results() {
         assert_eq!(m.pinned_after_stop, 0, "{}/{}", m.scenario, m.strategy);
         assert_eq!(
-            m.records_written + m.lost() + m.records_discarded_by_mode,
+            m.records_written + m.lost() + m.records_discarded_by_mode + m.samples_collided,
             m.records_attempted,
             "{}/{}: every record is kept, discarded by the guest's choice, or lost for a cause",
             m.scenario,
@@ -338,4 +338,24 @@ fn a_hostile_guest_loses_only_its_own_samples_and_leaves_the_host_intact() {
             m.strategy
         );
     }
+}
+
+#[test]
+fn collisions_reach_the_guest_as_pmbsr_coll_whoever_owns_the_buffer() {
+    // Small buffers: several buffer events in the shortened run.
+    let mut config = SpeConfig::default();
+    config.guest.buffer_per_vcpu = spe_policy::config::ByteSize(64 << 10);
+    let sc: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|s| s.name == "collisions")
+        .collect();
+    let r = compare(&config, &sc, &CostModel::FREE).expect("runs");
+    let pa = get(&r, "collisions", "pin-all");
+    assert!(pa.samples_collided > 0 && pa.guest_collisions > 0, "{pa:?}");
+    let sb = get(&r, "collisions", "shadow-buffer");
+    assert_eq!(
+        (sb.guest_collisions, sb.guest_digest),
+        (pa.guest_collisions, pa.guest_digest),
+        "shadow-buffer hands the host SPU's COLL to the guest exactly"
+    );
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub guest_interrupts: u64,
     /// Of those, with PMBSR.DL = 1: Linux flags the AUX record TRUNCATED | PARTIAL.
     pub guest_truncated: u64,
+    /// Of those, with PMBSR.COLL = 1: Linux flags the AUX record COLLISION.
+    pub guest_collisions: u64,
     /// A digest of every guest-visible interrupt: vCPU, PMBSR, PMBPTR and the bytes of the
     /// guest's buffer up to PMBPTR. Equal digests: the guest saw exactly the same thing.
     pub guest_digest: u64,
@@ -67,6 +69,8 @@ pub struct Metrics {
     pub stale_bytes_before_fault: u64,
     /// Samples taken and dropped by the SPU because the guest chose discard mode.
     pub records_discarded_by_mode: u64,
+    /// Samples not taken because the previous one was still in flight (PMBSR.COLL, rule 13).
+    pub samples_collided: u64,
     /// Host pin and unpin operations.
     pub pin_ops: u64,
     /// Bytes of buffer given up by rewinds and discards.

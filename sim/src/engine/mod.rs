@@ -140,6 +140,10 @@ struct Vcpu {
     spu: Option<Spu>,
     /// The guest's registers break the enable rules: the SPU writes nothing.
     unpredictable: bool,
+    /// When the last sampled operation leaves the pipeline.
+    in_flight_until: f64,
+    /// A collision happened since the SPU's PMBSR.COLL was last handed over.
+    coll_pending: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +299,8 @@ pub fn run(
             enabled_at: None,
             spu: None,
             unpredictable: false,
+            in_flight_until: 0.0,
+            coll_pending: false,
         })
         .collect();
     let mut events = scenario.events.clone();
@@ -464,6 +470,16 @@ impl Sim<'_> {
             }
             self.m.lose(cause, 1, &self.declared);
             return Ok(());
+        }
+        if self.spu.op_latency_ns > 0.0 {
+            // §1.11 rule 13: one sampled operation in flight at a time in this model.
+            if now < self.cpus[v as usize].in_flight_until {
+                self.m.samples_collided += 1;
+                self.cpus[v as usize].coll_pending = true;
+                return Ok(());
+            }
+            let jitter = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            self.cpus[v as usize].in_flight_until = now + self.spu.op_latency_ns * (0.5 + jitter);
         }
         // Lemire's multiply-shift instead of a 64-bit division on the hot path.
         let pick = ((self.rng.next() >> 32) * self.records.len() as u64) >> 32;
@@ -680,7 +696,10 @@ impl Sim<'_> {
         let ev = Event::BufferManagement {
             vcpu: VcpuId(v),
             regs: BufferRegs {
-                pmbsr: BufferEvent::buffer_full().encode(),
+                // The host SPU's PMBSR, with COLL if a sample collided since the last handover.
+                pmbsr: BufferEvent::buffer_full()
+                    .encode()
+                    .with_coll(std::mem::take(&mut self.cpus[v as usize].coll_pending)),
                 ..BufferRegs::default()
             },
             stage1: self.guest.stage1,
@@ -750,10 +769,15 @@ impl Sim<'_> {
 
     /// A trapped read of `reg` (shadow-buffer emulates it).
     fn read_reg(&mut self, v: u32, reg: BufferReg) -> Result<Option<u64>, SimError> {
+        // The hardware registers are the host SPU's: its PMBSR.COLL is handed over.
+        let coll = self.shadow.is_some() && std::mem::take(&mut self.cpus[v as usize].coll_pending);
         let ev = Event::BufferRead {
             vcpu: VcpuId(v),
             reg,
-            regs: BufferRegs::default(),
+            regs: BufferRegs {
+                pmbsr: Pmbsr::new().with_coll(coll),
+                ..BufferRegs::default()
+            },
             pmbidr: Pmbidr::new(),
         };
         Ok(match self.on_event(&ev)? {
@@ -776,10 +800,14 @@ impl Sim<'_> {
             let pr = self.read_reg(v, BufferReg::Pmbptr)?;
             (sr.map_or(pmbsr, Pmbsr::from_bits), pr.unwrap_or(pmbptr))
         } else {
-            (pmbsr, pmbptr)
+            // The guest's own PMBSR: COLL stays set from the collision to this event.
+            let c = &mut self.cpus[v as usize];
+            let coll = std::mem::take(&mut c.coll_pending);
+            (pmbsr.with_coll(pmbsr.coll() || coll), pmbptr)
         };
         self.m.guest_interrupts += 1;
         self.m.guest_truncated += u64::from(pmbsr.dl());
+        self.m.guest_collisions += u64::from(pmbsr.coll());
         self.digest(v, pmbsr, pmbptr);
         if BufferEvent::decode(pmbsr).kind == BufferEventKind::BufferFull {
             let c = &mut self.cpus[v as usize];

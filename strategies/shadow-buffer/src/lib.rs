@@ -275,6 +275,7 @@ impl ShadowBuffer {
                 shared.shadow.bytes_dropped += (total - offset) as u64;
                 shared.stats.injected += 1;
                 let at = to.0.wrapping_add(offset as u64);
+                let pmbsr = pmbsr.with_coll(v.pmbsr.coll());
                 v.pmbptr = Pmbptr::from_bits(at);
                 v.pmbsr = pmbsr;
                 v.host.park();
@@ -337,6 +338,7 @@ impl ShadowBuffer {
         &self,
         vcpu: VcpuId,
         reg: BufferReg,
+        hardware: BufferRegs,
         pmbidr: spe_policy::arch::Pmbidr,
         guest: &G,
         host: &H,
@@ -347,6 +349,10 @@ impl ShadowBuffer {
     {
         let v = self.vcpu(vcpu);
         let mut v = v.lock();
+        // The host SPU's PMBSR.COLL (rule 13) is the guest's.
+        if hardware.pmbsr.coll() {
+            v.pmbsr.set_coll(true);
+        }
         if reg == BufferReg::Pmbptr {
             // An exact pointer: copy what is in flight first.
             if self.drain(&mut v, guest, host)?.is_none() {
@@ -430,6 +436,10 @@ impl ShadowBuffer {
         let v = self.vcpu(vcpu);
         let mut v = v.lock();
         self.shared.lock().shadow.host_buffer_fulls += 1;
+        // §1.11 rule 13: a collision on the host-owned SPU is the guest's collision.
+        if event.collision {
+            v.pmbsr.set_coll(true);
+        }
         if let Some(inject) = self.drain(&mut v, guest, host)? {
             return Ok(inject);
         }
@@ -437,7 +447,10 @@ impl ShadowBuffer {
         let limit = v.pmblimitr.limit_address().0;
         if ptr > limit.saturating_sub(self.config.max_record_bytes) {
             // §1.11 rule 4, on the guest's buffer: the same record fills it as on hardware.
-            v.pmbsr = BufferEvent::buffer_full().encode();
+            // COLL stays as it was (rule 13: the event leaves other fields unchanged).
+            v.pmbsr = BufferEvent::buffer_full()
+                .encode()
+                .with_coll(v.pmbsr.coll());
             v.host.park();
             self.shared.lock().stats.injected += 1;
             return Ok(Outcome::Inject {
@@ -488,10 +501,13 @@ impl BackingStrategy for ShadowBuffer {
                 self.on_write(vcpu, reg, regs, stage1, guest, host)
             }
             Event::BufferRead {
-                vcpu, reg, pmbidr, ..
+                vcpu,
+                reg,
+                regs,
+                pmbidr,
             } => {
                 self.shared.lock().shadow.traps += 1;
-                self.on_read(vcpu, reg, pmbidr, guest, host)
+                self.on_read(vcpu, reg, regs, pmbidr, guest, host)
             }
             Event::BufferManagement { vcpu, regs, .. } => {
                 self.on_host_event(vcpu, regs, guest, host)

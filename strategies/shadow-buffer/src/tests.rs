@@ -463,3 +463,30 @@ fn post_copy_switch_over_sends_the_remaining_buffer_window_and_its_tables_first(
     // Nothing was pinned for it.
     assert_eq!(host.model.pinned_bytes(), 0);
 }
+
+#[test]
+fn a_collision_on_the_host_spu_shows_in_the_guests_pmbsr_until_it_clears_it() {
+    let f = GuestFixture::new(4);
+    let host = RamHost::new(&f);
+    let s = strategy(64 << 10);
+    enable(&s, &f, &host, 0, 0, 4 * 4096);
+    assert_eq!(s.spu_write(VcpuId(0), records()[1]), SpuWrite::Written);
+    // The host's PMBSR has COLL (rule 13: S is not set); the VMM passes it with the read.
+    let ev = Event::BufferRead {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmbsr,
+        regs: BufferRegs {
+            pmbsr: Pmbsr::new().with_coll(true),
+            ..BufferRegs::default()
+        },
+        pmbidr: Pmbidr::new(),
+    };
+    let Ok(Outcome::Emulated(bits)) = s.on_event(&ev, &f.ram, &host) else {
+        panic!("not emulated");
+    };
+    let pmbsr = Pmbsr::from_bits(bits);
+    assert!(pmbsr.coll() && !pmbsr.s(), "{pmbsr:?}");
+    // Linux writes PMBSR = 0 after handling the event: COLL goes.
+    enable(&s, &f, &host, 0, 64, 4 * 4096 - 64);
+    assert!(!Pmbsr::from_bits(read(&s, &f, &host, BufferReg::Pmbsr)).coll());
+}
