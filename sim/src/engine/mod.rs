@@ -667,17 +667,14 @@ impl Sim<'_> {
             None => SpuWrite::NotProfiling,
         };
         match written {
-            SpuWrite::Written => {
+            SpuWrite::Written | SpuWrite::HostBufferFull => {
                 self.m.records_written += 1;
                 self.first_record(v, now);
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
+                if written == SpuWrite::HostBufferFull {
+                    self.host_buffer_full(s, v, now)?;
+                }
                 Ok(())
-            }
-            SpuWrite::HostBufferFull => {
-                self.m.records_written += 1;
-                self.first_record(v, now);
-                self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
-                self.host_buffer_full(s, v, now)
             }
             SpuWrite::NotProfiling | SpuWrite::Oversized => {
                 // Not expected from a well-behaved guest: counted as unexplained so tests see it.
@@ -784,6 +781,16 @@ impl Sim<'_> {
             Outcome::Emulated(x) => Some(x),
             _ => None,
         })
+    }
+
+    /// shadow-buffer: the guest reads its (emulated) PMBPTR and carries on from there; the
+    /// strategy, not the simulator, knows where the SPU's records reached.
+    fn read_back_pmbptr(&mut self, v: u32) -> Result<(), SimError> {
+        if let Some(ptr) = self.read_reg(v, BufferReg::Pmbptr)? {
+            let c = &mut self.cpus[v as usize];
+            c.ptr = ptr.saturating_sub(c.base).min(c.size);
+        }
+        Ok(())
     }
 
     /// The guest takes a buffer management interrupt (spec sheet §4.3): it reads PMBSR and
@@ -913,10 +920,7 @@ impl Sim<'_> {
         if self.shadow.is_some() {
             // Linux reads PMBPTR to commit the data (arm_spe_perf_aux_output_end) and starts
             // from there next time.
-            if let Some(ptr) = self.read_reg(v, BufferReg::Pmbptr)? {
-                let c = &mut self.cpus[v as usize];
-                c.ptr = ptr.saturating_sub(c.base).min(c.size);
-            }
+            self.read_back_pmbptr(v)?;
         }
         self.cpus[v as usize].disabled = true;
         Ok(())
@@ -1048,10 +1052,7 @@ impl Sim<'_> {
                 self.remap_first_page(16, OUTSIDE_RAM, false);
                 if !self.cpus[0].fatal && !self.cpus[0].disabled {
                     if self.shadow.is_some() {
-                        if let Some(ptr) = self.read_reg(0, BufferReg::Pmbptr)? {
-                            let c = &mut self.cpus[0];
-                            c.ptr = ptr.saturating_sub(c.base).min(c.size);
-                        }
+                        self.read_back_pmbptr(0)?;
                     }
                     self.enable(0, now)?;
                 }

@@ -326,7 +326,8 @@ fn frame(bytes: &[u8], max: usize, window_start: usize, split_min: usize) -> Pas
             return a.finish(bytes, max, window_start);
         }
         let (at, b_records, b_too_long) = ends[j];
-        if at == a.pos && a.rec_start.is_none() && a.records > 0 && a.last_end == at {
+        // `last_end == pos` means the true pass's last step ended a record right here.
+        if at == a.pos && a.last_end == at {
             // Met: both passes just ended a record here.
             if b.too_long_count > b_too_long {
                 // A record after here is too long: let the true pass find which.
