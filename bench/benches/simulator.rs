@@ -27,7 +27,7 @@ fn records_per_second(c: &mut Criterion) {
     grp.throughput(Throughput::Elements(records));
     for strategy in STRATEGIES {
         grp.bench_function(strategy.as_str(), |b| {
-            b.iter(|| run_one(&config, &scenario, strategy, &CostModel::default()).expect("run"))
+            b.iter(|| run_one(&config, &scenario, strategy, CostModel::default()).expect("run"))
         });
     }
     let record = [0x5au8; 64];

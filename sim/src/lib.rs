@@ -14,7 +14,7 @@ pub mod scenario;
 
 use std::path::Path;
 
-pub use engine::{CostModel, Metrics, SimError, run};
+pub use engine::{CostModel, Metrics, RunOptions, SimError, run};
 pub use profile_check::{ProfileVerdict, Thresholds, check};
 pub use scenario::{HostEventKind, Scenario, ScenarioError, ScheduledEvent};
 
@@ -92,11 +92,11 @@ pub fn run_one(
     config: &SpeConfig,
     scenario: &Scenario,
     strategy: StrategyName,
-    cost: &CostModel,
+    opts: impl Into<RunOptions>,
 ) -> Result<Metrics, String> {
     let c = config_for(&with_overrides(config, scenario)?, strategy);
     let policy = Policy::new(StrategyConfig::from_spe(&c).map_err(|e| e.to_string())?);
-    run(&c, &policy, scenario, cost)
+    run(&c, &policy, scenario, opts)
         .map_err(|e| format!("{} with {}: {e}", scenario.name, strategy.as_str()))
 }
 
@@ -107,10 +107,11 @@ pub fn compare_parallel(
     config: &SpeConfig,
     scenarios: &[Scenario],
     strategies: &[StrategyName],
-    cost: &CostModel,
+    opts: impl Into<RunOptions>,
     threads: usize,
     done: &(dyn Fn() + Sync),
 ) -> Result<Vec<Metrics>, String> {
+    let opts = opts.into();
     use std::sync::atomic::{AtomicUsize, Ordering};
     let jobs: Vec<(&Scenario, StrategyName)> = scenarios
         .iter()
@@ -127,7 +128,7 @@ pub fn compare_parallel(
                     let Some((scenario, strategy)) = jobs.get(i) else {
                         break;
                     };
-                    *slots[i].lock() = Some(run_one(config, scenario, *strategy, cost));
+                    *slots[i].lock() = Some(run_one(config, scenario, *strategy, opts));
                     done();
                 }
             });
@@ -147,8 +148,8 @@ pub fn compare_parallel(
 pub fn compare(
     config: &SpeConfig,
     scenarios: &[Scenario],
-    cost: &CostModel,
+    opts: impl Into<RunOptions>,
 ) -> Result<Vec<Metrics>, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    compare_parallel(config, scenarios, &STRATEGIES, cost, threads, &|| {})
+    compare_parallel(config, scenarios, &STRATEGIES, opts, threads, &|| {})
 }

@@ -4,7 +4,13 @@
 use std::path::PathBuf;
 
 use spe_policy::config::SpeConfig;
-use spe_policy_sim::{CostModel, Metrics, Scenario, compare, load_scenarios};
+use spe_policy_sim::{CostModel, Metrics, RunOptions, Scenario, compare, load_scenarios};
+
+/// All costs zero, and the guest-visible digest on: runs the differential tests compare.
+const FREE_WITH_DIGEST: RunOptions = RunOptions {
+    cost: CostModel::FREE,
+    guest_digest: true,
+};
 
 fn scenarios() -> Vec<Scenario> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/scenarios");
@@ -21,7 +27,7 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn run_all() -> Vec<Metrics> {
-    compare(&SpeConfig::default(), &scenarios(), &CostModel::default()).expect("runs")
+    compare(&SpeConfig::default(), &scenarios(), CostModel::default()).expect("runs")
 }
 
 /// Computed once for all tests (a debug build simulates slowly).
@@ -219,7 +225,7 @@ fn the_guest_sees_the_same_bytes_and_registers_with_shadow_buffer_as_with_pin_al
     // Exceptional scenarios break the host or the guest on purpose (a lost post-copy source
     // is harmless to pin-all only because it pinned the page before).
     let normal: Vec<Scenario> = scenarios().into_iter().filter(|s| !s.exceptional).collect();
-    let free = compare(&config, &normal, &CostModel::FREE).expect("runs");
+    let free = compare(&config, &normal, FREE_WITH_DIGEST).expect("runs");
     let mut compared = 0;
     for pa in free.iter().filter(|m| m.strategy == "pin-all") {
         if pa.lost() > 0 || pa.stage2_faults > 0 || pa.fatal_events > 0 {
@@ -230,6 +236,11 @@ fn the_guest_sees_the_same_bytes_and_registers_with_shadow_buffer_as_with_pin_al
             continue; // discard mode: nothing is written, no interrupt to compare
         }
         assert!(pa.guest_interrupts >= 4, "{}", pa.scenario);
+        assert!(
+            pa.guest_digest.is_some(),
+            "{}: no digest taken",
+            pa.scenario
+        );
         assert_eq!(
             (sb.guest_interrupts, sb.guest_digest, sb.records_written),
             (pa.guest_interrupts, pa.guest_digest, pa.records_written),
@@ -349,9 +360,10 @@ fn collisions_reach_the_guest_as_pmbsr_coll_whoever_owns_the_buffer() {
         .into_iter()
         .filter(|s| s.name == "collisions")
         .collect();
-    let r = compare(&config, &sc, &CostModel::FREE).expect("runs");
+    let r = compare(&config, &sc, FREE_WITH_DIGEST).expect("runs");
     let pa = get(&r, "collisions", "pin-all");
     assert!(pa.samples_collided > 0 && pa.guest_collisions > 0, "{pa:?}");
+    assert!(pa.guest_digest.is_some(), "no digest taken");
     let sb = get(&r, "collisions", "shadow-buffer");
     assert_eq!(
         (sb.guest_collisions, sb.guest_digest),

@@ -169,7 +169,7 @@ fn run_jobs(
         config,
         scenarios,
         strategies,
-        &CostModel::default(),
+        CostModel::default(),
         threads,
         &done,
     );

@@ -75,7 +75,7 @@ fn measured() -> std::collections::HashMap<&'static str, String> {
             };
             let run = runs
                 .entry((e.scenario, name))
-                .or_insert_with(|| run_one(&config, sc, strategy, &cost));
+                .or_insert_with(|| run_one(&config, sc, strategy, cost));
             if let Ok(m) = run {
                 out.insert(e.id, evidence::impact(e.id, m));
             }

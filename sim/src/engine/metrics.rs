@@ -41,7 +41,9 @@ pub struct Metrics {
     pub guest_collisions: u64,
     /// A digest of every guest-visible interrupt: vCPU, PMBSR, PMBPTR and the bytes of the
     /// guest's buffer up to PMBPTR. Equal digests: the guest saw exactly the same thing.
-    pub guest_digest: u64,
+    /// Computed only when [`crate::RunOptions::guest_digest`] asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_digest: Option<u64>,
     /// Most bytes pinned at once (guest pages, or host buffers for shadow-buffer).
     pub pinned_peak_bytes: u64,
     /// Bytes pinned, averaged over the run.

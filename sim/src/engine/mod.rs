@@ -17,11 +17,9 @@ mod guest;
 mod metrics;
 mod sim_host;
 
-use std::collections::HashMap;
-
 use spe_policies::{Policy, ShadowBuffer, Spu, SpuWrite};
-use spe_policy::arch::walk::Walker;
 use spe_policy::arch::walk::builder::LEAF_RW;
+use spe_policy::arch::walk::{TablesTouched, Walker};
 use spe_policy::arch::{
     BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmbidr, Pmblimitr, Pmbptr, Pmbsr,
     Stage,
@@ -100,6 +98,32 @@ impl CostModel {
     };
 }
 
+/// How a run is made: its costs, and the probes only tests need.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunOptions {
+    /// The cost model.
+    pub cost: CostModel,
+    /// Fold every guest-visible interrupt into [`Metrics::guest_digest`]. It reads each guest
+    /// buffer back at each interrupt, which costs about a quarter of a run (cache misses on
+    /// the scattered buffer pages), so only the differential tests turn it on.
+    pub guest_digest: bool,
+}
+
+impl From<CostModel> for RunOptions {
+    fn from(cost: CostModel) -> Self {
+        RunOptions {
+            cost,
+            guest_digest: false,
+        }
+    }
+}
+
+impl From<&CostModel> for RunOptions {
+    fn from(cost: &CostModel) -> Self {
+        RunOptions::from(*cost)
+    }
+}
+
 /// Why a run could not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -136,6 +160,9 @@ struct Vcpu {
     last_page: Option<(u64, Ipa, u64)>,
     /// When the buffer was last enabled, until its first record is kept.
     enabled_at: Option<f64>,
+    /// Stage 1 translations of the buffer's pages, by page number: the IPA and the table
+    /// pages read.
+    xlat: Vec<Option<(Ipa, TablesTouched)>>,
     /// shadow-buffer: this vCPU's SPU port.
     spu: Option<Spu>,
     /// The guest's registers break the enable rules: the SPU writes nothing.
@@ -198,12 +225,12 @@ struct Sim<'a> {
     policy: &'a Policy,
     shadow: Option<&'a ShadowBuffer>,
     cost: &'a CostModel,
+    /// Whether [`Metrics::guest_digest`] is computed.
+    digest: bool,
     guest: Guest,
     host: SimHost,
     m: Metrics,
     declared: Vec<&'static str>,
-    /// (vCPU, buffer page VA) -> (IPA, table pages).
-    xlat: HashMap<(u32, u64), (Ipa, Vec<Ipa>)>,
     cpus: Vec<Vcpu>,
     rng: Rng,
     buffers: Vec<Vec<Ipa>>,
@@ -213,8 +240,8 @@ struct Sim<'a> {
     /// Bytes the strategy has pinned, read after every event (pins change only then).
     pinned_now: u64,
     spu: SpuModel,
-    /// Page states read from the stage 2 model at generation `.0` (cleared when it moves).
-    states: (u64, HashMap<u64, spe_policy::host::PageState>),
+    /// Stage 2 states of the RAM pages, each with the model generation it was read at.
+    states: Vec<(u64, spe_policy::host::PageState)>,
 }
 
 /// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB
@@ -223,8 +250,10 @@ pub fn run(
     config: &SpeConfig,
     policy: &Policy,
     scenario: &Scenario,
-    cost: &CostModel,
+    opts: impl Into<RunOptions>,
 ) -> Result<Metrics, SimError> {
+    let opts = opts.into();
+    let cost = &opts.cost;
     let vcpus = config.guest.vcpus.clamp(1, 8);
     let buffer = config
         .guest
@@ -249,16 +278,16 @@ pub fn run(
         policy,
         shadow,
         cost,
+        digest: opts.guest_digest,
         guest,
         host: SimHost::new(model),
         m: Metrics {
             strategy: policy.name().into(),
             scenario: scenario.name.clone(),
-            guest_digest: 0xcbf2_9ce4_8422_2325,
+            guest_digest: opts.guest_digest.then_some(0xcbf2_9ce4_8422_2325),
             ..Metrics::default()
         },
         declared: policy.errata().iter().map(|e| e.id).collect(),
-        xlat: HashMap::new(),
         cpus: Vec::new(),
         rng: Rng(scenario.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
         buffers,
@@ -267,7 +296,7 @@ pub fn run(
         records: sample_records(),
         pinned_now: 0,
         spu: scenario.spu,
-        states: (u64::MAX, HashMap::new()),
+        states: vec![(u64::MAX, Default::default()); (SIM_RAM / 4096) as usize],
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
     let started = policy
@@ -296,6 +325,7 @@ pub fn run(
             copy_busy_until: 0.0,
             oldest_uncopied: None,
             last_page: None,
+            xlat: vec![None; (buffer / 4096) as usize],
             enabled_at: None,
             spu: None,
             unpredictable: false,
@@ -387,64 +417,77 @@ impl Sim<'_> {
     }
 
     /// The IPA of the buffer page at `va` for vCPU `v` and the table pages that translate it
-    /// (an untranslatable page is left at IPA 0, outside RAM: it faults).
-    fn translate(&mut self, v: u32, va: u64) -> (Ipa, Vec<Ipa>) {
+    /// (an untranslatable page is left at IPA 0, outside RAM: it faults). Pages of the buffer
+    /// are cached (the SPU's TLB); a page outside it is walked each time.
+    fn translate(&mut self, v: u32, va: u64) -> (Ipa, TablesTouched) {
         let page = va & !0xfff;
         let guest = &self.guest;
-        self.xlat
-            .entry((v, page))
-            .or_insert_with(|| {
-                Walker::new(guest.stage1, &guest.ram)
-                    .translate(Gva(page))
-                    .map(|t| (t.ipa, t.tables_touched.as_slice().to_vec()))
-                    .unwrap_or((Ipa(0), Vec::new()))
-            })
-            .clone()
-    }
-
-    /// The IPA of the buffer page at `va` (as [`Self::translate`], without the table list).
-    fn translate_ipa(&mut self, v: u32, va: u64) -> Ipa {
-        let page = va & !0xfff;
-        if let Some((ipa, _)) = self.xlat.get(&(v, page)) {
-            return *ipa;
+        let walk = || {
+            Walker::new(guest.stage1, &guest.ram)
+                .translate(Gva(page))
+                .map_or((Ipa(0), TablesTouched::default()), |t| {
+                    (t.ipa, t.tables_touched)
+                })
+        };
+        let c = &mut self.cpus[v as usize];
+        let slot = page
+            .checked_sub(c.base)
+            .and_then(|off| c.xlat.get_mut((off >> 12) as usize));
+        match slot {
+            Some(Some(hit)) => *hit,
+            Some(slot) => *slot.insert(walk()),
+            None => walk(),
         }
-        self.translate(v, page).0
     }
 
     /// The IPA of buffer page `page` if the SPU can write it now (its tables present, the page
     /// writable), else whether the page is outside RAM. The last page is cached per vCPU while
     /// the host's stage 2 generation is unchanged.
+    #[inline]
     fn writable_page(&mut self, v: u32, page: u64) -> Result<Ipa, bool> {
         let generation = self.host.model.generation();
-        if let Some((p, ipa, g)) = self.cpus[v as usize].last_page {
-            if p == page && g == generation {
-                return Ok(ipa);
-            }
+        match self.cpus[v as usize].last_page {
+            Some((p, ipa, g)) if p == page && g == generation => Ok(ipa),
+            _ => self.check_page(v, page, generation),
         }
+    }
+
+    /// [`Self::writable_page`] past its cache: the page's translation and stage 2 states.
+    fn check_page(&mut self, v: u32, page: u64, generation: u64) -> Result<Ipa, bool> {
         let (ipa, tables) = self.translate(v, page);
-        if self.states.0 != generation {
-            self.states = (generation, HashMap::new());
-        }
-        let data = self.page_state(ipa);
-        if !(tables.iter().all(|t| self.page_state(*t).present) && data.writable()) {
+        let data = self.page_state(ipa, generation);
+        let tables_present = tables
+            .as_slice()
+            .iter()
+            .all(|t| self.page_state(*t, generation).present);
+        if !(tables_present && data.writable()) {
             return Err(!data.in_memslot);
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
         Ok(ipa)
     }
 
-    /// The stage 2 state of `ipa`'s page, cached while the model's generation stays the one
-    /// [`Self::writable_page`] last saw.
-    fn page_state(&mut self, ipa: Ipa) -> spe_policy::host::PageState {
+    /// The stage 2 state of `ipa`'s page; pages of RAM are cached while the model's generation
+    /// stays `generation`.
+    fn page_state(&mut self, ipa: Ipa, generation: u64) -> spe_policy::host::PageState {
         let model = &self.host.model;
-        *self
-            .states
-            .1
-            .entry(ipa.0 & !0xfff)
-            .or_insert_with(|| model.page_state(ipa))
+        let slot = ipa
+            .0
+            .checked_sub(RAM_BASE.0)
+            .and_then(|off| self.states.get_mut((off >> 12) as usize));
+        match slot {
+            Some((g, state)) if *g == generation => *state,
+            Some((g, state)) => {
+                *g = generation;
+                *state = model.page_state(ipa);
+                *state
+            }
+            None => model.page_state(ipa),
+        }
     }
 
     /// One sample interval of vCPU `v`.
+    #[inline(always)]
     fn record(&mut self, v: u32, now: f64) -> Result<(), SimError> {
         let c = &self.cpus[v as usize];
         if c.disabled {
@@ -495,8 +538,49 @@ impl Sim<'_> {
         }
     }
 
+    /// The common case of [`Self::spu_into_guest_buffer`], most records: the whole record
+    /// lands on the page the SPU wrote last, which is still writable (the stage 2 generation
+    /// has not moved), and the buffer does not fill. False: nothing was done, take the full
+    /// path.
+    #[inline(always)]
+    fn record_on_last_page(&mut self, v: u32, now: f64, rec: &[u8]) -> bool {
+        let generation = self.host.model.generation();
+        let c = &mut self.cpus[v as usize];
+        let va = c.base + c.ptr;
+        let len = rec.len() as u64;
+        let Some((page, ipa, g)) = c.last_page else {
+            return false;
+        };
+        if g != generation
+            || va & !0xfff != page
+            || (va & 0xfff) + len > 0x1000
+            || c.ptr + len + self.max_record > c.size
+        {
+            return false;
+        }
+        let Some(dst) = self
+            .guest
+            .ram
+            .slice_mut(Ipa(ipa.0 + (va & 0xfff)), rec.len())
+        else {
+            return false;
+        };
+        dst.copy_from_slice(rec);
+        self.host.mark_dirty(ipa);
+        c.starts.push(c.ptr as u32);
+        c.ptr += len;
+        self.m.records_written += 1;
+        if c.enabled_at.is_some() {
+            self.first_record(v, now);
+        }
+        true
+    }
+
     /// The guest owns the buffer: the SPU writes through stage 1 and stage 2.
     fn spu_into_guest_buffer(&mut self, v: u32, now: f64, rec: &[u8]) -> Result<(), SimError> {
+        if self.record_on_last_page(v, now, rec) {
+            return Ok(());
+        }
         let len = rec.len() as u64;
         let (base, ptr) = {
             let c = &self.cpus[v as usize];
@@ -815,7 +899,9 @@ impl Sim<'_> {
         self.m.guest_interrupts += 1;
         self.m.guest_truncated += u64::from(pmbsr.dl());
         self.m.guest_collisions += u64::from(pmbsr.coll());
-        self.digest(v, pmbsr, pmbptr);
+        if self.digest {
+            self.digest(v, pmbsr, pmbptr);
+        }
         if BufferEvent::decode(pmbsr).kind == BufferEventKind::BufferFull {
             let c = &mut self.cpus[v as usize];
             c.ptr = 0;
@@ -835,7 +921,7 @@ impl Sim<'_> {
 
     fn digest(&mut self, v: u32, pmbsr: Pmbsr, pmbptr: u64) {
         let base = self.cpus[v as usize].base;
-        let mut h = self.m.guest_digest;
+        let mut h = self.m.guest_digest.unwrap_or_default();
         h = fnv(h, &v.to_le_bytes());
         h = fnv(h, &pmbsr.into_bits().to_le_bytes());
         h = fnv(h, &pmbptr.wrapping_sub(base).to_le_bytes());
@@ -843,13 +929,13 @@ impl Sim<'_> {
         let mut at = 0;
         while at < end {
             let n = (0x1000 - (at & 0xfff)).min(end - at);
-            let ipa = self.translate_ipa(v, base + at);
+            let ipa = self.translate(v, base + at).0;
             if let Some(bytes) = self.guest.ram.slice(Ipa(ipa.0 + (at & 0xfff)), n as usize) {
                 h = fnv(h, bytes);
             }
             at += n;
         }
-        self.m.guest_digest = h;
+        self.m.guest_digest = Some(h);
     }
 
     /// The guest programs its buffer (Linux: PMBPTR, PMBLIMITR with E = 1, then PMBSR = 0).
@@ -1135,7 +1221,7 @@ impl Sim<'_> {
         }
         let _ = self.guest.ram.write_u64(desc, to.0 | 0b11 | LEAF_RW, false);
         // Stage 1 changed behind the host's back: the SPU's cached translations go.
-        self.xlat.retain(|(v, _), _| *v != 0);
+        self.cpus[0].xlat.fill(None);
         self.cpus[0].last_page = None;
     }
 }

@@ -60,6 +60,7 @@ impl SimHost {
     }
 
     /// A write to `ipa`'s page (by the SPU or the host).
+    #[inline]
     pub(crate) fn mark_dirty(&self, ipa: Ipa) {
         if !self.logging.load(std::sync::atomic::Ordering::Relaxed) {
             return;
