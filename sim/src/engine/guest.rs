@@ -11,7 +11,10 @@ use super::SimError;
 pub const RAM_BASE: Ipa = Ipa(0x4000_0000);
 /// The simulated RAM: the guest's tables and buffers live in it.
 pub const SIM_RAM: u64 = 64 << 20;
-const TABLE_POOL: u64 = 4 << 20;
+/// The guest's page tables, from the start of RAM: 8 vCPUs' buffers need about 30 table
+/// pages. The pool is written whole at every build, so a reused RAM's old tables are gone.
+const TABLE_POOL: u64 = 256 << 10;
+/// Buffer pages are scattered from here to the end of RAM.
 const BUFFER_REGION: u64 = 8 << 20;
 /// A page the guest remaps its buffer to (never touched before).
 pub(crate) const SPARE_PAGE: Ipa = Ipa(RAM_BASE.0 + 6 * (1 << 20));
@@ -20,17 +23,51 @@ pub(crate) const OUTSIDE_RAM: Ipa = Ipa(0x1000_0000);
 /// vCPU `v`'s buffer is at `BUFFER_VA + v GiB`.
 pub(crate) const BUFFER_VA: u64 = 0xffff_8000_8000_0000;
 
-std::thread_local! {
-    /// Simulated RAM given back by finished runs on this thread: a fresh 64 MiB allocation is
-    /// zero-filled by the kernel page by page on first touch, which cost a quarter of a run.
-    static RAM_POOL: core::cell::RefCell<Vec<Vec<u8>>> = const { core::cell::RefCell::new(Vec::new()) };
+/// The RAM pages a run wrote, one bit each: what must be zeroed before the RAM is reused.
+#[derive(Debug)]
+pub(crate) struct WrittenPages(Vec<u64>);
+
+impl WrittenPages {
+    fn new() -> Self {
+        WrittenPages(vec![0; (SIM_RAM / 4096 / 64) as usize])
+    }
+
+    /// Notes a write to `ipa..ipa + len` (bytes outside RAM are not RAM's concern).
+    pub(crate) fn mark(&mut self, ipa: Ipa, len: u64) {
+        let Some(off) = ipa.0.checked_sub(RAM_BASE.0) else {
+            return;
+        };
+        let last = off.saturating_add(len.max(1) - 1).min(SIM_RAM - 1);
+        for page in off / 4096..=last / 4096 {
+            self.0[(page / 64) as usize] |= 1 << (page % 64);
+        }
+    }
+
+    fn pages(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, bits)| {
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w * 64 + b)
+        })
+    }
 }
 
-/// Zeroed simulated RAM, reused from this thread's pool when possible.
+std::thread_local! {
+    /// Simulated RAM given back by finished runs on this thread, with the pages each wrote: a
+    /// fresh 64 MiB allocation is zero-filled by the kernel page by page on first touch, which
+    /// cost a quarter of a run, and zeroing all of it again costs a twentieth.
+    static RAM_POOL: core::cell::RefCell<Vec<(Vec<u8>, WrittenPages)>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Zeroed simulated RAM, reused from this thread's pool when possible. A run writes only its
+/// tables (the pool is rewritten whole by [`build_guest`]), its buffer pages and the pages
+/// its guest remaps them to; [`WrittenPages`] has them all, so only those are zeroed.
 fn take_ram() -> Vec<u8> {
     match RAM_POOL.with(|p| p.borrow_mut().pop()) {
-        Some(mut ram) => {
-            ram.fill(0);
+        Some((mut ram, written)) => {
+            for page in written.pages() {
+                ram[page * 4096..(page + 1) * 4096].fill(0);
+            }
             ram
         }
         None => vec![0; SIM_RAM as usize],
@@ -38,13 +75,14 @@ fn take_ram() -> Vec<u8> {
 }
 
 /// Gives a finished run's RAM back to this thread's pool (at most two are kept).
-pub(crate) fn return_ram(ram: GuestRam) {
-    for (base, bytes) in ram.into_regions() {
+pub(crate) fn return_ram(guest: Guest) {
+    let mut written = Some(guest.written);
+    for (base, bytes) in guest.ram.into_regions() {
         if base == RAM_BASE && bytes.len() == SIM_RAM as usize {
             RAM_POOL.with(|p| {
                 let mut p = p.borrow_mut();
-                if p.len() < 2 {
-                    p.push(bytes);
+                if let (true, Some(w)) = (p.len() < 2, written.take()) {
+                    p.push((bytes, w));
                 }
             });
         }
@@ -84,6 +122,8 @@ pub(crate) fn sample_records() -> Vec<&'static [u8]> {
 pub(crate) struct Guest {
     pub(crate) ram: GuestRam,
     pub(crate) stage1: Stage1Regs,
+    /// Every RAM page written since [`build_guest`] (besides the table pool).
+    pub(crate) written: WrittenPages,
 }
 
 /// Builds the guest with `vcpus` buffers of `buffer_bytes`; returns the IPA of every buffer
@@ -126,10 +166,16 @@ pub(crate) fn build_guest(
     for (base, len) in tables.regions() {
         let bytes = tables
             .slice(base, len as usize)
-            .ok_or_else(|| g(&"tables"))?
-            .to_vec();
-        ram.write(base, &bytes).map_err(|e| g(&e))?;
+            .ok_or_else(|| g(&"tables"))?;
+        ram.write(base, bytes).map_err(|e| g(&e))?;
     }
     let stage1 = Stage1Regs::linux_kernel_4k(RAM_BASE);
-    Ok((Guest { ram, stage1 }, all))
+    Ok((
+        Guest {
+            ram,
+            stage1,
+            written: WrittenPages::new(),
+        },
+        all,
+    ))
 }

@@ -15,6 +15,7 @@
 
 mod guest;
 mod metrics;
+mod order;
 mod sim_host;
 
 use spe_policies::{Policy, ShadowBuffer, Spu, SpuWrite};
@@ -107,6 +108,10 @@ pub struct RunOptions {
     /// buffer back at each interrupt, which costs about a quarter of a run (cache misses on
     /// the scattered buffer pages), so only the differential tests turn it on.
     pub guest_digest: bool,
+    /// Take every sample interval in the reference order, tick by tick and vCPU by vCPU,
+    /// instead of letting each vCPU run ahead between its calls into the strategy. Slower;
+    /// the results are the same, which a test checks.
+    pub lockstep: bool,
 }
 
 impl From<CostModel> for RunOptions {
@@ -114,6 +119,7 @@ impl From<CostModel> for RunOptions {
         RunOptions {
             cost,
             guest_digest: false,
+            lockstep: false,
         }
     }
 }
@@ -169,8 +175,36 @@ struct Vcpu {
     unpredictable: bool,
     /// When the last sampled operation leaves the pipeline.
     in_flight_until: f64,
+    /// This vCPU's generator (operation latencies, record sizes): one per vCPU, so a vCPU's
+    /// records do not depend on how the others' intervals are ordered.
+    rng: Rng,
     /// A collision happened since the SPU's PMBSR.COLL was last handed over.
     coll_pending: bool,
+}
+
+/// Where a record the SPU is about to write would land.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lands {
+    /// The question does not apply (the host owns the buffer, or nothing is written).
+    NotAsked,
+    /// Within the page at this IPA, writable; the buffer does not fill.
+    OnPage(Ipa),
+    /// On two writable pages; the buffer does not fill.
+    AcrossPages,
+    /// A stage 2 fault, or the buffer fills: the host hears of it.
+    No,
+}
+
+/// What a vCPU's sample interval came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Taken.
+    Done,
+    /// Not taken: it needs the strategy, so it must run in time order with the other vCPUs.
+    Host,
+    /// Taken, and the SPU stopped at the end of its host buffer: the host's interrupt must
+    /// run in time order.
+    HostBufferFull,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +261,8 @@ struct Sim<'a> {
     cost: &'a CostModel,
     /// Whether [`Metrics::guest_digest`] is computed.
     digest: bool,
+    /// [`RunOptions::lockstep`].
+    lockstep: bool,
     guest: Guest,
     host: SimHost,
     m: Metrics,
@@ -279,6 +315,7 @@ pub fn run(
         shadow,
         cost,
         digest: opts.guest_digest,
+        lockstep: opts.lockstep,
         guest,
         host: SimHost::new(model),
         m: Metrics {
@@ -331,54 +368,34 @@ pub fn run(
             unpredictable: false,
             in_flight_until: 0.0,
             coll_pending: false,
+            rng: Rng(
+                (scenario.seed ^ (u64::from(v) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    | 1,
+            ),
         })
         .collect();
     let mut events = scenario.events.clone();
     events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
-    let mut next_event = 0;
     let interval = 1e6 / scenario.records_per_ms;
     let ticks = (scenario.duration_ms * 1e6 / interval) as u64;
-    let sample_every = (ticks / 100).max(1);
-    let mut until_sample = 0;
-    let mut pinned_sum = 0.0;
-
     // Each vCPU enables its buffer at time 0.
     for v in (0..vcpus).filter(|_| started) {
         sim.enable(v, 0.0)?;
     }
-    for tick in 0..ticks {
-        let now = tick as f64 * interval;
-        while let Some(e) = events.get(next_event).filter(|e| e.at_ms * 1e6 <= now) {
-            sim.host_event(e.kind, e.fraction, now)?;
-            next_event += 1;
-        }
-        for v in 0..vcpus {
-            sim.record(v, now)?;
-        }
-        let pinned = sim.pinned_now;
-        pinned_sum += pinned as f64;
-        if sim.cpus.iter().all(|c| c.disabled) {
-            sim.m.pinned_idle_peak_bytes = sim.m.pinned_idle_peak_bytes.max(pinned);
-        }
-        // A countdown, not `tick % sample_every`: a division per tick shows in the profile.
-        if until_sample == 0 {
-            sim.m.pinned_timeline.push([now / 1e6, pinned as f64]);
-            until_sample = sample_every;
-        }
-        until_sample -= 1;
-    }
+    let pinned_sum = sim.run_ticks(&events, interval, ticks)?;
     sim.finish(ticks, pinned_sum)
 }
 
 impl Sim<'_> {
     fn on_event(&mut self, ev: &Event<'_>) -> Result<Outcome, SimError> {
         let out = self.policy.on_event(ev, &self.guest.ram, &self.host)?;
-        self.host.flush_writes(&mut self.guest.ram);
+        self.host.flush_writes(&mut self.guest);
         self.pinned_now = self.policy.stats().pinned_bytes;
         Ok(out)
     }
 
-    fn finish(mut self, ticks: u64, pinned_sum: f64) -> Result<Metrics, SimError> {
+    fn finish(mut self, ticks: u64, pinned_sum: u128) -> Result<Metrics, SimError> {
         let stats = self.policy.stats();
         let m = &mut self.m;
         m.pinned_peak_bytes = stats.peak_pinned_bytes;
@@ -386,7 +403,7 @@ impl Sim<'_> {
         m.pin_ops = stats.pin_ops + stats.unpin_ops;
         m.bytes_lost = stats.bytes_lost_rewind + stats.bytes_lost_discard;
         m.pinned_mean_bytes = if ticks > 0 {
-            pinned_sum / ticks as f64
+            pinned_sum as f64 / ticks as f64
         } else {
             0.0
         };
@@ -400,7 +417,7 @@ impl Sim<'_> {
         self.on_event(&Event::VmStop)?;
         self.m.pinned_after_stop =
             self.host.model.pinned_bytes() + self.policy.stats().pinned_bytes;
-        guest::return_ram(self.guest.ram);
+        guest::return_ram(self.guest);
         Ok(self.m)
     }
 
@@ -443,7 +460,7 @@ impl Sim<'_> {
     /// The IPA of buffer page `page` if the SPU can write it now (its tables present, the page
     /// writable), else whether the page is outside RAM. The last page is cached per vCPU while
     /// the host's stage 2 generation is unchanged.
-    #[inline]
+    #[inline(always)]
     fn writable_page(&mut self, v: u32, page: u64) -> Result<Ipa, bool> {
         let generation = self.host.model.generation();
         match self.cpus[v as usize].last_page {
@@ -453,6 +470,7 @@ impl Sim<'_> {
     }
 
     /// [`Self::writable_page`] past its cache: the page's translation and stage 2 states.
+    #[inline(never)]
     fn check_page(&mut self, v: u32, page: u64, generation: u64) -> Result<Ipa, bool> {
         let (ipa, tables) = self.translate(v, page);
         let data = self.page_state(ipa, generation);
@@ -464,6 +482,8 @@ impl Sim<'_> {
             return Err(!data.in_memslot);
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
+        // The SPU writes this page from now on (the fast path does not mark pages).
+        self.guest.written.mark(ipa, 4096);
         Ok(ipa)
     }
 
@@ -486,101 +506,113 @@ impl Sim<'_> {
         }
     }
 
-    /// One sample interval of vCPU `v`.
+    /// One sample interval of vCPU `v` at `now`. With `full` unset, the interval is taken
+    /// only if it needs nothing from the strategy (the vCPU may be running ahead of the
+    /// others, see `order.rs`); otherwise nothing is done and [`Step::Host`] says so.
     #[inline(always)]
-    fn record(&mut self, v: u32, now: f64) -> Result<(), SimError> {
+    fn sample(&mut self, v: u32, now: f64, full: bool) -> Result<Step, SimError> {
         let c = &self.cpus[v as usize];
         if c.disabled {
-            return Ok(());
+            return Ok(Step::Done);
         }
-        self.m.records_attempted += 1;
         if c.fatal {
             let cause = c.fatal_cause;
+            self.m.records_attempted += 1;
             self.m.lost_fatal += 1;
             self.m.lose(cause, 1, &self.declared);
-            return Ok(());
+            return Ok(Step::Done);
         }
         if c.unpredictable {
+            self.m.records_attempted += 1;
             self.m.lost_fatal += 1;
             self.m.lose(LossCause::GuestError, 1, &self.declared);
-            return Ok(());
+            return Ok(Step::Done);
         }
         if now < c.blackout_until {
             let cause = c.blackout_cause;
+            self.m.records_attempted += 1;
             self.m.lost_blackout += 1;
             if cause == LossCause::EnableBlackout {
                 self.m.lost_blackout_enable += 1;
             }
             self.m.lose(cause, 1, &self.declared);
-            return Ok(());
+            return Ok(Step::Done);
         }
+        // The vCPU's generator is advanced only once the interval is taken.
+        let mut rng = c.rng;
+        let mut in_flight_until = c.in_flight_until;
         if self.spu.op_latency_ns > 0.0 {
             // §1.11 rule 13: one sampled operation in flight at a time in this model.
-            if now < self.cpus[v as usize].in_flight_until {
+            if now < in_flight_until {
+                self.m.records_attempted += 1;
                 self.m.samples_collided += 1;
                 self.cpus[v as usize].coll_pending = true;
-                return Ok(());
+                return Ok(Step::Done);
             }
-            let jitter = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-            self.cpus[v as usize].in_flight_until = now + self.spu.op_latency_ns * (0.5 + jitter);
+            let jitter = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            in_flight_until = now + self.spu.op_latency_ns * (0.5 + jitter);
         }
         // Lemire's multiply-shift instead of a 64-bit division on the hot path.
-        let pick = ((self.rng.next() >> 32) * self.records.len() as u64) >> 32;
+        let pick = ((rng.next() >> 32) * self.records.len() as u64) >> 32;
         let rec = self.records[pick as usize];
+        let lands = match self.shadow.is_none() && !self.spu.discard_mode {
+            true => self.lands(v, rec),
+            false => Lands::NotAsked,
+        };
+        if lands == Lands::No && !full {
+            return Ok(Step::Host);
+        }
+        let c = &mut self.cpus[v as usize];
+        c.rng = rng;
+        c.in_flight_until = in_flight_until;
+        self.m.records_attempted += 1;
         if self.spu.discard_mode {
             // §1.2: FM = discard; the sample is taken and dropped, nothing is written.
             self.m.records_discarded_by_mode += 1;
-            return Ok(());
+            return Ok(Step::Done);
         }
-        match self.shadow {
-            Some(s) => self.spu_into_host_buffer(s, v, now, rec),
-            None => self.spu_into_guest_buffer(v, now, rec),
+        match (self.shadow, lands) {
+            (Some(s), _) => self.spu_into_host_buffer(s, v, now, rec, full),
+            (None, Lands::OnPage(ipa)) => {
+                // Most records: one page, the one the SPU wrote last.
+                let c = &mut self.cpus[v as usize];
+                let off = (c.base + c.ptr) & 0xfff;
+                let _ = self.guest.ram.write(Ipa(ipa.0 + off), rec);
+                self.host.mark_dirty(ipa);
+                c.starts.push(c.ptr as u32);
+                c.ptr += rec.len() as u64;
+                self.m.records_written += 1;
+                if c.enabled_at.is_some() {
+                    self.first_record(v, now);
+                }
+                Ok(Step::Done)
+            }
+            (None, _) => self.spu_into_guest_buffer(v, now, rec).map(|()| Step::Done),
         }
     }
 
-    /// The common case of [`Self::spu_into_guest_buffer`], most records: the whole record
-    /// lands on the page the SPU wrote last, which is still writable (the stage 2 generation
-    /// has not moved), and the buffer does not fill. False: nothing was done, take the full
-    /// path.
+    /// Whether `rec` written at vCPU `v`'s PMBPTR lands without a stage 2 fault and leaves
+    /// the buffer short of full: the SPU writes it without the host hearing of it.
     #[inline(always)]
-    fn record_on_last_page(&mut self, v: u32, now: f64, rec: &[u8]) -> bool {
-        let generation = self.host.model.generation();
-        let c = &mut self.cpus[v as usize];
-        let va = c.base + c.ptr;
+    fn lands(&mut self, v: u32, rec: &[u8]) -> Lands {
         let len = rec.len() as u64;
-        let Some((page, ipa, g)) = c.last_page else {
-            return false;
-        };
-        if g != generation
-            || va & !0xfff != page
-            || (va & 0xfff) + len > 0x1000
-            || c.ptr + len + self.max_record > c.size
-        {
-            return false;
+        let c = &self.cpus[v as usize];
+        if c.ptr + len + self.max_record > c.size {
+            return Lands::No;
         }
-        let Some(dst) = self
-            .guest
-            .ram
-            .slice_mut(Ipa(ipa.0 + (va & 0xfff)), rec.len())
-        else {
-            return false;
-        };
-        dst.copy_from_slice(rec);
-        self.host.mark_dirty(ipa);
-        c.starts.push(c.ptr as u32);
-        c.ptr += len;
-        self.m.records_written += 1;
-        if c.enabled_at.is_some() {
-            self.first_record(v, now);
+        let (first, last) = (
+            (c.base + c.ptr) & !0xfff,
+            (c.base + c.ptr + len - 1) & !0xfff,
+        );
+        match self.writable_page(v, first) {
+            Ok(ipa) if first == last => Lands::OnPage(ipa),
+            Ok(_) if self.writable_page(v, last).is_ok() => Lands::AcrossPages,
+            _ => Lands::No,
         }
-        true
     }
 
     /// The guest owns the buffer: the SPU writes through stage 1 and stage 2.
     fn spu_into_guest_buffer(&mut self, v: u32, now: f64, rec: &[u8]) -> Result<(), SimError> {
-        if self.record_on_last_page(v, now, rec) {
-            return Ok(());
-        }
         let len = rec.len() as u64;
         let (base, ptr) = {
             let c = &self.cpus[v as usize];
@@ -741,7 +773,8 @@ impl Sim<'_> {
         v: u32,
         now: f64,
         rec: &[u8],
-    ) -> Result<(), SimError> {
+        full: bool,
+    ) -> Result<Step, SimError> {
         let c = &mut self.cpus[v as usize];
         if c.spu.is_none() {
             c.spu = s.spu(VcpuId(v));
@@ -755,20 +788,27 @@ impl Sim<'_> {
                 self.m.records_written += 1;
                 self.first_record(v, now);
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
-                if written == SpuWrite::HostBufferFull {
-                    self.host_buffer_full(s, v, now)?;
+                match written {
+                    SpuWrite::HostBufferFull if full => self.host_buffer_full(s, v, now)?,
+                    SpuWrite::HostBufferFull => return Ok(Step::HostBufferFull),
+                    _ => {}
                 }
-                Ok(())
+                Ok(Step::Done)
             }
             SpuWrite::NotProfiling | SpuWrite::Oversized => {
                 // Not expected from a well-behaved guest: counted as unexplained so tests see it.
                 self.m.unexplained_loss += 1;
-                Ok(())
+                Ok(Step::Done)
             }
         }
     }
 
-    fn host_buffer_full(&mut self, s: &ShadowBuffer, v: u32, now: f64) -> Result<(), SimError> {
+    pub(super) fn host_buffer_full(
+        &mut self,
+        s: &ShadowBuffer,
+        v: u32,
+        now: f64,
+    ) -> Result<(), SimError> {
         let before = (
             self.host.model.counters(),
             s.shadow_stats(),
@@ -1214,6 +1254,7 @@ impl Sim<'_> {
                 .slice(old, 4096)
                 .map(|b| page.copy_from_slice(b));
             let _ = self.guest.ram.write(to, &page);
+            self.guest.written.mark(to, 4096);
             // The new page was never touched, so it is not present at stage 2.
             self.host
                 .model

@@ -7,7 +7,9 @@ use parking_lot::Mutex;
 use spe_policy::arch::{Pmbptr, Pmbsr};
 use spe_policy::host::{FaultIn, HostGranule, PageState};
 use spe_policy::stage2::Stage2Model;
-use spe_policy::{GuestRam, HostBacking, HostError, Ipa, IpaRange, VcpuId};
+use spe_policy::{HostBacking, HostError, Ipa, IpaRange, VcpuId};
+
+use super::guest::Guest;
 
 /// Writes waiting to land in the simulated RAM: (where, how many bytes), and the bytes.
 type PendingWrites = (Vec<(Ipa, usize)>, Vec<u8>);
@@ -34,12 +36,13 @@ impl SimHost {
     }
 
     /// Applies the guest-memory writes made through [`HostBacking::write_guest`].
-    pub(crate) fn flush_writes(&self, ram: &mut GuestRam) {
+    pub(crate) fn flush_writes(&self, guest: &mut Guest) {
         let mut w = self.writes.lock();
         let (list, data) = &mut *w;
         let mut at = 0;
         for (ipa, len) in list.drain(..) {
-            let _ = ram.write(ipa, &data[at..at + len]);
+            guest.written.mark(ipa, len as u64);
+            let _ = guest.ram.write(ipa, &data[at..at + len]);
             at += len;
         }
         data.clear();
@@ -62,9 +65,14 @@ impl SimHost {
     /// A write to `ipa`'s page (by the SPU or the host).
     #[inline]
     pub(crate) fn mark_dirty(&self, ipa: Ipa) {
-        if !self.logging.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
+        if self.logging.load(std::sync::atomic::Ordering::Relaxed) {
+            self.log_dirty(ipa);
         }
+    }
+
+    /// [`Self::mark_dirty`] while logging: out of line, the common case is not logging.
+    #[cold]
+    fn log_dirty(&self, ipa: Ipa) {
         if let Some(d) = self.dirty.lock().as_mut() {
             d.insert(ipa.0 & !0xfff);
         }

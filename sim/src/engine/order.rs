@@ -1,0 +1,188 @@
+//! Virtual time, in sample intervals ("ticks"), and the order in which vCPUs take them.
+//!
+//! The reference order is tick by tick, vCPU 0 first within a tick; the host's scheduled
+//! events come before the records of their tick. Most intervals concern one vCPU only (a
+//! record on a writable page, a sample lost in a blackout), so a vCPU runs ahead through
+//! those alone, and only an interval that calls into the strategy (a fault, a buffer-full, a
+//! host buffer interrupt) waits for its turn. A vCPU never runs past the turn of another
+//! vCPU's pending strategy call, so every interval sees the host exactly as it would in the
+//! reference order: the result is the same, and the common case is a tight loop.
+
+use super::{SimError, Step};
+use crate::scenario::ScheduledEvent;
+
+/// A vCPU's interval that waits for its turn.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    /// Take the interval with the strategy's help.
+    Sample,
+    /// The SPU filled its host buffer in this interval: the host's interrupt.
+    HostBufferFull,
+}
+
+/// The first tick at or after `from` whose time has reached `at_ns` (the reference loop's own
+/// test, so rounding cannot move an event).
+fn tick_of(at_ns: f64, interval: f64, from: u64) -> u64 {
+    let reached = |t: u64| at_ns <= t as f64 * interval;
+    let estimate = (at_ns / interval).ceil();
+    if estimate.is_nan() || estimate >= (1u64 << 62) as f64 {
+        return u64::MAX; // never, in any run that fits in memory
+    }
+    let mut t = (estimate.max(0.0) as u64).max(from);
+    while t > from && reached(t - 1) {
+        t -= 1;
+    }
+    while !reached(t) {
+        t += 1;
+    }
+    t
+}
+
+impl super::Sim<'_> {
+    /// Runs ticks `0..ticks` with the scheduled `events` (sorted by time); returns the sum
+    /// over ticks of the bytes pinned at each tick's end.
+    pub(super) fn run_ticks(
+        &mut self,
+        events: &[ScheduledEvent],
+        interval: f64,
+        ticks: u64,
+    ) -> Result<u128, SimError> {
+        // The pinned-bytes timeline has a point every `sample_every` ticks, from tick 0.
+        let sample_every = (ticks / 100).max(1);
+        let mut next_event = 0;
+        let mut pinned = Pinned::default();
+        let mut t0 = 0;
+        while t0 < ticks {
+            let now = t0 as f64 * interval;
+            pinned.upto(t0, self.pinned_now);
+            while let Some(e) = events.get(next_event).filter(|e| e.at_ms * 1e6 <= now) {
+                self.host_event(e.kind, e.fraction, now)?;
+                next_event += 1;
+            }
+            if self.cpus.iter().all(|c| c.disabled) {
+                self.m.pinned_idle_peak_bytes = self.m.pinned_idle_peak_bytes.max(self.pinned_now);
+            }
+            // The window ends after the next timeline point, or before the next host event.
+            let sample_tick = t0.div_ceil(sample_every) * sample_every;
+            let mut t1 = (sample_tick + 1).min(ticks);
+            if let Some(e) = events.get(next_event) {
+                t1 = t1.min(tick_of(e.at_ms * 1e6, interval, t0 + 1));
+            }
+            if self.lockstep {
+                self.run_window_lockstep(t0, t1, interval, &mut pinned)?;
+            } else {
+                self.run_window(t0, t1, interval, &mut pinned)?;
+            }
+            pinned.upto(t1, self.pinned_now);
+            if t1 == sample_tick + 1 {
+                let at = sample_tick as f64 * interval;
+                self.m
+                    .pinned_timeline
+                    .push([at / 1e6, self.pinned_now as f64]);
+            }
+            t0 = t1;
+        }
+        Ok(pinned.sum)
+    }
+
+    /// Ticks `t0..t1` in the reference order: tick by tick, vCPU by vCPU.
+    fn run_window_lockstep(
+        &mut self,
+        t0: u64,
+        t1: u64,
+        interval: f64,
+        pinned: &mut Pinned,
+    ) -> Result<(), SimError> {
+        for tick in t0..t1 {
+            pinned.upto(tick, self.pinned_now);
+            for v in 0..self.cpus.len() as u32 {
+                self.sample(v, tick as f64 * interval, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ticks `t0..t1`, in which no host event is scheduled, each vCPU running ahead where it
+    /// can.
+    fn run_window(
+        &mut self,
+        t0: u64,
+        t1: u64,
+        interval: f64,
+        pinned: &mut Pinned,
+    ) -> Result<(), SimError> {
+        let n = self.cpus.len();
+        // Per vCPU: the next tick to take, and the interval waiting for its turn, if any.
+        let mut next = [t0; 8];
+        let mut waiting: [Option<Waiting>; 8] = [None; 8];
+        loop {
+            for v in 0..n {
+                if waiting[v].is_some() {
+                    continue;
+                }
+                // Not past another vCPU's waiting interval: at the same tick, only a vCPU
+                // with a lower number goes first.
+                let bound = (0..n)
+                    .filter(|w| *w != v && waiting[*w].is_some())
+                    .map(|w| next[w] + u64::from(v < w))
+                    .fold(t1, u64::min);
+                while next[v] < bound {
+                    let now = next[v] as f64 * interval;
+                    match self.sample(v as u32, now, false)? {
+                        Step::Done => next[v] += 1,
+                        Step::Host => {
+                            waiting[v] = Some(Waiting::Sample);
+                            break;
+                        }
+                        Step::HostBufferFull => {
+                            waiting[v] = Some(Waiting::HostBufferFull);
+                            break;
+                        }
+                    }
+                }
+            }
+            // The earliest waiting interval (lowest vCPU first) goes now: every vCPU has run
+            // up to it.
+            let Some(v) = (0..n)
+                .filter(|v| waiting[*v].is_some())
+                .min_by_key(|v| (next[*v], *v))
+            else {
+                return Ok(());
+            };
+            let tick = next[v];
+            let now = tick as f64 * interval;
+            pinned.upto(tick, self.pinned_now);
+            match waiting[v].take() {
+                Some(Waiting::Sample) => {
+                    self.sample(v as u32, now, true)?;
+                }
+                Some(Waiting::HostBufferFull) => {
+                    if let Some(s) = self.shadow {
+                        self.host_buffer_full(s, v as u32, now)?;
+                    }
+                }
+                None => {}
+            }
+            next[v] = tick + 1;
+        }
+    }
+}
+
+/// The sum over ticks of the bytes pinned at each tick's end, added up lazily: pins change
+/// only in strategy calls, so the value holds from one call to the next.
+#[derive(Debug, Default)]
+struct Pinned {
+    sum: u128,
+    /// Ticks before this one are in `sum`.
+    counted: u64,
+}
+
+impl Pinned {
+    /// Counts ticks up to (not including) `tick` at `bytes`.
+    fn upto(&mut self, tick: u64, bytes: u64) {
+        if tick > self.counted {
+            self.sum += u128::from(bytes) * u128::from(tick - self.counted);
+            self.counted = tick;
+        }
+    }
+}
