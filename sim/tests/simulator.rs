@@ -303,7 +303,13 @@ fn vcpus_running_ahead_between_host_calls_give_the_reference_orders_results() {
     let reference = compare(&config, &scenarios, opts(true)).expect("runs");
     assert!(ahead.iter().all(|m| m.guest_digest.is_some()));
     for (a, r) in ahead.iter().zip(&reference) {
-        assert_eq!(json(std::slice::from_ref(a)), json(std::slice::from_ref(r)), "{}/{}", a.scenario, a.strategy);
+        assert_eq!(
+            json(std::slice::from_ref(a)),
+            json(std::slice::from_ref(r)),
+            "{}/{}",
+            a.scenario,
+            a.strategy
+        );
     }
 }
 

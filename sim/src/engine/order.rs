@@ -8,6 +8,8 @@
 //! vCPU's pending strategy call, so every interval sees the host exactly as it would in the
 //! reference order: the result is the same, and the common case is a tight loop.
 
+use spe_policies::SpuWrite;
+
 use super::{SimError, Step};
 use crate::scenario::ScheduledEvent;
 
@@ -126,7 +128,13 @@ impl super::Sim<'_> {
                     .filter(|w| *w != v && waiting[*w].is_some())
                     .map(|w| next[w] + u64::from(v < w))
                     .fold(t1, u64::min);
-                while next[v] < bound {
+                if next[v] < bound {
+                    if let Some((tick, wait)) = self.spu_burst(v as u32, next[v], bound, interval) {
+                        next[v] = tick;
+                        waiting[v] = wait;
+                    }
+                }
+                while next[v] < bound && waiting[v].is_none() {
                     let now = next[v] as f64 * interval;
                     match self.sample(v as u32, now, false)? {
                         Step::Done => next[v] += 1,
@@ -165,6 +173,52 @@ impl super::Sim<'_> {
             }
             next[v] = tick + 1;
         }
+    }
+}
+
+impl super::Sim<'_> {
+    /// shadow-buffer: ticks `from..to` of vCPU `v` as one burst of SPU writes into the host
+    /// buffer, when nothing but the writes can happen in them (profiling on, no blackout, no
+    /// operation latency modelled). Returns the next tick to take and what waits there; `None`
+    /// when a burst does not apply.
+    fn spu_burst(
+        &mut self,
+        v: u32,
+        from: u64,
+        to: u64,
+        interval: f64,
+    ) -> Option<(u64, Option<Waiting>)> {
+        let now = from as f64 * interval;
+        let c = &mut self.cpus[v as usize];
+        let quiet = !(c.disabled || c.fatal || c.unpredictable || now < c.blackout_until);
+        if self.spu.op_latency_ns > 0.0 || self.spu.discard_mode || !quiet {
+            return None;
+        }
+        let spu = c.spu.as_ref()?;
+        let (records, rng) = (&self.records, &mut c.rng);
+        let mut left = to - from;
+        let (taken, last) = spu.write_each(|| {
+            left = left.checked_sub(1)?;
+            // The same draw as `sample`.
+            let pick = ((rng.next() >> 32) * records.len() as u64) >> 32;
+            Some(records[pick as usize])
+        });
+        let written = taken
+            - u64::from(!matches!(
+                last,
+                SpuWrite::Written | SpuWrite::HostBufferFull
+            ));
+        self.m.records_attempted += taken;
+        self.m.records_written += written;
+        self.m.unexplained_loss += taken - written;
+        if written > 0 {
+            self.first_record(v, now);
+            self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
+        }
+        Some(match last {
+            SpuWrite::HostBufferFull => (from + taken - 1, Some(Waiting::HostBufferFull)),
+            _ => (from + taken, None),
+        })
     }
 }
 

@@ -107,6 +107,27 @@ impl Spu {
         }
         v.host.spu_write(record, self.max_record)
     }
+
+    /// Writes records back to back as the SPU would, taking each from `next` until it gives
+    /// none or a write is not [`SpuWrite::Written`]. Returns how many records were taken and
+    /// the last outcome ([`SpuWrite::Written`] if `next` ran out first). Same as calling
+    /// [`Spu::write`] for each, with one lock for the whole burst.
+    pub fn write_each<'r>(&self, mut next: impl FnMut() -> Option<&'r [u8]>) -> (u64, SpuWrite) {
+        let mut v = self.vcpu.lock();
+        let mut taken = 0;
+        while let Some(record) = next() {
+            taken += 1;
+            let out = if v.stopped {
+                SpuWrite::NotProfiling
+            } else {
+                v.host.spu_write(record, self.max_record)
+            };
+            if out != SpuWrite::Written {
+                return (taken, out);
+            }
+        }
+        (taken, SpuWrite::Written)
+    }
 }
 
 /// The guest's view of one vCPU's Profiling Buffer, and the host buffer behind it.

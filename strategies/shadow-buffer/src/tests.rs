@@ -490,3 +490,41 @@ fn a_collision_on_the_host_spu_shows_in_the_guests_pmbsr_until_it_clears_it() {
     enable(&s, &f, &host, 0, 64, 4 * 4096 - 64);
     assert!(!Pmbsr::from_bits(read(&s, &f, &host, BufferReg::Pmbsr)).coll());
 }
+
+#[test]
+fn a_burst_of_spu_writes_ends_where_single_writes_would_with_the_same_bytes() {
+    let recs: Vec<&[u8]> = records().into_iter().cycle().take(200).collect();
+    let run = |burst: bool| {
+        let f = GuestFixture::new(4);
+        let host = RamHost::new(&f);
+        let s = strategy(4096);
+        enable(&s, &f, &host, 0, 0, 4 * 4096);
+        let (taken, last) = if burst {
+            let mut it = recs.iter().copied();
+            s.spu(VcpuId(0)).expect("port").write_each(|| it.next())
+        } else {
+            let mut taken = 0;
+            let mut last = SpuWrite::Written;
+            for r in &recs {
+                taken += 1;
+                last = s.spu_write(VcpuId(0), r);
+                if last != SpuWrite::Written {
+                    break;
+                }
+            }
+            (taken, last)
+        };
+        let ptr = read(&s, &f, &host, BufferReg::Pmbptr);
+        let bytes = host.buffer_bytes(&f, 0, ptr - BUFFER_VA.0);
+        (taken, last, ptr, bytes)
+    };
+    let single = run(false);
+    // A 2 KiB half fills after about 40 records, well before the 200.
+    assert_eq!(single.1, SpuWrite::HostBufferFull);
+    assert!(
+        single.0 < 100 && !single.3.is_empty(),
+        "{:?}",
+        (single.0, single.2)
+    );
+    assert_eq!(run(true), single);
+}
