@@ -182,19 +182,6 @@ struct Vcpu {
     coll_pending: bool,
 }
 
-/// Where a record the SPU is about to write would land.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lands {
-    /// The question does not apply (the host owns the buffer, or nothing is written).
-    NotAsked,
-    /// Within the page at this IPA, writable; the buffer does not fill.
-    OnPage(Ipa),
-    /// On two writable pages; the buffer does not fill.
-    AcrossPages,
-    /// A stage 2 fault, or the buffer fills: the host hears of it.
-    No,
-}
-
 /// What a vCPU's sample interval came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
@@ -555,11 +542,7 @@ impl Sim<'_> {
         // Lemire's multiply-shift instead of a 64-bit division on the hot path.
         let pick = ((rng.next() >> 32) * self.records.len() as u64) >> 32;
         let rec = self.records[pick as usize];
-        let lands = match self.shadow.is_none() && !self.spu.discard_mode {
-            true => self.lands(v, rec),
-            false => Lands::NotAsked,
-        };
-        if lands == Lands::No && !full {
+        if !full && self.shadow.is_none() && !self.spu.discard_mode && !self.lands(v, rec) {
             return Ok(Step::Host);
         }
         let c = &mut self.cpus[v as usize];
@@ -571,44 +554,27 @@ impl Sim<'_> {
             self.m.records_discarded_by_mode += 1;
             return Ok(Step::Done);
         }
-        match (self.shadow, lands) {
-            (Some(s), _) => self.spu_into_host_buffer(s, v, now, rec, full),
-            (None, Lands::OnPage(ipa)) => {
-                // Most records: one page, the one the SPU wrote last.
-                let c = &mut self.cpus[v as usize];
-                let off = (c.base + c.ptr) & 0xfff;
-                let _ = self.guest.ram.write(Ipa(ipa.0 + off), rec);
-                self.host.mark_dirty(ipa);
-                c.starts.push(c.ptr as u32);
-                c.ptr += rec.len() as u64;
-                self.m.records_written += 1;
-                if c.enabled_at.is_some() {
-                    self.first_record(v, now);
-                }
-                Ok(Step::Done)
-            }
-            (None, _) => self.spu_into_guest_buffer(v, now, rec).map(|()| Step::Done),
+        match self.shadow {
+            Some(s) => self.spu_into_host_buffer(s, v, now, rec, full),
+            None => self.spu_into_guest_buffer(v, now, rec).map(|()| Step::Done),
         }
     }
 
     /// Whether `rec` written at vCPU `v`'s PMBPTR lands without a stage 2 fault and leaves
     /// the buffer short of full: the SPU writes it without the host hearing of it.
     #[inline(always)]
-    fn lands(&mut self, v: u32, rec: &[u8]) -> Lands {
+    fn lands(&mut self, v: u32, rec: &[u8]) -> bool {
         let len = rec.len() as u64;
         let c = &self.cpus[v as usize];
         if c.ptr + len + self.max_record > c.size {
-            return Lands::No;
+            return false;
         }
         let (first, last) = (
             (c.base + c.ptr) & !0xfff,
             (c.base + c.ptr + len - 1) & !0xfff,
         );
-        match self.writable_page(v, first) {
-            Ok(ipa) if first == last => Lands::OnPage(ipa),
-            Ok(_) if self.writable_page(v, last).is_ok() => Lands::AcrossPages,
-            _ => Lands::No,
-        }
+        self.writable_page(v, first).is_ok()
+            && (first == last || self.writable_page(v, last).is_ok())
     }
 
     /// The guest owns the buffer: the SPU writes through stage 1 and stage 2.

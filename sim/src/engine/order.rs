@@ -128,13 +128,16 @@ impl super::Sim<'_> {
                     .filter(|w| *w != v && waiting[*w].is_some())
                     .map(|w| next[w] + u64::from(v < w))
                     .fold(t1, u64::min);
-                if next[v] < bound {
-                    if let Some((tick, wait)) = self.spu_burst(v as u32, next[v], bound, interval) {
+                while next[v] < bound && waiting[v].is_none() {
+                    // A burst where one applies, then one interval the general way (a page
+                    // crossing, a blackout, a call into the strategy...).
+                    if let Some((tick, wait)) = self.burst(v as u32, next[v], bound, interval) {
                         next[v] = tick;
                         waiting[v] = wait;
+                        if next[v] == bound || wait.is_some() {
+                            break;
+                        }
                     }
-                }
-                while next[v] < bound && waiting[v].is_none() {
                     let now = next[v] as f64 * interval;
                     match self.sample(v as u32, now, false)? {
                         Step::Done => next[v] += 1,
@@ -177,11 +180,83 @@ impl super::Sim<'_> {
 }
 
 impl super::Sim<'_> {
-    /// shadow-buffer: ticks `from..to` of vCPU `v` as one burst of SPU writes into the host
-    /// buffer, when nothing but the writes can happen in them (profiling on, no blackout, no
-    /// operation latency modelled). Returns the next tick to take and what waits there; `None`
-    /// when a burst does not apply.
-    fn spu_burst(
+    /// Ticks `from..to` of vCPU `v`, or the first of them, as one burst of records when
+    /// nothing but the SPU's writes can happen in them: profiling on, no blackout, no
+    /// operation latency modelled. Returns the next tick to take and what waits there; `None`
+    /// when a burst does not apply. The records are the ones [`Self::sample`] would draw.
+    #[inline(always)]
+    fn burst(
+        &mut self,
+        v: u32,
+        from: u64,
+        to: u64,
+        interval: f64,
+    ) -> Option<(u64, Option<Waiting>)> {
+        let now = from as f64 * interval;
+        let c = &self.cpus[v as usize];
+        let quiet = !(c.disabled || c.fatal || c.unpredictable || now < c.blackout_until);
+        if self.spu.op_latency_ns > 0.0 || self.spu.discard_mode || !quiet {
+            return None;
+        }
+        match self.shadow {
+            Some(_) => self.host_buffer_burst(v, from, to, interval),
+            None => self.guest_page_burst(v, from, to, interval),
+        }
+    }
+
+    /// The guest owns the buffer: records written one after another onto the page the SPU
+    /// wrote last while it stays writable (same stage 2 generation) and the buffer does not
+    /// fill. Stops before the record that would cross the page.
+    fn guest_page_burst(
+        &mut self,
+        v: u32,
+        from: u64,
+        to: u64,
+        interval: f64,
+    ) -> Option<(u64, Option<Waiting>)> {
+        let generation = self.host.model.generation();
+        let c = &mut self.cpus[v as usize];
+        let (page, ipa, g) = c.last_page?;
+        if g != generation || (c.base + c.ptr) & !0xfff != page {
+            return None;
+        }
+        let bytes = self.guest.ram.slice_mut(ipa, 0x1000)?;
+        let records = &self.records;
+        let mut tick = from;
+        while tick < to {
+            let mut rng = c.rng;
+            let pick = ((rng.next() >> 32) * records.len() as u64) >> 32;
+            let rec = records[pick as usize];
+            // The offset in this page: a record that ended on the page's last byte leaves the
+            // SPU at the start of the next page, which is not this slice.
+            let (off, len) = ((c.base + c.ptr - page) as usize, rec.len());
+            if off + len > 0x1000 || c.ptr + len as u64 + self.max_record > c.size {
+                break;
+            }
+            // Records are 44 or 64 bytes: fixed-size copies compile to a few moves.
+            match (<&[u8; 64]>::try_from(rec), <&[u8; 44]>::try_from(rec)) {
+                (Ok(r), _) => bytes[off..off + 64].copy_from_slice(r),
+                (_, Ok(r)) => bytes[off..off + 44].copy_from_slice(r),
+                _ => bytes[off..off + len].copy_from_slice(rec),
+            }
+            c.rng = rng;
+            c.starts.push(c.ptr as u32);
+            c.ptr += len as u64;
+            tick += 1;
+        }
+        let taken = tick - from;
+        if taken > 0 {
+            self.host.mark_dirty(ipa);
+            self.m.records_attempted += taken;
+            self.m.records_written += taken;
+            self.first_record(v, from as f64 * interval);
+        }
+        Some((tick, None))
+    }
+
+    /// shadow-buffer: records written into the host buffer through the SPU port until the
+    /// host buffer fills.
+    fn host_buffer_burst(
         &mut self,
         v: u32,
         from: u64,
@@ -190,10 +265,6 @@ impl super::Sim<'_> {
     ) -> Option<(u64, Option<Waiting>)> {
         let now = from as f64 * interval;
         let c = &mut self.cpus[v as usize];
-        let quiet = !(c.disabled || c.fatal || c.unpredictable || now < c.blackout_until);
-        if self.spu.op_latency_ns > 0.0 || self.spu.discard_mode || !quiet {
-            return None;
-        }
         let spu = c.spu.as_ref()?;
         let (records, rng) = (&self.records, &mut c.rng);
         let mut left = to - from;
