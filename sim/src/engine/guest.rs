@@ -102,6 +102,13 @@ impl Rng {
         self.0 = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+
+    /// One of `items` (not empty), uniformly: Lemire's multiply-shift, not a 64-bit division,
+    /// on the per-record path.
+    #[inline(always)]
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(((self.next() >> 32) * items.len() as u64) >> 32) as usize]
+    }
 }
 
 /// Real record bytes: Kunpeng's 44-byte branch records and Neoverse-style 64-byte records.

@@ -539,9 +539,7 @@ impl Sim<'_> {
             let jitter = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
             in_flight_until = now + self.spu.op_latency_ns * (0.5 + jitter);
         }
-        // Lemire's multiply-shift instead of a 64-bit division on the hot path.
-        let pick = ((rng.next() >> 32) * self.records.len() as u64) >> 32;
-        let rec = self.records[pick as usize];
+        let rec = rng.pick(&self.records);
         if !full && self.shadow.is_none() && !self.spu.discard_mode && !self.lands(v, rec) {
             return Ok(Step::Host);
         }

@@ -225,8 +225,7 @@ impl super::Sim<'_> {
         let mut tick = from;
         while tick < to {
             let mut rng = c.rng;
-            let pick = ((rng.next() >> 32) * records.len() as u64) >> 32;
-            let rec = records[pick as usize];
+            let rec = rng.pick(records);
             // The offset in this page: a record that ended on the page's last byte leaves the
             // SPU at the start of the next page, which is not this slice.
             let (off, len) = ((c.base + c.ptr - page) as usize, rec.len());
@@ -270,9 +269,7 @@ impl super::Sim<'_> {
         let mut left = to - from;
         let (taken, last) = spu.write_each(|| {
             left = left.checked_sub(1)?;
-            // The same draw as `sample`.
-            let pick = ((rng.next() >> 32) * records.len() as u64) >> 32;
-            Some(records[pick as usize])
+            Some(rng.pick(records)) // the draw `sample` makes
         });
         let written = taken
             - u64::from(!matches!(
