@@ -70,11 +70,7 @@ impl super::Sim<'_> {
             if let Some(e) = events.get(next_event) {
                 t1 = t1.min(tick_of(e.at_ms * 1e6, interval, t0 + 1));
             }
-            if self.lockstep {
-                self.run_window_lockstep(t0, t1, interval, &mut pinned)?;
-            } else {
-                self.run_window(t0, t1, interval, &mut pinned)?;
-            }
+            self.run_window(t0, t1, interval, &mut pinned)?;
             pinned.upto(t1, self.pinned_now);
             if t1 == sample_tick + 1 {
                 let at = sample_tick as f64 * interval;
@@ -87,25 +83,8 @@ impl super::Sim<'_> {
         Ok(pinned.sum)
     }
 
-    /// Ticks `t0..t1` in the reference order: tick by tick, vCPU by vCPU.
-    fn run_window_lockstep(
-        &mut self,
-        t0: u64,
-        t1: u64,
-        interval: f64,
-        pinned: &mut Pinned,
-    ) -> Result<(), SimError> {
-        for tick in t0..t1 {
-            pinned.upto(tick, self.pinned_now);
-            for v in 0..self.cpus.len() as u32 {
-                self.sample(v, tick as f64 * interval, true)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Ticks `t0..t1`, in which no host event is scheduled, each vCPU running ahead where it
-    /// can.
+    /// can (or, with [`super::RunOptions::lockstep`], in the reference order).
     fn run_window(
         &mut self,
         t0: u64,
@@ -114,6 +93,15 @@ impl super::Sim<'_> {
         pinned: &mut Pinned,
     ) -> Result<(), SimError> {
         let n = self.cpus.len();
+        if self.lockstep {
+            for tick in t0..t1 {
+                pinned.upto(tick, self.pinned_now);
+                for v in 0..n as u32 {
+                    self.sample(v, tick as f64 * interval, true)?;
+                }
+            }
+            return Ok(());
+        }
         // Per vCPU: the next tick to take, and the interval waiting for its turn, if any.
         let mut next = [t0; 8];
         let mut waiting: [Option<Waiting>; 8] = [None; 8];
@@ -198,22 +186,18 @@ impl super::Sim<'_> {
         if self.spu.op_latency_ns > 0.0 || self.spu.discard_mode || !quiet {
             return None;
         }
+        let b = Burst { v, from, to, now };
         match self.shadow {
-            Some(_) => self.host_buffer_burst(v, from, to, interval),
-            None => self.guest_page_burst(v, from, to, interval),
+            Some(_) => self.host_buffer_burst(b),
+            None => self.guest_page_burst(b),
         }
     }
 
     /// The guest owns the buffer: records written one after another onto the page the SPU
     /// wrote last while it stays writable (same stage 2 generation) and the buffer does not
     /// fill. Stops before the record that would cross the page.
-    fn guest_page_burst(
-        &mut self,
-        v: u32,
-        from: u64,
-        to: u64,
-        interval: f64,
-    ) -> Option<(u64, Option<Waiting>)> {
+    fn guest_page_burst(&mut self, b: Burst) -> Option<(u64, Option<Waiting>)> {
+        let Burst { v, from, to, now } = b;
         let generation = self.host.model.generation();
         let c = &mut self.cpus[v as usize];
         let (page, ipa, g) = c.last_page?;
@@ -248,21 +232,15 @@ impl super::Sim<'_> {
             self.host.mark_dirty(ipa);
             self.m.records_attempted += taken;
             self.m.records_written += taken;
-            self.first_record(v, from as f64 * interval);
+            self.first_record(v, now);
         }
         Some((tick, None))
     }
 
     /// shadow-buffer: records written into the host buffer through the SPU port until the
     /// host buffer fills.
-    fn host_buffer_burst(
-        &mut self,
-        v: u32,
-        from: u64,
-        to: u64,
-        interval: f64,
-    ) -> Option<(u64, Option<Waiting>)> {
-        let now = from as f64 * interval;
+    fn host_buffer_burst(&mut self, b: Burst) -> Option<(u64, Option<Waiting>)> {
+        let Burst { v, from, to, now } = b;
         let c = &mut self.cpus[v as usize];
         let spu = c.spu.as_ref()?;
         let (records, rng) = (&self.records, &mut c.rng);
@@ -288,6 +266,15 @@ impl super::Sim<'_> {
             _ => (from + taken, None),
         })
     }
+}
+
+/// A burst's ticks `from..to` of vCPU `v`; `now` is the time of tick `from`.
+#[derive(Clone, Copy, Debug)]
+struct Burst {
+    v: u32,
+    from: u64,
+    to: u64,
+    now: f64,
 }
 
 /// The sum over ticks of the bytes pinned at each tick's end, added up lazily: pins change
