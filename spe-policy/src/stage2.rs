@@ -59,7 +59,8 @@ struct Model {
     memslots: Vec<Memslot>,
     /// State of pages that differ from "present, writable, unpinned".
     pages: BTreeMap<u64, Page>,
-    pinned: BTreeSet<u64>,
+    /// Pages with `Page::pinned` set (the flag is the truth; this is its count).
+    pinned_pages: u64,
     lock_limit: Option<u64>,
     dirty_logging: bool,
     counters: Stage2Counters,
@@ -69,6 +70,12 @@ struct Model {
 }
 
 /// A locked model whose generation is bumped when the lock is released, after the change.
+impl Model {
+    fn is_pinned(&self, page: u64) -> bool {
+        self.pages.get(&page).is_some_and(|p| p.pinned)
+    }
+}
+
 struct Change<'a> {
     guard: parking_lot::MutexGuard<'a, Model>,
     generation: &'a core::sync::atomic::AtomicU64,
@@ -137,15 +144,12 @@ impl Stage2Model {
 
     /// Bytes pinned now.
     pub fn pinned_bytes(&self) -> u64 {
-        self.inner.lock().pinned.len() as u64 * self.granule.size()
+        self.inner.lock().pinned_pages * self.granule.size()
     }
 
     /// Whether the page containing `ipa` is pinned.
     pub fn is_pinned(&self, ipa: Ipa) -> bool {
-        self.inner
-            .lock()
-            .pinned
-            .contains(&ipa.page_base(self.granule).0)
+        self.inner.lock().is_pinned(ipa.page_base(self.granule).0)
     }
 
     /// The model's counters.
@@ -174,8 +178,13 @@ impl Stage2Model {
         if let Some(i) = m.memslots.iter().position(|s| s.slot == slot) {
             let gone = m.memslots.remove(i);
             let range = gone.range.start.0..gone.range.end();
-            m.pages.retain(|p, _| !range.contains(p));
-            m.pinned.retain(|p| !range.contains(p));
+            let mut unpinned = 0;
+            m.pages.retain(|p, page| {
+                let keep = !range.contains(p);
+                unpinned += u64::from(!keep && page.pinned);
+                keep
+            });
+            m.pinned_pages -= unpinned;
         }
     }
 
@@ -189,7 +198,7 @@ impl Stage2Model {
         let mut m = self.change();
         let mut taken = Vec::new();
         for page in range.pages(self.granule) {
-            if m.pinned.contains(&page.0) || !Self::in_memslot(&m, page.0) {
+            if m.is_pinned(page.0) || !Self::in_memslot(&m, page.0) {
                 continue;
             }
             let p = m.pages.entry(page.0).or_default();
@@ -206,7 +215,7 @@ impl Stage2Model {
         let mut m = self.change();
         let mut merged = Vec::new();
         for page in range.pages(self.granule) {
-            if m.pinned.contains(&page.0) || !Self::in_memslot(&m, page.0) {
+            if m.is_pinned(page.0) || !Self::in_memslot(&m, page.0) {
                 continue;
             }
             let p = m.pages.entry(page.0).or_default();
@@ -230,11 +239,8 @@ impl Stage2Model {
         };
         for r in slots {
             for page in r.pages(self.granule) {
-                if m.pinned.contains(&page.0) {
-                    continue;
-                }
                 let p = m.pages.entry(page.0).or_default();
-                if !p.exempt {
+                if !p.exempt && !p.pinned {
                     p.write_protected = true;
                 }
             }
@@ -277,9 +283,9 @@ impl Stage2Model {
         let exempt = m
             .pages
             .iter()
-            .filter(|(ipa, p)| p.exempt && !m.pinned.contains(ipa))
+            .filter(|(_, p)| p.exempt && !p.pinned)
             .count();
-        (m.pinned.len() + exempt) as u64
+        m.pinned_pages + exempt as u64
     }
 
     /// Makes `ipa`'s page impossible to fault in (the source died, the backing file is gone).
@@ -303,7 +309,7 @@ impl HostBacking for Stage2Model {
             if !Self::in_memslot(&m, p.0) {
                 return Err(HostError::NotInMemslot(*p));
             }
-            if m.pinned.contains(&p.0) {
+            if m.is_pinned(p.0) {
                 return Err(HostError::Other(format!(
                     "IPA {p} pinned twice: the strategy must count references"
                 )));
@@ -317,13 +323,13 @@ impl HostBacking for Stage2Model {
         }
         let requested = pages.len() as u64 * self.granule.size();
         if let Some(limit) = m.lock_limit {
-            let now = m.pinned.len() as u64 * self.granule.size();
+            let now = m.pinned_pages * self.granule.size();
             if now + requested > limit {
                 return Err(HostError::LockLimit { requested, limit });
             }
         }
+        m.pinned_pages += pages.len() as u64;
         for p in pages {
-            m.pinned.insert(p.0);
             let page = m.pages.entry(p.0).or_default();
             // Pinning faults the page in and makes it writable (breaks KSM sharing).
             page.absent = None;
@@ -337,11 +343,11 @@ impl HostBacking for Stage2Model {
     fn unpin(&self, range: IpaRange) -> Result<(), HostError> {
         let mut m = self.change();
         let pages: Vec<Ipa> = range.pages(self.granule).collect();
-        if let Some(p) = pages.iter().find(|p| !m.pinned.contains(&p.0)) {
+        if let Some(p) = pages.iter().find(|p| !m.is_pinned(p.0)) {
             return Err(HostError::NotPinned(*p));
         }
+        m.pinned_pages -= pages.len() as u64;
         for p in pages {
-            m.pinned.remove(&p.0);
             if let Some(page) = m.pages.get_mut(&p.0) {
                 page.pinned = false;
             }
@@ -385,7 +391,7 @@ impl HostBacking for Stage2Model {
         PageState {
             present: in_memslot && p.absent.is_none(),
             write_protected: p.write_protected,
-            pinned: m.pinned.contains(&page),
+            pinned: p.pinned,
             dirty_log_exempt: p.exempt,
             in_memslot,
         }
