@@ -1,6 +1,7 @@
 //! The simulator's speed: simulated SPE records per second on the `steady` scenario (one run
-//! per strategy), against a bare loop writing the same number of 64-byte records into a 4 MiB
-//! buffer in the same run (target: within 20x).
+//! per strategy, default `RunOptions`: vCPUs running ahead, no guest digest, as `compare`
+//! runs), against a bare loop writing the same number of 64-byte records into a 4 MiB buffer
+//! in the same run (target: within 20x).
 
 use std::hint::black_box;
 use std::path::Path;
