@@ -1,6 +1,7 @@
 //! The simulator: one VM whose vCPUs profile with SPE while the host does what a scenario says,
-//! with a backing strategy in between. Virtual time advances one record interval at a time;
-//! everything is seeded, so the same inputs give the same metrics.
+//! with a backing strategy in between. Virtual time is counted in record intervals, taken in
+//! the order `order.rs` describes; everything is seeded, so the same inputs give the same
+//! metrics.
 //!
 //! * The SPU writes real records (the 44- and 64-byte records of the shared test data). With
 //!   the guest owning the buffer it writes at PMBPTR through the guest's stage 1 and the host's
@@ -469,7 +470,7 @@ impl Sim<'_> {
             return Err(!data.in_memslot);
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
-        // The SPU writes this page from now on (the fast path does not mark pages).
+        // The SPU writes this page from now on (bursts write it without marking it again).
         self.guest.written.mark(ipa, 4096);
         Ok(ipa)
     }
