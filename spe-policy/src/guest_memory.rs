@@ -4,7 +4,7 @@
 //! *read* guest IPA space, and each VMM already has its own way of doing that. The trait is small
 //! enough to implement in an afternoon; [`GuestRam`] is a ready implementation over owned bytes
 //! (tests, the simulator, `spe-policy translate`), and the `vm-memory` feature adds
-//! [`VmMemory`] over any `vm_memory::Bytes<GuestAddress>`.
+//! `VmMemory` over any `vm_memory::Bytes<GuestAddress>`.
 
 use core::fmt;
 
