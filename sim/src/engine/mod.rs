@@ -100,8 +100,9 @@ impl CostModel {
     };
 }
 
-/// How a run is made: its costs, and the probes only tests need.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How a run is made: its costs, and the probes only tests need. The default is what
+/// `compare` runs: the default costs, no digest, vCPUs running ahead.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RunOptions {
     /// The cost model.
     pub cost: CostModel,
