@@ -101,11 +101,8 @@ pub struct Spu {
 impl Spu {
     /// Writes one complete record as the SPU would.
     pub fn write(&self, record: &[u8]) -> SpuWrite {
-        let mut v = self.vcpu.lock();
-        if v.stopped {
-            return SpuWrite::NotProfiling;
-        }
-        v.host.spu_write(record, self.max_record)
+        let mut once = Some(record);
+        self.write_each(|| once.take()).1
     }
 
     /// Writes records back to back as the SPU would, taking each from `next` until it gives
