@@ -76,16 +76,18 @@ fn take_ram() -> Vec<u8> {
 
 /// Gives a finished run's RAM back to this thread's pool (at most two are kept).
 pub(crate) fn return_ram(guest: Guest) {
-    let mut written = Some(guest.written);
-    for (base, bytes) in guest.ram.into_regions() {
-        if base == RAM_BASE && bytes.len() == SIM_RAM as usize {
-            RAM_POOL.with(|p| {
-                let mut p = p.borrow_mut();
-                if let (true, Some(w)) = (p.len() < 2, written.take()) {
-                    p.push((bytes, w));
-                }
-            });
-        }
+    let ram = guest
+        .ram
+        .into_regions()
+        .into_iter()
+        .find(|(base, bytes)| *base == RAM_BASE && bytes.len() == SIM_RAM as usize);
+    if let Some((_, bytes)) = ram {
+        RAM_POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < 2 {
+                p.push((bytes, guest.written));
+            }
+        });
     }
 }
 

@@ -184,15 +184,28 @@ struct Vcpu {
     coll_pending: bool,
 }
 
-/// What a vCPU's sample interval came to.
+/// Where stage 2 lets the SPU write one record: the pages it reaches (buffer offset and IPA
+/// of each), and the fault that stops it, if any.
+#[derive(Clone, Copy, Debug)]
+struct WritePlan {
+    targets: [(u64, Ipa); 2],
+    /// How many of `targets` are writable.
+    n: usize,
+    /// The buffer offset of the first byte stage 2 refuses.
+    fault_at: Option<u64>,
+    /// The refused page is outside every memslot.
+    outside_ram: bool,
+    /// The host hears of this record: it faults, or the buffer is full after it.
+    reaches_host: bool,
+}
+
+/// A vCPU's sample interval that must wait for its turn among the vCPUs (`order.rs`),
+/// because it involves the strategy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    /// Taken.
-    Done,
-    /// Not taken: it needs the strategy, so it must run in time order with the other vCPUs.
-    Host,
-    /// Taken, and the SPU stopped at the end of its host buffer: the host's interrupt must
-    /// run in time order.
+enum Waiting {
+    /// Not taken yet: take it with the strategy's help.
+    Sample,
+    /// Taken, and the SPU stopped at the end of its host buffer: the host's interrupt.
     HostBufferFull,
 }
 
@@ -497,25 +510,26 @@ impl Sim<'_> {
 
     /// One sample interval of vCPU `v` at `now`. With `full` unset, the interval is taken
     /// only if it needs nothing from the strategy (the vCPU may be running ahead of the
-    /// others, see `order.rs`); otherwise nothing is done and [`Step::Host`] says so.
+    /// others, see `order.rs`); otherwise nothing is done and [`Waiting::Sample`] says so. `None`: the
+    /// interval is taken and nothing waits.
     #[inline(always)]
-    fn sample(&mut self, v: u32, now: f64, full: bool) -> Result<Step, SimError> {
+    fn sample(&mut self, v: u32, now: f64, full: bool) -> Result<Option<Waiting>, SimError> {
         let c = &self.cpus[v as usize];
         if c.disabled {
-            return Ok(Step::Done);
+            return Ok(None);
         }
         if c.fatal {
             let cause = c.fatal_cause;
             self.m.records_attempted += 1;
             self.m.lost_fatal += 1;
             self.m.lose(cause, 1, &self.declared);
-            return Ok(Step::Done);
+            return Ok(None);
         }
         if c.unpredictable {
             self.m.records_attempted += 1;
             self.m.lost_fatal += 1;
             self.m.lose(LossCause::GuestError, 1, &self.declared);
-            return Ok(Step::Done);
+            return Ok(None);
         }
         if now < c.blackout_until {
             let cause = c.blackout_cause;
@@ -525,7 +539,7 @@ impl Sim<'_> {
                 self.m.lost_blackout_enable += 1;
             }
             self.m.lose(cause, 1, &self.declared);
-            return Ok(Step::Done);
+            return Ok(None);
         }
         // The vCPU's generator is advanced only once the interval is taken.
         let mut rng = c.rng;
@@ -536,76 +550,94 @@ impl Sim<'_> {
                 self.m.records_attempted += 1;
                 self.m.samples_collided += 1;
                 self.cpus[v as usize].coll_pending = true;
-                return Ok(Step::Done);
+                return Ok(None);
             }
             let jitter = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
             in_flight_until = now + self.spu.op_latency_ns * (0.5 + jitter);
         }
         let rec = rng.pick(&self.records);
-        if !full && self.shadow.is_none() && !self.spu.discard_mode && !self.lands(v, rec) {
-            return Ok(Step::Host);
-        }
-        let c = &mut self.cpus[v as usize];
-        c.rng = rng;
-        c.in_flight_until = in_flight_until;
-        self.m.records_attempted += 1;
+        let take = |c: &mut Vcpu, m: &mut Metrics| {
+            c.rng = rng;
+            c.in_flight_until = in_flight_until;
+            m.records_attempted += 1;
+        };
         if self.spu.discard_mode {
             // §1.2: FM = discard; the sample is taken and dropped, nothing is written.
+            take(&mut self.cpus[v as usize], &mut self.m);
             self.m.records_discarded_by_mode += 1;
-            return Ok(Step::Done);
+            return Ok(None);
         }
         match self.shadow {
-            Some(s) => self.spu_into_host_buffer(s, v, now, rec, full),
-            None => self.spu_into_guest_buffer(v, now, rec).map(|()| Step::Done),
+            Some(s) => {
+                take(&mut self.cpus[v as usize], &mut self.m);
+                self.spu_into_host_buffer(s, v, now, rec, full)
+            }
+            None => {
+                let plan = self.plan_write(v, rec.len() as u64);
+                if plan.reaches_host && !full {
+                    return Ok(Some(Waiting::Sample));
+                }
+                take(&mut self.cpus[v as usize], &mut self.m);
+                self.spu_into_guest_buffer(v, now, rec, plan).map(|()| None)
+            }
         }
     }
 
-    /// Whether `rec` written at vCPU `v`'s PMBPTR lands without a stage 2 fault and leaves
-    /// the buffer short of full: the SPU writes it without the host hearing of it.
-    #[inline(always)]
-    fn lands(&mut self, v: u32, rec: &[u8]) -> bool {
-        let len = rec.len() as u64;
-        let c = &self.cpus[v as usize];
-        if c.ptr + len + self.max_record > c.size {
-            return false;
+    /// Where stage 2 stops a `len`-byte record written at vCPU `v`'s PMBPTR. (Tables are
+    /// read: present suffices; the data page is written: it must be writable.)
+    fn plan_write(&mut self, v: u32, len: u64) -> WritePlan {
+        let (base, ptr, size) = {
+            let c = &self.cpus[v as usize];
+            (c.base, c.ptr, c.size)
+        };
+        let mut plan = WritePlan {
+            targets: [(0, Ipa(0)); 2],
+            n: 0,
+            fault_at: None,
+            outside_ram: false,
+            reaches_host: ptr + len + self.max_record > size,
+        };
+        let mut at = ptr;
+        while at < ptr + len && plan.n < plan.targets.len() {
+            let page = (base + at) & !0xfff;
+            match self.writable_page(v, page) {
+                Ok(ipa) => plan.targets[plan.n] = (at, ipa),
+                Err(outside) => {
+                    plan.outside_ram = outside;
+                    plan.fault_at = Some(at);
+                    plan.reaches_host = true;
+                    break;
+                }
+            }
+            plan.n += 1;
+            at += (0x1000 - ((base + at) & 0xfff)).min(ptr + len - at);
         }
-        let (first, last) = (
-            (c.base + c.ptr) & !0xfff,
-            (c.base + c.ptr + len - 1) & !0xfff,
-        );
-        self.writable_page(v, first).is_ok()
-            && (first == last || self.writable_page(v, last).is_ok())
+        plan
     }
 
-    /// The guest owns the buffer: the SPU writes through stage 1 and stage 2.
-    fn spu_into_guest_buffer(&mut self, v: u32, now: f64, rec: &[u8]) -> Result<(), SimError> {
+    /// The guest owns the buffer: the SPU writes through stage 1 and stage 2, as `plan` says.
+    fn spu_into_guest_buffer(
+        &mut self,
+        v: u32,
+        now: f64,
+        rec: &[u8],
+        plan: WritePlan,
+    ) -> Result<(), SimError> {
         let len = rec.len() as u64;
         let (base, ptr) = {
             let c = &self.cpus[v as usize];
             (c.base, c.ptr)
         };
-        // Where does stage 2 stop the write? (Tables are read: present suffices; the data
-        // page is written: it must be writable.) Pages are checked first, then written: a
-        // sequential SPU writes every byte before the fault; an unordered one (§1.11 rule 2)
-        // may have tried a later byte first, so the bytes before PMBPTR can be left stale.
-        let mut fault_at = None;
-        let mut outside_ram = false;
-        let mut targets: [(u64, Ipa); 2] = [(0, Ipa(0)); 2];
-        let mut n = 0;
-        let mut at = ptr;
-        while at < ptr + len && n < targets.len() {
-            let page = (base + at) & !0xfff;
-            match self.writable_page(v, page) {
-                Ok(ipa) => targets[n] = (at, ipa),
-                Err(outside) => {
-                    outside_ram = outside;
-                    fault_at = Some(at);
-                    break;
-                }
-            }
-            n += 1;
-            at += (0x1000 - ((base + at) & 0xfff)).min(ptr + len - at);
-        }
+        let WritePlan {
+            targets,
+            n,
+            fault_at,
+            outside_ram,
+            ..
+        } = plan;
+        // Pages are checked first, then written: a sequential SPU writes every byte before
+        // the fault; an unordered one (§1.11 rule 2) may have tried a later byte first, so the
+        // bytes before PMBPTR can be left stale.
         let write_before_fault =
             fault_at.is_none() || self.spu.write_order == SpuWriteOrder::Sequential;
         if !write_before_fault {
@@ -720,12 +752,9 @@ impl Sim<'_> {
             }
             _ => {
                 // SPE disabled or refused: Linux's session ends.
-                self.m.fatal_events += 1;
                 self.m.lost_fatal += 1;
                 self.m.lose(LossCause::FatalAtFault, 1, &self.declared);
-                let c = &mut self.cpus[v as usize];
-                c.fatal = true;
-                c.fatal_cause = LossCause::FatalAtFault;
+                self.end_session(v, LossCause::FatalAtFault);
             }
         }
         Ok(())
@@ -740,7 +769,7 @@ impl Sim<'_> {
         now: f64,
         rec: &[u8],
         full: bool,
-    ) -> Result<Step, SimError> {
+    ) -> Result<Option<Waiting>, SimError> {
         let c = &mut self.cpus[v as usize];
         if c.spu.is_none() {
             c.spu = s.spu(VcpuId(v));
@@ -756,15 +785,15 @@ impl Sim<'_> {
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
                 match written {
                     SpuWrite::HostBufferFull if full => self.host_buffer_full(s, v, now)?,
-                    SpuWrite::HostBufferFull => return Ok(Step::HostBufferFull),
+                    SpuWrite::HostBufferFull => return Ok(Some(Waiting::HostBufferFull)),
                     _ => {}
                 }
-                Ok(Step::Done)
+                Ok(None)
             }
             SpuWrite::NotProfiling | SpuWrite::Oversized => {
                 // Not expected from a well-behaved guest: counted as unexplained so tests see it.
                 self.m.unexplained_loss += 1;
-                Ok(Step::Done)
+                Ok(None)
             }
         }
     }
@@ -837,10 +866,7 @@ impl Sim<'_> {
                 self.guest_interrupt(v, now, pmbsr, pmbptr.0)
             }
             _ => {
-                self.m.fatal_events += 1;
-                let c = &mut self.cpus[v as usize];
-                c.fatal = true;
-                c.fatal_cause = LossCause::FatalAtFault;
+                self.end_session(v, LossCause::FatalAtFault);
                 Ok(())
             }
         }
@@ -915,14 +941,23 @@ impl Sim<'_> {
             c.starts.clear();
             self.enable(v, now)
         } else {
-            self.m.fatal_events += 1;
-            let c = &mut self.cpus[v as usize];
-            c.fatal = true;
-            if c.fatal_cause == LossCause::FatalAtEnable {
-                c.fatal_cause = LossCause::FatalAtFault;
-            }
+            // A cause set before (a guest error) stays; the enable's default does not.
+            let cause = match self.cpus[v as usize].fatal_cause {
+                LossCause::FatalAtEnable => LossCause::FatalAtFault,
+                set => set,
+            };
+            self.end_session(v, cause);
             Ok(())
         }
+    }
+
+    /// Linux's session on vCPU `v` ends (a fault or status it cannot handle, a refused
+    /// enable): the guest-visible fatal event, and every later sample lost to `cause`.
+    fn end_session(&mut self, v: u32, cause: LossCause) {
+        self.m.fatal_events += 1;
+        let c = &mut self.cpus[v as usize];
+        c.fatal = true;
+        c.fatal_cause = cause;
     }
 
     fn digest(&mut self, v: u32, pmbsr: Pmbsr, pmbptr: u64) {
@@ -991,10 +1026,7 @@ impl Sim<'_> {
                 Ok(())
             }
             _ => {
-                self.m.fatal_events += 1;
-                let c = &mut self.cpus[v as usize];
-                c.fatal = true;
-                c.fatal_cause = LossCause::FatalAtEnable;
+                self.end_session(v, LossCause::FatalAtEnable);
                 Ok(())
             }
         }

@@ -10,17 +10,8 @@
 
 use spe_policies::SpuWrite;
 
-use super::{SimError, Step};
+use super::{SimError, Waiting};
 use crate::scenario::ScheduledEvent;
-
-/// A vCPU's interval that waits for its turn.
-#[derive(Clone, Copy, Debug)]
-enum Waiting {
-    /// Take the interval with the strategy's help.
-    Sample,
-    /// The SPU filled its host buffer in this interval: the host's interrupt.
-    HostBufferFull,
-}
 
 /// The first tick at or after `from` whose time has reached `at_ns` (the reference loop's own
 /// test, so rounding cannot move an event).
@@ -127,16 +118,9 @@ impl super::Sim<'_> {
                         }
                     }
                     let now = next[v] as f64 * interval;
-                    match self.sample(v as u32, now, false)? {
-                        Step::Done => next[v] += 1,
-                        Step::Host => {
-                            waiting[v] = Some(Waiting::Sample);
-                            break;
-                        }
-                        Step::HostBufferFull => {
-                            waiting[v] = Some(Waiting::HostBufferFull);
-                            break;
-                        }
+                    waiting[v] = self.sample(v as u32, now, false)?;
+                    if waiting[v].is_none() {
+                        next[v] += 1;
                     }
                 }
             }
