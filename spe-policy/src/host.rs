@@ -2,8 +2,8 @@
 //!
 //! The VMM implements it over its memory manager (KVM memslots, mlock or pin_user_pages,
 //! dirty logging, MMU notifiers). Everything here works on IPAs: there is no way to hand a
-//! guest virtual address to it. [`crate::stage2::Stage2Model`] implements it as a model for
-//! tests and the simulator.
+//! guest virtual address to it. The `spe-host-model` crate implements it as a model for tests and
+//! the simulator.
 
 use core::fmt;
 

@@ -12,8 +12,11 @@
 //! * [`spe`]: the SPE packet codec, perf-exact text, record assembly and the recovery scanner;
 //! * [`strategy`], [`event`], [`host`], [`errata`], [`guest_notice`]: the strategy trait, the
 //!   events and outcomes, the host backing trait, errata and profiles, and the descriptor the
-//!   guest is told; [`pin_ledger`] and [`buffer_recovery`] are building blocks strategies share;
-//!   [`stage2`] is a model of the host for tests and the simulator.
+//!   guest is told; [`pin_ledger`] and [`buffer_recovery`] are building blocks strategies share.
+//!
+//! The host backings live beside this crate, under `hosts/`: `spe-host-model` (a model of stage 2
+//! for tests and the simulator) and `spe-host-linux` (real memory). A VMM that embeds this crate
+//! carries none of them.
 //!
 //! Section references ("spec sheet §3.10") are to `arm-spe.md`, the project's digest of the Arm
 //! ARM (DDI 0487 M.a.a) and Linux sources; see `docs/DESIGN.md`.
@@ -30,7 +33,6 @@ pub mod guest_notice;
 pub mod host;
 pub mod pin_ledger;
 pub mod spe;
-pub mod stage2;
 pub mod strategy;
 
 pub use addr::{Granule, Gva, Ipa, Pa};

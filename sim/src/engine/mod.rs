@@ -19,6 +19,7 @@ mod metrics;
 mod order;
 mod sim_host;
 
+use spe_host_model::{Absence, Stage2Model};
 use spe_policies::{Policy, ShadowBuffer, Spu, SpuWrite};
 use spe_policy::arch::walk::builder::LEAF_RW;
 use spe_policy::arch::walk::{TablesTouched, Walker};
@@ -30,7 +31,6 @@ use spe_policy::config::SpeConfig;
 use spe_policy::event::{
     BufferReg, BufferRegs, Event, InvalidationCause, MigrationMode, Outcome, Refusal,
 };
-use spe_policy::stage2::{Absence, Stage2Model};
 use spe_policy::{BackingStrategy, Granule, Gva, HostBacking, Ipa, IpaRange, Memslot, VcpuId};
 
 use crate::scenario::{HostEventKind, Scenario, SpuModel, SpuWriteOrder};

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 
 use parking_lot::Mutex;
+use spe_host_model::Stage2Model;
 use spe_policy::arch::{Pmbptr, Pmbsr};
 use spe_policy::host::{FaultIn, HostGranule, PageState};
-use spe_policy::stage2::Stage2Model;
 use spe_policy::{HostBacking, HostError, Ipa, IpaRange, VcpuId};
 
 use super::guest::Guest;

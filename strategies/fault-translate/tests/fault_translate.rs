@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use spe_host_model::{Absence, Stage2Model};
 use spe_policy::arch::{BufferEvent, BufferEventKind, FaultStatusCode, Stage};
 use spe_policy::buffer_recovery::{RecoveryMode, RecoverySettings};
 use spe_policy::event::{Event, InvalidationCause, Outcome};
 use spe_policy::spe::WriteOrder;
-use spe_policy::stage2::{Absence, Stage2Model};
 use spe_policy::{BackingStrategy, Gva, HostBacking, Ipa, IpaRange};
 use spe_strategy_fault_translate::{FaultTranslate, FaultTranslateConfig};
 use spe_strategy_testkit::{BUFFER_VA, GuestFixture, memslots, stress};

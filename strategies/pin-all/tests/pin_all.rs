@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use spe_host_model::Absence;
 use spe_policy::event::{Event, InvalidationCause, MigrationMode, Outcome, Refusal};
-use spe_policy::stage2::Absence;
 use spe_policy::{BackingStrategy, Ipa, IpaRange, Memslot};
 use spe_strategy_pin_all::{PinAll, PinAllConfig, PinAllMigration, PinAt};
 use spe_strategy_testkit::{GuestFixture, RAM, memslots, stress};

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
+use spe_host_model::Absence;
 use spe_policy::arch::{BufferEvent, BufferEventKind, Pmbidr};
 use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause, Outcome, Refusal};
-use spe_policy::stage2::Absence;
 use spe_policy::{BackingStrategy, Gva, HostBacking, Ipa, IpaRange, VcpuId};
 use spe_strategy_pin_buffer::{PinBuffer, PinBufferConfig};
 use spe_strategy_testkit::{BUFFER_VA, GuestFixture, RAM, memslots, stress, window_regs};
 
-fn setup(pages: u64) -> (GuestFixture, spe_policy::stage2::Stage2Model, PinBuffer) {
+fn setup(pages: u64) -> (GuestFixture, spe_host_model::Stage2Model, PinBuffer) {
     let g = GuestFixture::new(pages);
     let host = g.host();
     let s = PinBuffer::new(PinBufferConfig::default());

@@ -336,7 +336,7 @@ fn a_copy_brings_swapped_out_buffer_pages_back_through_the_host_write_path() {
     let host = RamHost::new(&f);
     host.model.unmap(
         IpaRange::new(f.buffer_pages[0], 4096),
-        spe_policy::stage2::Absence::Swapped,
+        spe_host_model::Absence::Swapped,
     );
     let s = strategy(64 << 10);
     enable(&s, &f, &host, 0, 0, 4 * 4096);

@@ -6,11 +6,11 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use spe_host_model::Stage2Model;
 use spe_policy::arch::walk::Stage1Regs;
 use spe_policy::arch::walk::builder::{LEAF_RW, TableBuilder};
 use spe_policy::arch::{BufferEvent, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage};
 use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause};
-use spe_policy::stage2::Stage2Model;
 use spe_policy::{BackingStrategy, Granule, GuestRam, Gva, Ipa, IpaRange, Memslot, VcpuId};
 
 /// Guest RAM: 16 MiB at 0x4000_0000.

@@ -1,18 +1,20 @@
+//! # spe-host-model: a model of the host's stage 2
+//!
 //! A model of the host's stage 2 and memory manager, implementing [`HostBacking`]: per-page
 //! state (present, write-protected, pinned, swapped, shared by KSM, left behind by post-copy,
 //! exempt from dirty logging) and the host events that change it. Tests and the simulator use
 //! it; it also checks the strategies: a page pinned twice, an unpin of an unpinned page or a pin
 //! outside guest RAM is an error, and [`Stage2Model::pinned_bytes`] must be 0 after VM stop.
 
+#![deny(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
 
-use crate::addr::{Granule, Ipa};
-use crate::arch::buffer_regs::{Pmbptr, Pmbsr};
-use crate::host::{
-    FaultIn, HostBacking, HostError, HostGranule, IpaRange, Memslot, PageState, VcpuId,
-};
+use spe_policy::arch::{Pmbptr, Pmbsr};
+use spe_policy::host::{FaultIn, HostGranule, PageState};
+use spe_policy::{Granule, HostBacking, HostError, Ipa, IpaRange, Memslot, VcpuId};
 
 /// Why a page is not present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
