@@ -102,29 +102,119 @@ fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
 }
 
 #[test]
-fn compare_runs_the_four_strategies_side_by_side_on_every_scenario() {
-    let (code, out, err) = run(&["compare", "--format", "json"]);
-    assert_eq!(code, 0, "{err}");
-    let rows: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+fn compare_runs_the_four_strategies_side_by_side_on_every_scenario_from_any_directory() {
+    // From a directory with no configs/: the default config and scenarios are compiled in.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(["compare", "--format", "json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let runs = doc["runs"].as_array().expect("runs");
     let scenarios =
         std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/scenarios"))
             .expect("scenarios")
             .count();
     assert_eq!(
-        rows.len(),
+        runs.len(),
         4 * scenarios,
         "four strategies x every scenario"
     );
-    for r in &rows {
+    for r in runs {
         assert_eq!(r["pinned_after_stop"], 0, "{r}");
         assert_eq!(r["unexplained_loss"], 0, "{r}");
+        let by_cause: u64 = r["lost_by_cause"]
+            .as_object()
+            .expect("object")
+            .values()
+            .map(|v| v.as_u64().expect("count"))
+            .sum();
+        assert_eq!(Some(by_cause), r["samples_lost"].as_u64(), "{r}");
+        for key in [
+            "scenario",
+            "strategy",
+            "vcpus",
+            "ram_bytes",
+            "samples_due",
+            "baseline_lost",
+            "stall_ns",
+            "longest_stall_ns",
+            "pinned_peak_bytes",
+        ] {
+            assert!(!r[key].is_null(), "{key} missing");
+        }
     }
+    assert_eq!(
+        doc["verdicts"]["strategies"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert!(
+        doc["recommendation"]["choice"].is_string(),
+        "{}",
+        doc["recommendation"]
+    );
     let (code, _, err) = run(&["compare", "--scenarios", "/nonexistent"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent"), "{err}");
+}
+
+#[test]
+fn the_default_compare_fits_one_screen_of_100_columns() {
+    let (code, out, err) = run(&["compare"]);
+    assert_eq!(code, 0, "{err}");
+    for line in out.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(
+        out.lines().count() <= 45,
+        "{} lines:\n{out}",
+        out.lines().count()
+    );
+    for s in ["pin-all", "pin-buffer", "fault-translate", "shadow-buffer"] {
+        assert!(out.contains(s), "{s}");
+    }
+    for w in [
+        "Rules:",
+        "Left out",
+        "For this config:",
+        "Runner-up:",
+        "What would change it:",
+    ] {
+        assert!(out.contains(w), "{w}:\n{out}");
+    }
+}
+
+#[test]
+fn a_vm_the_simulator_cannot_run_is_refused_with_exit_1_naming_the_limit() {
+    let (code, _, err) = run(&["compare", "--vm", "configs/vms/profiling.toml"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("vm.") && err.contains("4KiB"), "{err}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let vm = dir.path().join("vm.toml");
+    std::fs::write(
+        &vm,
+        "[vm]\nvcpus = 2\nram = \"2GiB\"\nbuffer_per_vcpu = \"64KiB\"\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(&[
+        "compare",
+        "configs/scenarios/steady.toml",
+        "--vm",
+        vm.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(doc["runs"][0]["ram_bytes"], 2u64 << 30);
+    assert_eq!(doc["runs"][0]["vcpus"], 2);
 }
 
 #[test]
@@ -142,40 +232,41 @@ fn compare_writes_metrics_and_plots_and_simulate_runs_one_scenario_with_a_seed()
         out.to_str().expect("utf-8"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let metrics: Vec<serde_json::Value> =
+    let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).expect("json"))
             .expect("parses");
-    assert_eq!(metrics.len(), 8, "two scenarios x four strategies");
+    assert_eq!(
+        doc["runs"].as_array().map(Vec::len),
+        Some(8),
+        "two scenarios x four strategies"
+    );
     for f in [
         "lost-shadow-buffer.svg",
         "pinned-swap-storm.svg",
-        "blackouts-steady.svg",
+        "stalls-steady.svg",
     ] {
         let svg = std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(svg.starts_with("<svg"), "{f}");
     }
-    let (code, a, err) = run(&[
-        "simulate",
-        "configs/scenarios/swap-storm.toml",
-        "--strategy",
-        "fault-translate",
-        "--seed",
-        "7",
-        "--format",
-        "json",
-    ]);
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    assert!(index.contains("lost-shadow-buffer.svg") && index.contains("<figcaption>"));
+    let sim = |seed: &str| {
+        run(&[
+            "simulate",
+            "configs/scenarios/swap-storm.toml",
+            "--strategy",
+            "fault-translate",
+            "--seed",
+            seed,
+            "--format",
+            "json",
+        ])
+    };
+    let (code, a, err) = sim("7");
     assert_eq!(code, 0, "{err}");
-    let (_, b, _) = run(&[
-        "simulate",
-        "configs/scenarios/swap-storm.toml",
-        "--strategy",
-        "fault-translate",
-        "--seed",
-        "8",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(a.lines().count(), 1);
+    let (_, b, _) = sim("8");
+    let doc: serde_json::Value = serde_json::from_str(&a).expect("json");
+    assert_eq!(doc["runs"].as_array().map(Vec::len), Some(1));
     assert_ne!(a, b, "another seed, another run");
     let (code, _, err) = run(&[
         "simulate",
@@ -184,7 +275,10 @@ fn compare_writes_metrics_and_plots_and_simulate_runs_one_scenario_with_a_seed()
         "pin-most",
     ]);
     assert_eq!(code, 2, "clap rejects it");
-    assert!(err.contains("choose one of"), "{err}");
+    assert!(
+        err.contains("pin-all") && err.contains("possible values"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -193,7 +287,7 @@ fn check_reads_json_configs_with_the_same_rules() {
     let good = dir.path().join("vmm.json");
     std::fs::write(
         &good,
-        r#"{"vm": {"cpus": 4}, "spe": {"strategy": "fault-translate", "guest": {"ram": "8GiB"}}}"#,
+        r#"{"vm": {"cpus": 4}, "spe": {"strategy": "fault-translate", "recovery": "discard"}}"#,
     )
     .expect("write");
     let (code, out, err) = run(&["check", good.to_str().expect("utf8")]);

@@ -2,7 +2,7 @@
 //! simulator can observe. An erratum without a predicate here is not yet reproduced by the
 //! simulator (see docs/DESIGN.md).
 
-use crate::engine::{CostModel, Metrics};
+use crate::engine::{CostModel, LossCause, Metrics};
 
 /// The strategy an erratum id belongs to, from its prefix.
 pub fn owner(erratum: &str) -> Option<&'static str> {
@@ -18,22 +18,22 @@ pub fn owner(erratum: &str) -> Option<&'static str> {
 /// Whether `m` (a run of the erratum's own strategy) shows erratum `id`; `None` when the
 /// simulator has no observable for it yet.
 pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
-    let fault_blackout = m.lost_blackout - m.lost_blackout_enable;
+    let charged = |cause: LossCause| m.lost_to(cause) > 0;
     Some(match id {
         // No overcommit: the host's reclaim is refused.
         "PA-01" => m.invalidations_refused > 0,
-        // Pinning all RAM at the first enable stalls it (more than a millisecond here).
-        "PA-02" => m.longest_enable_ns > 1e6,
+        // Pinning all RAM at the first enable stalls that vCPU (more than a millisecond).
+        "PA-02" => m.first_enable_stall_ns > 1e6,
         // Live migration refused or degraded to stop-and-copy (all RAM sent while stopped).
         "PA-03" => m.migrations_refused > 0,
         // Hot-unplug refused while a buffer is enabled.
         "PA-04" => m.unplugs_refused > 0,
         // The memory cannot be pinned: SPE is disabled (or the VM start refused).
-        "PA-05" => m.fatal_events > 0,
+        "PA-05" => m.fatal_events > 0 && charged(LossCause::Fatal),
         // A buffer over the cap is refused: the guest's session stops.
-        "PB-01" => m.fatal_events > 0,
-        // Enables cost a walk and pins.
-        "PB-02" => m.longest_enable_ns > cost.trap_ns,
+        "PB-01" => m.fatal_events > 0 && charged(LossCause::Fatal),
+        // Enables cost a walk and pins: the first enable stalls beyond a trap.
+        "PB-02" => m.first_enable_stall_ns > cost.trap_ns,
         // A remap behind the host's back faults, and is repaired, not fatal.
         "PB-03" => m.stage2_faults > 0 && m.fatal_events == 0,
         // Pins held while no buffer is enabled.
@@ -45,33 +45,48 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         // A buffer page outside RAM is not pinned; the SPU's fault on it ends the session.
         "PB-07" => m.guest_error_faults > 0 && m.fatal_events > 0,
         // A pin the host refuses is refused like an over-cap buffer.
-        "PB-08" => m.fatal_events > 0,
+        "PB-08" => m.fatal_events > 0 && charged(LossCause::Fatal),
         // DL / rewind losses.
-        "FT-01" => m.lost_recovery > 0,
-        // Blackouts while faults are serviced.
-        "FT-02" => fault_blackout > 0,
+        "FT-01" => charged(LossCause::Recovery),
+        // The SPU stops at every fault; the service stalls the vCPU (or, in the background,
+        // the guest runs unprofiled).
+        "FT-02" => {
+            charged(LossCause::SpuStopped) && m.stall_by_kind.contains_key("fault-service")
+                || charged(LossCause::BackgroundService)
+        }
         // Faults on stage 1 table pages.
         "FT-03" => m.table_faults > 0,
         // Dirty logging or KSM fault the buffer.
         "FT-04" => m.stage2_faults > 0,
-        // A page that cannot be brought back ends the session.
-        "FT-05" => m.fatal_events > 0,
-        // Post-copy demand fetches: a blackout at least one fetch long.
-        "FT-06" => m.longest_blackout_ns >= cost.post_copy_fetch_ns,
+        // A page that cannot be made present (or is outside every memslot) ends the session.
+        "FT-05" => {
+            m.fatal_events > 0
+                && (charged(LossCause::Fatal) || m.lost_to(LossCause::GuestError) > 0)
+        }
+        // Post-copy demand fetches: a fault service at least one fetch long.
+        "FT-06" => m.longest_stall_ns >= cost.post_copy_fetch_ns,
         // A remap is repaired like any fault.
         "FT-07" => m.stage2_faults > 0 && m.fatal_events == 0,
         // Records wait in the host buffer until a copy.
         "SB-01" => m.max_copy_delay_ns > 0.0,
         // PMB* accesses trap.
-        "SB-02" => m.traps > 0,
+        "SB-02" => m.stall_by_kind.contains_key("trap") && m.traps > 0,
         // The host copies the data, at a CPU cost.
         "SB-03" => m.bytes_copied > 0 && m.copy_ns > 0.0,
-        // Host buffer-full interrupts stop profiling briefly.
+        // Host buffer-full interrupts stop the SPU briefly.
         "SB-04" => m.loss_by_erratum.get("SB-04").is_some_and(|n| *n > 0),
         // Memory that cannot be brought in: a stage 2 fault for the guest.
-        "SB-05" => m.fatal_events > 0,
-        // Copies waiting for paging stall the SPU.
-        "SB-06" => m.copy_wait_ns > 0.0,
+        "SB-05" => {
+            m.fatal_events > 0
+                && (charged(LossCause::Fatal) || m.lost_to(LossCause::GuestError) > 0)
+        }
+        // Copies waiting for paging stall the vCPU (or the SPU, in the background).
+        "SB-06" => {
+            m.copy_wait_ns > 0.0
+                || m.stall_by_kind
+                    .get("copy")
+                    .is_some_and(|ns| *ns >= cost.swap_in_ns)
+        }
         _ => return None,
     })
 }
@@ -80,10 +95,14 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
 /// sentence for the errata documents.
 pub fn impact(id: &str, m: &Metrics) -> String {
     let lost = m.loss_by_erratum.get(id).copied().unwrap_or(0);
-    let share = 100.0 * lost as f64 / m.records_attempted.max(1) as f64;
+    let share = 100.0 * lost as f64 / m.samples_due.max(1) as f64;
     let figure = match id {
         "PA-01" => format!("{} host invalidations refused", m.invalidations_refused),
-        "PA-02" | "PB-02" => format!("longest enable {:.1} µs", m.longest_enable_ns / 1e3),
+        "PA-02" | "PB-02" => format!(
+            "first enable stalls the vCPU {:.1} µs; re-enables {:.1} µs each",
+            m.first_enable_stall_ns / 1e3,
+            m.reenable_stall_ns / m.reenables.max(1) as f64 / 1e3
+        ),
         "PA-03" => format!(
             "{} migration(s) refused or degraded; downtime {:.1} ms",
             m.migrations_refused,
@@ -111,15 +130,20 @@ pub fn impact(id: &str, m: &Metrics) -> String {
         "FT-03" => format!("{} stage 2 faults on table pages", m.table_faults),
         "FT-04" => format!("{} stage 2 faults", m.stage2_faults),
         "FT-06" | "FT-02" => format!(
-            "{} blackouts, longest {:.1} µs",
-            m.blackout_count,
-            m.longest_blackout_ns / 1e3
+            "{} stage 2 faults; {:.2} ms of fault service stall, longest stall {:.1} µs",
+            m.stage2_faults,
+            m.stall_by_kind.get("fault-service").copied().unwrap_or(0.0) / 1e6,
+            m.longest_stall_ns / 1e3
         ),
         "SB-01" => format!(
             "records waited up to {:.1} µs in the host buffer",
             m.max_copy_delay_ns / 1e3
         ),
-        "SB-02" => format!("{} trapped PMB* accesses", m.traps),
+        "SB-02" => format!(
+            "{} trapped PMB* accesses, {:.2} ms of trap stall",
+            m.traps,
+            m.stall_by_kind.get("trap").copied().unwrap_or(0.0) / 1e6
+        ),
         "SB-03" => format!(
             "{:.1} MiB copied in {:.2} ms of host CPU ({:.2} ns/byte)",
             m.bytes_copied as f64 / f64::from(1u32 << 20),
@@ -127,7 +151,8 @@ pub fn impact(id: &str, m: &Metrics) -> String {
             m.copy_ns / (m.bytes_copied.max(1) as f64)
         ),
         "SB-06" => format!(
-            "{:.1} ms of blackout waiting for copies",
+            "{:.1} ms of copy stall, {:.1} ms of the SPU waiting for copies",
+            m.stall_by_kind.get("copy").copied().unwrap_or(0.0) / 1e6,
             m.copy_wait_ns / 1e6
         ),
         _ => format!(
@@ -136,7 +161,7 @@ pub fn impact(id: &str, m: &Metrics) -> String {
         ),
     };
     format!(
-        "scenario `{}`: {lost} of {} records lost to it ({share:.2}%); {figure}",
-        m.scenario, m.records_attempted
+        "scenario `{}`: {lost} of {} samples due lost to it ({share:.3}%); {figure}",
+        m.scenario, m.samples_due
     )
 }

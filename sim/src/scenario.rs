@@ -10,7 +10,7 @@ pub struct ScheduledEvent {
     pub at_ms: f64,
     /// What.
     pub kind: HostEventKind,
-    /// The fraction of the simulated RAM's pages it touches (swap, KSM).
+    /// The fraction of the VM's RAM it touches (swap, KSM, THP, NUMA, compaction, balloon).
     #[serde(default = "one")]
     pub fraction: f64,
 }
@@ -71,14 +71,12 @@ pub enum HostEventKind {
     GuestEnable,
 }
 
-/// How the modelled SPU and the guest's buffer behave (spec sheet §1.11).
+/// How the modelled SPU and the guest's buffer behave beyond the VM's facts (spec sheet
+/// §1.11). The SPU's write order is the VM's (`[vm] write_order`): `unordered` may write any
+/// byte of a record first (rule 2), so a fault can leave bytes before PMBPTR unwritten.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpuModel {
-    /// `sequential` writes each record byte by byte in order; `unordered` may write any byte
-    /// of a record first (rule 2), so a fault can leave the record's later bytes written past
-    /// PMBPTR.
-    pub write_order: SpuWriteOrder,
     /// Whether a fault after a record's first byte sets PMBSR.DL (rule 5's prose, the default);
     /// `false` follows the J1.3 pseudocode comment ("DL is unchanged"), which leaves a torn
     /// record that a DL-trusting host cannot see.
@@ -92,15 +90,18 @@ pub struct SpuModel {
     pub op_latency_ns: f64,
 }
 
-/// Write order of the modelled SPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SpuWriteOrder {
-    /// In order, byte by byte.
-    #[default]
-    Sequential,
-    /// Any byte of a record first.
-    Unordered,
+/// Per-task profiling (`perf record` of one task, `[tasks]`): the profiled task runs for a while,
+/// the guest switches to another task, and back. Linux's driver disables the buffer at every
+/// switch-out and re-enables it at the switch-in with the window moving on within the same AUX
+/// buffer (`arm_spe_pmu_stop`/`start`, spec sheet §4.2). No sample is due while the profiled
+/// task is away. Durations are guest time, drawn uniformly from each range per switch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskModel {
+    /// How long the profiled task runs before it is switched out, ms: `[min, max]`.
+    pub run_ms: [f64; 2],
+    /// How long it is away, ms: `[min, max]`.
+    pub away_ms: [f64; 2],
 }
 
 /// A boolean that defaults to true.
@@ -144,11 +145,37 @@ pub struct Scenario {
     /// The SPU model (`[spu]`).
     #[serde(default)]
     pub spu: SpuModel,
-    /// Keys of the `[spe]` config this scenario changes (same schema, merged over the config
-    /// `compare` is given), e.g. a smaller cap or a lock limit.
+    /// Per-task profiling with context switches (`[tasks]`); absent: the profiled workload
+    /// runs all the time (per-CPU profiling).
+    #[serde(default)]
+    pub tasks: Option<TaskModel>,
+    /// Keys of the `[spe]` policy this scenario changes (same schema, merged over the config
+    /// `compare` is given and validated like it), e.g. a smaller cap.
     #[serde(default)]
     pub spe: Option<toml::Table>,
+    /// What the host allows at run time beyond the VM's facts (`[host]`).
+    #[serde(default)]
+    pub host: HostModel,
+    /// Keys of the VM this scenario runs (`[vm]`, the schema of `spe_policy::VmSpec`); unset
+    /// keys take the VM `compare` is given (`--vm FILE`, or the defaults). `--vm` wins.
+    #[serde(default)]
+    pub vm: Option<toml::Table>,
 }
+
+/// The host as it is during the run, beyond what the VMM configured (`[host]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostModel {
+    /// Bytes the host actually lets the VMM lock (other VMs hold the rest of RLIMIT_MEMLOCK
+    /// or of the host's memory): pins beyond it fail at run time however the VM was
+    /// configured. Absent: `vm.lock_limit`.
+    pub lock_available: Option<spe_policy::config::ByteSize>,
+}
+
+/// Most events one scenario may schedule.
+pub const MAX_EVENTS: usize = 10_000;
+/// The longest session a scenario may simulate: 60 s of guest time.
+pub const MAX_DURATION_MS: f64 = 60_000.0;
 
 fn default_rate() -> f64 {
     // About 94 MB/s of 64-byte records per core: perf's default period of 4096 (spec §6).
@@ -188,11 +215,26 @@ impl Scenario {
             name: name.into(),
             what,
         };
-        if !(s.duration_ms > 0.0 && s.duration_ms <= 10_000.0) {
+        if !(s.duration_ms > 0.0 && s.duration_ms <= MAX_DURATION_MS) {
             return Err(invalid(format!(
-                "duration_ms = {} must be in (0, 10000]; simulate at most 10 s",
+                "duration_ms = {} must be in (0, {MAX_DURATION_MS}]; simulate at most 60 s",
                 s.duration_ms
             )));
+        }
+        if s.events.len() > MAX_EVENTS {
+            return Err(invalid(format!(
+                "{} events: at most {MAX_EVENTS} per scenario; merge events or split the scenario",
+                s.events.len()
+            )));
+        }
+        if let Some(t) = &s.tasks {
+            for (what, [lo, hi]) in [("tasks.run_ms", t.run_ms), ("tasks.away_ms", t.away_ms)] {
+                if !(lo >= 0.01 && lo <= hi && hi <= 1000.0) {
+                    return Err(invalid(format!(
+                        "{what} = [{lo}, {hi}] must be a range within [0.01, 1000] ms (a scheduler slice is about 1-4 ms)"
+                    )));
+                }
+            }
         }
         if !(s.records_per_ms > 0.0 && s.records_per_ms <= 10_000.0) {
             return Err(invalid(format!(

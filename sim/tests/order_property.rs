@@ -2,8 +2,8 @@
 //! generated scenarios: any mix of host events at any time, any SPU model, any seed.
 
 use proptest::prelude::*;
-use spe_policy::config::{ByteSize, SpeConfig};
-use spe_policy_sim::scenario::{Flag, SpuModel, SpuWriteOrder};
+use spe_policy::config::SpeConfig;
+use spe_policy_sim::scenario::{Flag, HostModel, SpuModel, TaskModel};
 use spe_policy_sim::{CostModel, HostEventKind, RunOptions, Scenario, ScheduledEvent, compare};
 
 const KINDS: [HostEventKind; 19] = [
@@ -37,9 +37,10 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         any::<bool>(),
         any::<bool>(),
         prop_oneof![Just(0.0), 300.0..3000.0f64],
+        any::<bool>(),
     )
         .prop_map(
-            |(seed, duration_ms, events, unordered, dl, op_latency_ns)| Scenario {
+            |(seed, duration_ms, events, unordered, dl, op_latency_ns, tasks)| Scenario {
                 name: "generated".into(),
                 description: String::new(),
                 reproduces: Vec::new(),
@@ -56,16 +57,23 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     .collect(),
                 exceptional: true,
                 spu: SpuModel {
-                    write_order: if unordered {
-                        SpuWriteOrder::Unordered
-                    } else {
-                        SpuWriteOrder::Sequential
-                    },
                     dl_on_mid_record_fault: Flag(dl),
                     discard_mode: false,
                     op_latency_ns,
                 },
+                tasks: tasks.then_some(TaskModel {
+                    run_ms: [0.1, 0.4],
+                    away_ms: [0.1, 0.3],
+                }),
                 spe: None,
+                host: HostModel::default(),
+                vm: Some(
+                    toml::from_str(&format!(
+                        "buffer_per_vcpu = \"64KiB\"\nram = \"256MiB\"\nwrite_order = \"{}\"",
+                        if unordered { "unordered" } else { "sequential" }
+                    ))
+                    .expect("vm"),
+                ),
             },
         )
 }
@@ -78,9 +86,13 @@ proptest! {
         sc in scenario()
     ) {
         // Small buffers: many buffer-full events, so many turns to take in order.
-        let mut config = SpeConfig::default();
-        config.guest.buffer_per_vcpu = ByteSize(64 << 10);
-        let opts = |lockstep| RunOptions { cost: CostModel::default(), guest_digest: true, lockstep };
+        let config = SpeConfig::default();
+        let opts = |lockstep| RunOptions {
+            cost: CostModel::default(),
+            guest_digest: true,
+            lockstep,
+            time_scale: 1.0,
+        };
         let sc = [sc];
         let ahead = compare(&config, &sc, opts(false)).map_err(TestCaseError::fail)?;
         let reference = compare(&config, &sc, opts(true)).map_err(TestCaseError::fail)?;

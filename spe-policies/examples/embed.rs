@@ -11,9 +11,10 @@ use spe_policies::Policy;
 use spe_policy::arch::walk::Stage1Regs;
 use spe_policy::arch::walk::builder::{LEAF_RW, TableBuilder};
 use spe_policy::arch::{BufferMode, Pmbidr, Pmblimitr, Pmbptr, Pmbsr, Sctlr, Tcr, Ttbr};
+use spe_policy::config::ByteSize;
 use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause, Outcome};
 use spe_policy::host::{FaultIn, HostBacking, HostError, PageState};
-use spe_policy::{BackingStrategy, Granule, GuestRam, Gva, Ipa, IpaRange, Memslot, VcpuId};
+use spe_policy::{BackingStrategy, Granule, GuestRam, Gva, Ipa, IpaRange, Memslot, VcpuId, VmSpec};
 
 /// The VMM's side of stage 2. A real VMM pins with `pin_user_pages`/`mlock`, faults in by
 /// touching the page, and tracks dirty logging in KVM; this one just keeps the set of pinned
@@ -102,11 +103,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cap_per_vcpu = "8MiB"
     "#;
     let config = spe_policy::config::load_toml(config_text)?;
-    let policy = Policy::from_config(&config)?;
+    // 2. The VM's facts come from the VMM at run time, not from the policy: its vCPUs, RAM,
+    //    page sizes and the host CPU's SPE parameters (PMSIDR_EL1.MaxSize).
+    let vm = VmSpec {
+        vcpus: 2,
+        ram: ByteSize(64 << 20),
+        buffer_per_vcpu: ByteSize(64 << 10),
+        ..VmSpec::default()
+    };
+    let policy = Policy::from_config(&config, &vm)?;
     println!("strategy: {} ({:?})", policy.name(), policy.profile().keeps);
     println!("tell the guest: {:02x?}", policy.guest_notice().encode());
 
-    // 2. Guest memory: the VMM implements GuestMemoryRead over its RAM (GuestRam here, or
+    // 3. Guest memory: the VMM implements GuestMemoryRead over its RAM (GuestRam here, or
     //    `spe_policy::guest_memory::VmMemory` over a vm-memory GuestMemoryMmap).
     let ram_range = IpaRange::new(Ipa(0x4000_0000), 64 << 20);
     let mut tables = TableBuilder::new(
@@ -141,7 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pinned: Mutex::new(BTreeSet::new()),
     };
 
-    // 3. Route events. VM start:
+    // 4. Route events. VM start:
     let slots = [Memslot {
         slot: 0,
         range: ram_range,

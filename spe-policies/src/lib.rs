@@ -15,7 +15,9 @@ use spe_policy::errata::{Erratum, Profile};
 use spe_policy::event::{Event, Outcome};
 use spe_policy::guest_notice::StrategyId;
 use spe_policy::spe::WriteOrder;
-use spe_policy::{BackingStrategy, GuestMemoryRead, HostBacking, PolicyError, StrategyStats};
+use spe_policy::{
+    BackingStrategy, GuestMemoryRead, HostBacking, PolicyError, StrategyStats, VmSpec,
+};
 
 #[cfg(feature = "fault-translate")]
 pub use spe_strategy_fault_translate::{FaultTranslate, FaultTranslateConfig};
@@ -145,16 +147,16 @@ impl BackingStrategy for Policy {
 }
 
 impl StrategyConfig {
-    /// The strategy configuration an `[spe]` table describes (validate it first; see
-    /// [`Policy::from_config`]).
-    pub fn from_spe(c: &SpeConfig) -> Result<Self, ConfigErrors> {
+    /// The strategy configuration an `[spe]` table describes for the VM `vm` (validate both
+    /// first; see [`Policy::from_config`]).
+    pub fn from_spe(c: &SpeConfig, vm: &VmSpec) -> Result<Self, ConfigErrors> {
         let recovery = RecoverySettings {
             mode: match c.recovery {
                 RecoveryName::Rewind => RecoveryMode::Rewind,
                 RecoveryName::Discard => RecoveryMode::Discard,
             },
-            max_record_bytes: usize::try_from(c.guest.max_record.bytes()).unwrap_or(usize::MAX),
-            write_order: match c.guest.write_order {
+            max_record_bytes: usize::try_from(vm.max_record.bytes()).unwrap_or(usize::MAX),
+            write_order: match vm.write_order {
                 WriteOrderName::Sequential => WriteOrder::Sequential,
                 WriteOrderName::Unordered => WriteOrder::Unordered,
             },
@@ -169,7 +171,7 @@ impl StrategyConfig {
                     PinAtName::VmStart => PinAt::VmStart,
                     PinAtName::FirstEnable => PinAt::FirstEnable,
                 },
-                migration: match c.migration {
+                migration: match c.migration() {
                     MigrationPolicy::StopAndCopy => PinAllMigration::StopAndCopy,
                     _ => PinAllMigration::Refuse,
                 },
@@ -190,7 +192,7 @@ impl StrategyConfig {
             #[cfg(feature = "shadow-buffer")]
             StrategyName::ShadowBuffer => Ok(StrategyConfig::ShadowBuffer(ShadowBufferConfig {
                 host_buffer_bytes: c.shadow_buffer.host_buffer.bytes(),
-                max_record_bytes: c.guest.max_record.bytes(),
+                max_record_bytes: vm.max_record.bytes(),
             })),
             #[allow(unreachable_patterns)]
             other => Err(ConfigErrors(vec![ConfigError {
@@ -208,10 +210,12 @@ impl StrategyConfig {
 }
 
 impl Policy {
-    /// Validates an `[spe]` table and builds the strategy it names.
-    pub fn from_config(c: &SpeConfig) -> Result<Self, ConfigErrors> {
-        c.validate()?;
-        StrategyConfig::from_spe(c).map(Policy::new)
+    /// Validates an `[spe]` policy against the VM it will run (the VM's facts come from the
+    /// VMM at run time: its vCPUs, RAM, page sizes, the SPU's record size) and builds the
+    /// strategy it names.
+    pub fn from_config(c: &SpeConfig, vm: &VmSpec) -> Result<Self, ConfigErrors> {
+        c.validate_for(vm)?;
+        StrategyConfig::from_spe(c, vm).map(Policy::new)
     }
 }
 

@@ -55,13 +55,19 @@ fn dispatch_reaches_the_strategy_and_its_pins() {
 }
 
 #[test]
-fn every_profile_keeps_two_properties_and_gives_up_the_third() {
+fn every_profile_names_each_property_once_as_kept_or_given_up_and_none_keeps_all_three() {
+    // "Cheap, fast, reliable: pick two" is the question; the measured answer may be fewer
+    // (fault-translate keeps only cheap: its fault service stalls for milliseconds).
     for p in Policy::all_defaults() {
         let prof = p.profile();
-        assert_eq!(prof.keeps.len(), 2, "{}", p.name());
-        assert_eq!(prof.gives_up.len(), 1, "{}", p.name());
+        assert!(
+            !prof.keeps.is_empty() && prof.keeps.len() <= 2,
+            "{}",
+            p.name()
+        );
         let all: BTreeSet<Property> = prof.keeps.iter().chain(prof.gives_up).copied().collect();
         assert_eq!(all.len(), 3, "{}", p.name());
+        assert_eq!(prof.keeps.len() + prof.gives_up.len(), 3, "{}", p.name());
     }
 }
 
@@ -151,15 +157,36 @@ fn errata_pages_cover_every_erratum_and_say_what_was_measured() {
 }
 
 #[test]
-fn a_config_file_builds_its_policy_and_a_bad_one_names_the_problem() {
-    let c =
-        spe_policy::config::load_toml("[spe]\nstrategy = \"fault-translate\"\n").expect("loads");
+fn a_config_file_builds_its_policy_for_the_vm_and_a_bad_one_names_the_problem() {
+    use spe_policy::config::{MigrationPolicy, StrategyName, load_toml};
+    use spe_policy::{VmSpec, config::ByteSize};
+    let vm = VmSpec::default();
+    let c = load_toml("[spe]\nstrategy = \"fault-translate\"\n").expect("loads");
     assert_eq!(
-        Policy::from_config(&c).expect("builds").name(),
+        Policy::from_config(&c, &vm).expect("builds").name(),
         "fault-translate"
     );
+    // pin-all alone is valid: its migration default is stop-and-copy.
+    let pin_all = load_toml("[spe]\nstrategy = \"pin-all\"\n").expect("pin-all alone");
+    assert_eq!(pin_all.migration(), MigrationPolicy::StopAndCopy);
+    assert_eq!(
+        Policy::from_config(&pin_all, &vm).expect("builds").name(),
+        "pin-all"
+    );
     let mut bad = c;
-    bad.strategy = spe_policy::config::StrategyName::PinAll;
-    let e = Policy::from_config(&bad).expect_err("pin-all with pre-copy");
+    bad.strategy = StrategyName::PinAll;
+    bad.migration = Some(MigrationPolicy::PreCopy);
+    let e = Policy::from_config(&bad, &vm).expect_err("pin-all with pre-copy");
     assert!(e.to_string().contains("spe.migration"), "{e}");
+    // A rule that needs the VM: pin-buffer's cap must hold two host pages.
+    let pb =
+        load_toml("[spe]\nstrategy = \"pin-buffer\"\n[spe.pin_buffer]\ncap_per_vcpu = \"64KiB\"\n")
+            .expect("loads");
+    Policy::from_config(&pb, &vm).expect("64 KiB holds two 4 KiB pages");
+    let big_pages = VmSpec {
+        host_page_size: ByteSize(64 << 10),
+        ..vm
+    };
+    let e = Policy::from_config(&pb, &big_pages).expect_err("not two 64 KiB pages");
+    assert!(e.to_string().contains("spe.pin_buffer.cap_per_vcpu"), "{e}");
 }

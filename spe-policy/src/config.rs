@@ -11,24 +11,19 @@ use core::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::vm::VmSpec;
+
 /// Every default, in one place. Strategies' own `Default`s use these too.
 pub mod defaults {
     /// pin-buffer's per-vCPU cap: 16 MiB (four times perf's 4 MiB default AUX buffer).
     pub const PIN_BUFFER_CAP: u64 = 16 << 20;
     /// pin-buffer keeps pins across disable.
     pub const PIN_CACHE: bool = true;
-    /// Largest SPE record: 64 bytes (Neoverse; 2^PMSIDR_EL1.MaxSize).
-    pub const MAX_RECORD: u64 = 64;
+    /// Largest SPE record: 64 bytes (Neoverse; 2^PMSIDR_EL1.MaxSize). The VM's own value is
+    /// `vm.max_record` ([`crate::vm::VmSpec`]); this is the strategies' default.
+    pub const MAX_RECORD: u64 = crate::vm::defaults::MAX_RECORD;
     /// Most bytes scanned in one recovery.
     pub const MAX_SCAN: u64 = 64 << 20;
-    /// Guest vCPUs (simulator).
-    pub const VCPUS: u32 = 4;
-    /// Guest RAM (simulator).
-    pub const GUEST_RAM: u64 = 8 << 30;
-    /// Guest AUX buffer per vCPU: perf's default for root.
-    pub const BUFFER_PER_VCPU: u64 = 4 << 20;
-    /// Host page size.
-    pub const HOST_PAGE: u64 = 4 << 10;
     /// shadow-buffer's host buffer per vCPU (two halves of 32 KiB: one host interrupt per
     /// 32 KiB of SPE data).
     pub const SHADOW_HOST_BUFFER: u64 = 64 << 10;
@@ -37,7 +32,9 @@ pub mod defaults {
 }
 
 /// A size in bytes, written as an integer or with a binary unit: `"4KiB"`, `"16MiB"`, `"1GiB"`
-/// (`K`, `M`, `G`, `T` and `B` are accepted; all units are powers of 1024).
+/// (`K`, `M`, `G`, `T` and `B` are accepted too; all units are powers of 1024). `KB`, `MB`,
+/// `GB` and `TB` are refused as ambiguous: SI reads them as powers of 1000, JEDEC and most
+/// VMM command lines as powers of 1024, and a buffer cap must not depend on which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ByteSize(pub u64);
 
@@ -73,10 +70,16 @@ impl FromStr for ByteSize {
         })?;
         let shift = match unit.trim() {
             "" | "B" => 0,
-            "K" | "KB" | "KiB" | "k" => 10,
-            "M" | "MB" | "MiB" => 20,
-            "G" | "GB" | "GiB" => 30,
-            "T" | "TB" | "TiB" => 40,
+            "K" | "KiB" | "k" => 10,
+            "M" | "MiB" => 20,
+            "G" | "GiB" => 30,
+            "T" | "TiB" => 40,
+            u @ ("KB" | "kB" | "MB" | "GB" | "TB") => {
+                let binary = format!("{}iB", &u[..1].to_uppercase());
+                return Err(format!(
+                    "{s:?} is ambiguous: {u} is a power of 1000 in SI and of 1024 elsewhere; write \"{num}{binary}\" (binary) or the number of bytes"
+                ));
+            }
             other => {
                 return Err(format!(
                     "{s:?} has an unknown unit {other:?} (use B, KiB, MiB, GiB or TiB)"
@@ -140,20 +143,34 @@ impl Serialize for Limit {
 
 impl<'de> Deserialize<'de> for Limit {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Limit;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "\"unlimited\" or a size: bytes as an integer, or a string like \"64MiB\"",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Limit, E> {
+                Ok(Limit::Bytes(ByteSize(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Limit, E> {
+                u64::try_from(v)
+                    .map(|v| Limit::Bytes(ByteSize(v)))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "{v} is negative; a limit is \"unlimited\" or a size of at least 0"
+                        ))
+                    })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Limit, E> {
+                if v == "unlimited" {
+                    return Ok(Limit::Unlimited);
+                }
+                v.parse().map(Limit::Bytes).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Limit::Bytes(ByteSize(n))),
-            Raw::S(s) if s == "unlimited" => Ok(Limit::Unlimited),
-            Raw::S(s) => s
-                .parse()
-                .map(Limit::Bytes)
-                .map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -184,8 +201,10 @@ impl StrategyName {
     }
 }
 
-/// How the VMM migrates VMs that use SPE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+/// How the VMM migrates VMs that use SPE. Unset, it follows the strategy
+/// ([`SpeConfig::migration`]): stop-and-copy for pin-all (which cannot track or demand-page
+/// pinned memory), pre-copy for the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MigrationPolicy {
     /// Refuse migration while SPE may use guest memory.
@@ -193,7 +212,6 @@ pub enum MigrationPolicy {
     /// Stop the VM and copy everything.
     StopAndCopy,
     /// Pre-copy with dirty logging.
-    #[default]
     PreCopy,
     /// Post-copy: switch over early, demand pages.
     PostCopy,
@@ -231,6 +249,31 @@ pub enum RecoveryName {
     Rewind,
     /// Discard since the last safe point.
     Discard,
+}
+
+/// Where the host does the work a buffer event needs (a stage 2 fault's service and the
+/// recovery scan; shadow-buffer's copies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    /// On the vCPU's thread before it re-enters the guest, as KVM services a guest's stage 2
+    /// fault (`kvm_handle_guest_abort`): the vCPU stalls; no sample is due while it does.
+    #[default]
+    BeforeEntry,
+    /// In the background while the guest runs: no stall, but the guest runs unprofiled while
+    /// the SPU stays stopped (shadow-buffer: the SPU goes on in the other host half, and only
+    /// waits when that fills first).
+    Background,
+}
+
+impl ServiceMode {
+    /// The kebab-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceMode::BeforeEntry => "before-entry",
+            ServiceMode::Background => "background",
+        }
+    }
 }
 
 /// What the recovery scanner may assume about record writes.
@@ -298,50 +341,20 @@ impl Default for ShadowBufferSection {
     }
 }
 
-/// `[spe.guest]`: the guest and its SPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GuestSection {
-    /// vCPUs (simulator).
-    pub vcpus: u32,
-    /// Guest RAM (simulator; pin-all's cost).
-    pub ram: ByteSize,
-    /// The perf AUX buffer per vCPU (simulator).
-    pub buffer_per_vcpu: ByteSize,
-    /// The SPU's largest record, 2^PMSIDR_EL1.MaxSize (16 B to 2 KiB).
-    pub max_record: ByteSize,
-    /// The recovery scanner's write-order assumption.
-    pub write_order: WriteOrderName,
-}
+/// A table that used to be part of `[spe]` and moved: reading it is an error that names the
+/// new place ([`SpeConfig::validate`]), never a silent default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MovedTable;
 
-impl Default for GuestSection {
-    fn default() -> Self {
-        GuestSection {
-            vcpus: defaults::VCPUS,
-            ram: ByteSize(defaults::GUEST_RAM),
-            buffer_per_vcpu: ByteSize(defaults::BUFFER_PER_VCPU),
-            max_record: ByteSize(defaults::MAX_RECORD),
-            write_order: WriteOrderName::Unordered,
-        }
+impl<'de> Deserialize<'de> for MovedTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| MovedTable)
     }
 }
 
-/// `[spe.host]`: the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HostSection {
-    /// Host page size: 4KiB, 16KiB or 64KiB.
-    pub page_size: ByteSize,
-    /// Locked-memory limit (RLIMIT_MEMLOCK).
-    pub lock_limit: Limit,
-}
-
-impl Default for HostSection {
-    fn default() -> Self {
-        HostSection {
-            page_size: ByteSize(defaults::HOST_PAGE),
-            lock_limit: Limit::Unlimited,
-        }
+impl Serialize for MovedTable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
     }
 }
 
@@ -351,22 +364,28 @@ impl Default for HostSection {
 pub struct SpeConfig {
     /// The backing strategy.
     pub strategy: StrategyName,
-    /// How VMs are migrated.
-    pub migration: MigrationPolicy,
+    /// How VMs are migrated; unset, the strategy's default ([`SpeConfig::migration`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationPolicy>,
     /// What dirty logging does to buffer pages.
     pub dirty_log: DirtyLogHandling,
     /// Recovery after DL=1.
     pub recovery: RecoveryName,
+    /// Where the host services buffer events: before re-entering the guest, or in the
+    /// background.
+    pub service: ServiceMode,
     /// pin-all's settings.
     pub pin_all: PinAllSection,
     /// pin-buffer's settings.
     pub pin_buffer: PinBufferSection,
     /// shadow-buffer's settings.
     pub shadow_buffer: ShadowBufferSection,
-    /// The guest.
-    pub guest: GuestSection,
-    /// The host.
-    pub host: HostSection,
+    /// The old `[spe.guest]` table: the VM's facts are the `[vm]` table now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<MovedTable>,
+    /// The old `[spe.host]` table: `vm.host_page_size` and `vm.lock_limit` now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<MovedTable>,
 }
 
 /// A config file: the `[spe]` table, among whatever else the VMM keeps there.
@@ -425,7 +444,7 @@ impl fmt::Display for ConfigErrors {
 
 impl core::error::Error for ConfigErrors {}
 
-fn problem(
+pub(crate) fn problem(
     key: &str,
     value: impl fmt::Display,
     reason: impl Into<String>,
@@ -441,68 +460,57 @@ fn problem(
 }
 
 impl SpeConfig {
-    /// Checks ranges and contradictions; returns every problem found.
+    /// The migration mode in effect: the one written, or the strategy's default
+    /// (stop-and-copy for pin-all, pre-copy for the others).
+    pub fn migration(&self) -> MigrationPolicy {
+        self.migration.unwrap_or(match self.strategy {
+            StrategyName::PinAll => MigrationPolicy::StopAndCopy,
+            _ => MigrationPolicy::PreCopy,
+        })
+    }
+
+    /// Checks the policy on its own: moved tables and contradictions between keys. Returns
+    /// every problem found. The checks that need the VM's facts are
+    /// [`SpeConfig::validate_for`].
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
-        let rec = self.guest.max_record.bytes();
-        if !(16..=2048).contains(&rec) || !rec.is_power_of_two() {
+        if self.guest.is_some() {
             errs.push(problem(
-                "spe.guest.max_record",
-                self.guest.max_record,
-                "an SPU's largest record is a power of two from 16 B to 2 KiB (PMSIDR_EL1.MaxSize)",
-                "use the value 1 << PMSIDR_EL1.MaxSize of the host CPU, e.g. 64",
+                "spe.guest",
+                "",
+                "the VM's facts are no longer part of the [spe] policy",
+                "move vcpus, ram, buffer_per_vcpu, max_record and write_order to a [vm] table (a scenario's, or `compare --vm FILE`); a VMM passes them as `VmSpec` at run time",
             ));
         }
-        let page = self.host.page_size.bytes();
-        if !matches!(page, 0x1000 | 0x4000 | 0x1_0000) {
+        if self.host.is_some() {
             errs.push(problem(
-                "spe.host.page_size",
-                self.host.page_size,
-                "arm64 hosts use 4KiB, 16KiB or 64KiB pages",
-                "set it to the host kernel's PAGE_SIZE",
+                "spe.host",
+                "",
+                "the host's facts are no longer part of the [spe] policy",
+                "page_size is now vm.host_page_size and lock_limit vm.lock_limit, in a [vm] table (a scenario's, or `compare --vm FILE`)",
             ));
         }
-        if self.guest.vcpus == 0 || self.guest.vcpus > 4096 {
+        let migration = self.migration();
+        if self.strategy == StrategyName::PinBuffer
+            && self.dirty_log == DirtyLogHandling::WriteProtect
+        {
             errs.push(problem(
-                "spe.guest.vcpus",
-                self.guest.vcpus,
-                "a VM has 1 to 4096 vCPUs",
-                "set the VM's vCPU count",
+                "spe.dirty_log",
+                "\"write-protect\"",
+                "pin-buffer's pinned pages cannot be write-protected",
+                "use dirty_log = \"keep-buffer-dirty\", or strategy = \"fault-translate\" or \"shadow-buffer\"",
             ));
-        }
-        let cap = self.pin_buffer.cap_per_vcpu.bytes();
-        if self.strategy == StrategyName::PinBuffer {
-            let min = (2 * page.max(0x1000)).max(rec);
-            if cap < min {
-                errs.push(problem(
-                    "spe.pin_buffer.cap_per_vcpu",
-                    self.pin_buffer.cap_per_vcpu,
-                    format!(
-                        "smaller than {} (two pages, the smallest buffer Linux accepts, and at least one largest record)",
-                        ByteSize(min)
-                    ),
-                    "raise it to at least the guests' perf AUX buffer size (4MiB for root by default)",
-                ));
-            }
-            if self.dirty_log == DirtyLogHandling::WriteProtect {
-                errs.push(problem(
-                    "spe.dirty_log",
-                    "\"write-protect\"",
-                    "pin-buffer's pinned pages cannot be write-protected",
-                    "use dirty_log = \"keep-buffer-dirty\", or strategy = \"fault-translate\"",
-                ));
-            }
         }
         if self.strategy == StrategyName::PinAll {
             if matches!(
-                self.migration,
+                migration,
                 MigrationPolicy::PreCopy | MigrationPolicy::PostCopy
             ) {
                 errs.push(problem(
                     "spe.migration",
-                    format!("\"{}\"", self.migration.as_str()),
+                    format!("\"{}\"", migration.as_str()),
                     "pin-all pins every page, so neither dirty logging nor demand paging can work",
-                    "use migration = \"refuse\" or \"stop-and-copy\", or strategy = \"pin-buffer\" or \"fault-translate\"",
+                    "use migration = \"stop-and-copy\" (pin-all's default) or \"refuse\", or strategy = \"pin-buffer\", \"fault-translate\" or \"shadow-buffer\"",
                 ));
             }
             if self.recovery == RecoveryName::Discard {
@@ -513,12 +521,87 @@ impl SpeConfig {
                     "remove the key, or choose strategy = \"fault-translate\"",
                 ));
             }
-            if let Limit::Bytes(limit) = self.host.lock_limit {
-                if limit.bytes() < self.guest.ram.bytes() {
+        }
+        let host = self.shadow_buffer.host_buffer.bytes();
+        if self.strategy == StrategyName::ShadowBuffer && host > defaults::SHADOW_HOST_BUFFER_MAX {
+            errs.push(problem(
+                "spe.shadow_buffer.host_buffer",
+                self.shadow_buffer.host_buffer,
+                format!(
+                    "more than {} of host memory per vCPU",
+                    ByteSize(defaults::SHADOW_HOST_BUFFER_MAX)
+                ),
+                "use a power of two such as 64KiB (the default) or 1MiB",
+            ));
+        }
+        let cap = self.pin_buffer.cap_per_vcpu.bytes();
+        if self.strategy == StrategyName::PinBuffer && cap > PIN_BUFFER_CAP_MAX {
+            errs.push(problem(
+                "spe.pin_buffer.cap_per_vcpu",
+                self.pin_buffer.cap_per_vcpu,
+                format!(
+                    "a guest could make the host pin more than {} per vCPU",
+                    ByteSize(PIN_BUFFER_CAP_MAX)
+                ),
+                "size the cap for the guests' perf AUX buffers (4MiB for root by default); 16MiB is the default",
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// Checks the policy against the VM it will run: the policy's own rules
+    /// ([`SpeConfig::validate`]), the VM's ranges ([`VmSpec::validate`]), and what needs
+    /// both (caps in host pages and records, lock limits against what the strategy pins).
+    pub fn validate_for(&self, vm: &VmSpec) -> Result<(), ConfigErrors> {
+        let mut errs = self.validate().err().map_or_else(Vec::new, |e| e.0);
+        if let Err(e) = vm.validate() {
+            errs.extend(e.0);
+            return Err(ConfigErrors(errs));
+        }
+        let page = vm.host_page();
+        let rec = vm.max_record.bytes();
+        let cap = self.pin_buffer.cap_per_vcpu.bytes();
+        if self.strategy == StrategyName::PinBuffer {
+            let min = (2 * page).max(rec);
+            if cap < min {
+                errs.push(problem(
+                    "spe.pin_buffer.cap_per_vcpu",
+                    self.pin_buffer.cap_per_vcpu,
+                    format!(
+                        "smaller than {} (two host pages, the smallest buffer Linux accepts, and at least one largest record)",
+                        ByteSize(min)
+                    ),
+                    "raise it to at least the guests' perf AUX buffer size (4MiB for root by default)",
+                ));
+            }
+            if let Limit::Bytes(limit) = vm.lock_limit {
+                let need = cap.saturating_mul(u64::from(vm.vcpus));
+                if limit.bytes() < need {
                     errs.push(problem(
-                        "spe.host.lock_limit",
+                        "vm.lock_limit",
                         limit,
-                        format!("pin-all must lock all {} of guest RAM", self.guest.ram),
+                        format!(
+                            "{} vCPUs x {} cap (spe.pin_buffer.cap_per_vcpu) may need {}",
+                            vm.vcpus,
+                            self.pin_buffer.cap_per_vcpu,
+                            ByteSize(need)
+                        ),
+                        "raise RLIMIT_MEMLOCK or lower spe.pin_buffer.cap_per_vcpu",
+                    ));
+                }
+            }
+        }
+        if self.strategy == StrategyName::PinAll {
+            if let Limit::Bytes(limit) = vm.lock_limit {
+                if limit.bytes() < vm.ram.bytes() {
+                    errs.push(problem(
+                        "vm.lock_limit",
+                        limit,
+                        format!("pin-all must lock all {} of guest RAM (vm.ram)", vm.ram),
                         "raise RLIMIT_MEMLOCK to the VM's RAM, or choose pin-buffer",
                     ));
                 }
@@ -526,36 +609,19 @@ impl SpeConfig {
         }
         if self.strategy == StrategyName::ShadowBuffer {
             let host = self.shadow_buffer.host_buffer.bytes();
-            let min = (2 * page.max(0x1000)).max(4 * rec);
-            if host < min || host > defaults::SHADOW_HOST_BUFFER_MAX || host % page.max(1) != 0 {
+            let min = (2 * page).max(4 * rec);
+            if host < min || host % page != 0 {
                 errs.push(problem(
                     "spe.shadow_buffer.host_buffer",
                     self.shadow_buffer.host_buffer,
                     format!(
-                        "must be whole host pages, from {} (two pages and four largest records) to {}",
+                        "must be whole host pages ({}), from {} (two pages and four largest records) to {}",
+                        vm.host_page_size,
                         ByteSize(min),
                         ByteSize(defaults::SHADOW_HOST_BUFFER_MAX)
                     ),
                     "use a power of two such as 64KiB (the default) or 1MiB",
                 ));
-            }
-        }
-        if self.strategy == StrategyName::PinBuffer {
-            if let Limit::Bytes(limit) = self.host.lock_limit {
-                let need = cap.saturating_mul(u64::from(self.guest.vcpus));
-                if limit.bytes() < need {
-                    errs.push(problem(
-                        "spe.host.lock_limit",
-                        limit,
-                        format!(
-                            "{} vCPUs x {} cap may need {}",
-                            self.guest.vcpus,
-                            self.pin_buffer.cap_per_vcpu,
-                            ByteSize(need)
-                        ),
-                        "raise RLIMIT_MEMLOCK or lower spe.pin_buffer.cap_per_vcpu",
-                    ));
-                }
             }
         }
         if errs.is_empty() {
@@ -565,6 +631,10 @@ impl SpeConfig {
         }
     }
 }
+
+/// The largest pin-buffer cap accepted: 1 GiB per vCPU (a guest controls what is pinned up to
+/// the cap; an unbounded cap is no cap).
+pub const PIN_BUFFER_CAP_MAX: u64 = 1 << 30;
 
 /// 1-based line and column of byte `offset` in `src`.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {

@@ -34,6 +34,7 @@ pub mod host;
 pub mod pin_ledger;
 pub mod spe;
 pub mod strategy;
+pub mod vm;
 
 pub use addr::{Granule, Gva, Ipa, Pa};
 pub use errata::{Erratum, GuestTold, Profile, Property};
@@ -41,6 +42,7 @@ pub use event::{BufferReg, BufferRegs, Event, Outcome};
 pub use guest_memory::{GuestMemoryRead, GuestRam, UnbackedIpa};
 pub use host::{HostBacking, HostError, IpaRange, Memslot, VcpuId};
 pub use strategy::{BackingStrategy, PolicyError, StrategyStats};
+pub use vm::VmSpec;
 
 /// The README's Rust examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

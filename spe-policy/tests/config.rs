@@ -63,11 +63,13 @@ fn toml_and_json_forms_of_the_same_config_give_the_same_value() {
         let back: ConfigFile = serde_json::from_str(&json).expect("json loads");
         assert_eq!(back.spe, c, "{name}");
         // Hand-written JSON with sizes as integers.
-        let hand = r#"{"spe": {"strategy": "fault-translate", "guest": {"ram": 8589934592, "max_record": "64B"}}}"#;
+        let hand =
+            r#"{"spe": {"strategy": "pin-buffer", "pin_buffer": {"cap_per_vcpu": 8388608}}}"#;
         let from_json: ConfigFile = serde_json::from_str(hand).expect("hand json");
-        let from_toml =
-            load_toml("[spe]\nstrategy = \"fault-translate\"\n[spe.guest]\nram = \"8GiB\"\n")
-                .expect("toml");
+        let from_toml = load_toml(
+            "[spe]\nstrategy = \"pin-buffer\"\n[spe.pin_buffer]\ncap_per_vcpu = \"8MiB\"\n",
+        )
+        .expect("toml");
         assert_eq!(from_json.spe, from_toml);
     }
 }
@@ -83,10 +85,11 @@ fn config_to_toml_to_config_is_the_identity() {
 
 #[test]
 fn explicit_keys_distinguish_written_values_from_defaults() {
-    let keys = explicit_keys("[spe]\nstrategy = \"pin-all\"\n[spe.guest]\nvcpus = 2\n");
+    let keys =
+        explicit_keys("[spe]\nstrategy = \"pin-all\"\n[spe.pin_all]\npin_at = \"first-enable\"\n");
     assert_eq!(
         keys,
-        vec!["spe.guest.vcpus".to_string(), "spe.strategy".to_string()]
+        vec!["spe.pin_all.pin_at".to_string(), "spe.strategy".to_string()]
     );
 }
 
@@ -105,21 +108,33 @@ const BROKEN: &[(&str, &str, &[&str], usize)] = &[
         2,
     ),
     (
-        "[spe]\n[spe.guest]\nvcpus = \"four\"\n",
-        "spe.guest.vcpus",
-        &["invalid type", "\"four\""],
+        "[spe]\n[spe.guest]\nvcpus = 4\n",
+        "spe.guest",
+        &["no longer part of the [spe] policy", "[vm] table"],
+        2,
+    ),
+    (
+        "[spe]\n[spe.host]\nlock_limit = \"1GiB\"\n",
+        "spe.host",
+        &["vm.host_page_size", "vm.lock_limit"],
+        2,
+    ),
+    (
+        "[spe]\n[spe.pin_buffer]\ncap_per_vcpu = \"16 MB\"\n",
+        "spe.pin_buffer.cap_per_vcpu",
+        &["ambiguous", "16MiB"],
+        3,
+    ),
+    (
+        "[spe]\n[spe.pin_buffer]\ncap_per_vcpu = \"4TiB\"\n",
+        "spe.pin_buffer.cap_per_vcpu",
+        &["more than 1GiB per vCPU"],
         3,
     ),
     (
         "[spe]\n[spe.pin_buffer]\ncap_per_vcpu = \"16 furlongs\"\n",
         "spe.pin_buffer.cap_per_vcpu",
         &["unknown unit", "MiB"],
-        3,
-    ),
-    (
-        "[spe]\n[spe.pin_buffer]\ncap_per_vcpu = \"4KiB\"\n",
-        "spe.pin_buffer.cap_per_vcpu",
-        &["4KiB", "smaller than 8KiB", "raise it"],
         3,
     ),
     (
@@ -138,36 +153,6 @@ const BROKEN: &[(&str, &str, &[&str], usize)] = &[
         "[spe]\nstrategy = \"pin-buffer\"\ndirty_log = \"write-protect\"\n",
         "spe.dirty_log",
         &["cannot be write-protected", "keep-buffer-dirty"],
-        3,
-    ),
-    (
-        "[spe]\n[spe.guest]\nmax_record = \"100B\"\n",
-        "spe.guest.max_record",
-        &["100B", "power of two from 16 B to 2 KiB"],
-        3,
-    ),
-    (
-        "[spe]\n[spe.host]\npage_size = \"8KiB\"\n",
-        "spe.host.page_size",
-        &["8KiB", "4KiB, 16KiB or 64KiB"],
-        3,
-    ),
-    (
-        "[spe]\n[spe.guest]\nvcpus = 0\n",
-        "spe.guest.vcpus",
-        &["1 to 4096"],
-        3,
-    ),
-    (
-        "[spe]\nstrategy = \"pin-all\"\nmigration = \"refuse\"\n[spe.guest]\nram = \"8GiB\"\n[spe.host]\nlock_limit = \"1GiB\"\n",
-        "spe.host.lock_limit",
-        &["1GiB", "all 8GiB of guest RAM", "RLIMIT_MEMLOCK"],
-        7,
-    ),
-    (
-        "[spe]\n[spe.host]\nlock_limit = \"8MiB\"\n",
-        "spe.host.lock_limit",
-        &["4 vCPUs x 16MiB cap may need 64MiB"],
         3,
     ),
     (
@@ -193,6 +178,84 @@ fn each_broken_config_names_the_key_the_value_the_reason_the_fix_and_the_line() 
         }
         assert_eq!(e.location.map(|l| l.0), Some(*line), "{key}: {text}");
         assert!(!e.fix.is_empty(), "{key}: no fix");
+    }
+}
+
+/// One rule that needs the VM per entry: (policy, `[vm]` keys, key, words).
+const BROKEN_FOR_VM: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "[spe.pin_buffer]\ncap_per_vcpu = \"4KiB\"\n",
+        "",
+        "spe.pin_buffer.cap_per_vcpu",
+        &["4KiB", "smaller than 8KiB", "raise it"],
+    ),
+    (
+        "",
+        "max_record = \"100B\"",
+        "vm.max_record",
+        &["100B", "power of two from 16 B to 2 KiB"],
+    ),
+    (
+        "",
+        "host_page_size = \"8KiB\"",
+        "vm.host_page_size",
+        &["8KiB", "4KiB, 16KiB or 64KiB"],
+    ),
+    ("", "vcpus = 0", "vm.vcpus", &["1 to 4096"]),
+    (
+        "[spe]\nstrategy = \"pin-all\"\n",
+        "ram = \"8GiB\"\nlock_limit = \"1GiB\"",
+        "vm.lock_limit",
+        &["1GiB", "all 8GiB of guest RAM", "RLIMIT_MEMLOCK"],
+    ),
+    (
+        "",
+        "lock_limit = \"8MiB\"",
+        "vm.lock_limit",
+        &["4 vCPUs x 16MiB cap", "may need 64MiB"],
+    ),
+    (
+        "[spe]\nstrategy = \"shadow-buffer\"\n[spe.shadow_buffer]\nhost_buffer = \"96KiB\"\n",
+        "host_page_size = \"64KiB\"",
+        "spe.shadow_buffer.host_buffer",
+        &["whole host pages (64KiB)"],
+    ),
+];
+
+#[test]
+fn each_config_that_does_not_fit_its_vm_names_the_key_the_value_the_reason_and_the_fix() {
+    for (spe, vm, key, words) in BROKEN_FOR_VM {
+        let c = load_toml(spe).expect(spe);
+        let vm: spe_policy::VmSpec = toml::from_str(vm).expect(vm);
+        let errs = c.validate_for(&vm).expect_err(key);
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.key == *key)
+            .unwrap_or_else(|| panic!("no error for {key} in {errs}"));
+        let text = e.to_string();
+        for w in *words {
+            assert!(text.contains(w), "{key}: {text:?} lacks {w:?}");
+        }
+        assert!(!e.fix.is_empty(), "{key}: no fix");
+    }
+}
+
+#[test]
+fn every_example_config_fits_its_example_vm() {
+    for (config, vm) in [
+        ("migration-heavy-cloud.toml", "cloud-tenant.toml"),
+        ("overcommitted-host.toml", "overcommitted.toml"),
+        ("profiling-first.toml", "profiling.toml"),
+        ("small-desktop.toml", "desktop.toml"),
+    ] {
+        let c = load_toml(&std::fs::read_to_string(configs_dir().join(config)).expect(config))
+            .expect(config);
+        let text = std::fs::read_to_string(configs_dir().join("vms").join(vm)).expect(vm);
+        let doc: toml::Table = text.parse().expect(vm);
+        let vm_spec: spe_policy::VmSpec = doc["vm"].clone().try_into().expect(vm);
+        c.validate_for(&vm_spec)
+            .unwrap_or_else(|e| panic!("{config} on {vm}: {e}"));
     }
 }
 

@@ -4,16 +4,20 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use spe_policies::Policy;
-use spe_policy::BackingStrategy;
 use spe_policy::config::{
     ConfigError, ConfigErrors, ConfigFile, SpeConfig, explicit_keys, load_toml, to_toml,
 };
+use spe_policy::{BackingStrategy, VmSpec};
 
 /// Arguments of `check`.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     /// A VMM config file with an `[spe]` table (TOML), or an `"spe"` object (`.json`).
     pub config: PathBuf,
+    /// A VM file whose `[vm]` table describes the VM the policy is for (default: the default
+    /// VM: 4 vCPUs, 8 GiB, 4 KiB pages).
+    #[arg(long, value_name = "FILE")]
+    pub vm: Option<PathBuf>,
 }
 
 /// Arguments of `config`.
@@ -119,7 +123,26 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
             return 1;
         }
     };
-    let policy = match Policy::from_config(&config) {
+    let vm = match &args.vm {
+        None => VmSpec::default(),
+        Some(p) => {
+            let table = spe_policy_sim::read_bounded(p)
+                .and_then(|src| spe_policy_sim::vm_table(&p.display().to_string(), &src))
+                .and_then(|t| {
+                    toml::Value::Table(t)
+                        .try_into::<VmSpec>()
+                        .map_err(|e| format!("{}: {}", p.display(), e.message()))
+                });
+            match table {
+                Ok(vm) => vm,
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return 1;
+                }
+            }
+        }
+    };
+    let policy = match Policy::from_config(&config, &vm) {
         Ok(p) => p,
         Err(errs) => {
             for e in &errs.0 {

@@ -44,50 +44,94 @@ struct JsonStrategy {
     errata: &'static [Erratum],
 }
 
-/// Each erratum's measured impact: the default config and the shipped scenarios run in the
-/// simulator (from the repository root); empty when they cannot be read.
-fn measured() -> std::collections::HashMap<&'static str, String> {
+/// Each erratum's measured impact: the built-in default config and scenarios run in the
+/// simulator (compiled in, so this works from any directory). An erratum whose scenario is
+/// missing or whose run fails is an error: the documents never ship without a figure.
+fn measured() -> Result<std::collections::HashMap<&'static str, String>, String> {
     use spe_policy::config::{StrategyName, load_toml};
-    use spe_policy_sim::{CostModel, STRATEGIES, evidence, load_scenarios, run_one};
-    let Ok(src) = std::fs::read_to_string("configs/default.toml") else {
-        return Default::default();
-    };
-    let (Ok(config), Ok(scenarios)) = (
-        load_toml(&src),
-        load_scenarios(std::path::Path::new("configs/scenarios")),
-    ) else {
-        return Default::default();
-    };
+    use spe_policy_sim::{CostModel, DEFAULT_CONFIG, STRATEGIES, builtin, evidence, run_one};
+    let config = load_toml(DEFAULT_CONFIG).map_err(|e| format!("the built-in config: {e}"))?;
+    let scenarios = builtin()?;
     let cost = CostModel::default();
     let mut out = std::collections::HashMap::new();
-    // Several errata share a scenario: each (scenario, strategy) runs once.
-    let mut runs = std::collections::HashMap::new();
+    // Several errata share a scenario: each (scenario, strategy) runs once, on every core.
+    let mut jobs: Vec<(&'static str, &'static str, StrategyName)> = Vec::new();
     for (name, errata) in spe_policies::all_errata() {
         let Some(strategy) = STRATEGIES
             .into_iter()
             .find(|s: &StrategyName| s.as_str() == name)
         else {
-            continue;
+            return Err(format!("strategy {name} is not simulated"));
         };
         for e in errata {
-            let Some(sc) = scenarios.iter().find(|s| s.name == e.scenario) else {
-                continue;
-            };
-            let run = runs
-                .entry((e.scenario, name))
-                .or_insert_with(|| run_one(&config, sc, strategy, cost));
-            if let Ok(m) = run {
-                out.insert(e.id, evidence::impact(e.id, m));
+            if !scenarios.iter().any(|s| s.name == e.scenario) {
+                return Err(format!(
+                    "{}: its scenario `{}` is not among the built-in scenarios",
+                    e.id, e.scenario
+                ));
+            }
+            if !jobs
+                .iter()
+                .any(|(sc, n, _)| *sc == e.scenario && *n == name)
+            {
+                jobs.push((e.scenario, name, strategy));
             }
         }
     }
-    out
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<parking_lot::Mutex<Option<Result<spe_policy_sim::Metrics, String>>>> =
+        jobs.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((sc, _, strategy)) = jobs.get(i) else {
+                        break;
+                    };
+                    let Some(scenario) = scenarios.iter().find(|s| s.name == *sc) else {
+                        break;
+                    };
+                    *results[i].lock() = Some(run_one(&config, None, scenario, *strategy, cost));
+                }
+            });
+        }
+    });
+    let runs: Vec<Result<spe_policy_sim::Metrics, String>> = results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|| Err("a run did not finish".into()))
+        })
+        .collect();
+    for (name, errata) in spe_policies::all_errata() {
+        for e in errata {
+            let i = jobs
+                .iter()
+                .position(|(sc, n, _)| *sc == e.scenario && *n == name)
+                .ok_or_else(|| format!("{}: not run", e.id))?;
+            match &runs[i] {
+                Ok(m) => {
+                    out.insert(e.id, evidence::impact(e.id, m));
+                }
+                Err(err) => return Err(format!("{}: {err}", e.id)),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs the command: 0 ok, 1 stale documents or unknown strategy, 2 I/O error.
 pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let figures = if args.write.is_some() || args.check.is_some() || args.format == Format::Md {
-        measured()
+        match measured() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = writeln!(err, "error: measuring the errata: {e}");
+                return 1;
+            }
+        }
     } else {
         Default::default()
     };

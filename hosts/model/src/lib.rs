@@ -8,7 +8,7 @@
 
 #![deny(missing_docs)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use parking_lot::Mutex;
 
@@ -27,19 +27,39 @@ pub enum Absence {
     PostCopyPending,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-struct Page {
-    absent: Option<AbsenceState>,
-    write_protected: bool,
-    pinned: bool,
-    exempt: bool,
-    ksm_shared: bool,
+/// One host page's state in one byte (dense: a 64 GiB VM of 4 KiB pages takes 16 MiB).
+mod flag {
+    /// Bits 0-1: why the page is absent (0: present).
+    pub const ABSENCE: u8 = 0b11;
+    pub const NEVER_TOUCHED: u8 = 1;
+    pub const SWAPPED: u8 = 2;
+    pub const POST_COPY_PENDING: u8 = 3;
+    pub const WRITE_PROTECTED: u8 = 1 << 2;
+    pub const PINNED: u8 = 1 << 3;
+    pub const EXEMPT: u8 = 1 << 4;
+    pub const KSM_SHARED: u8 = 1 << 5;
     /// Sent to the post-copy destination on request before switch-over.
-    sent: bool,
+    pub const SENT: u8 = 1 << 6;
+    /// Cannot be brought in (the source died, the backing file is gone).
+    pub const UNAVAILABLE: u8 = 1 << 7;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct AbsenceState(Absence);
+fn absence_bits(a: Absence) -> u8 {
+    match a {
+        Absence::NeverTouched => flag::NEVER_TOUCHED,
+        Absence::Swapped => flag::SWAPPED,
+        Absence::PostCopyPending => flag::POST_COPY_PENDING,
+    }
+}
+
+fn absence_of(f: u8) -> Option<Absence> {
+    match f & flag::ABSENCE {
+        flag::NEVER_TOUCHED => Some(Absence::NeverTouched),
+        flag::SWAPPED => Some(Absence::Swapped),
+        flag::POST_COPY_PENDING => Some(Absence::PostCopyPending),
+        _ => None,
+    }
+}
 
 /// Counters of the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,30 +74,78 @@ pub struct Stage2Counters {
     pub sent_before_switchover: u64,
     /// Bytes written through [`HostBacking::write_guest`].
     pub guest_bytes_written: u64,
+    /// Host pin calls that succeeded.
+    pub pin_calls: u64,
+    /// Pages pinned by those calls.
+    pub pages_pinned: u64,
+}
+
+/// One memslot and a byte of state per host page of it.
+#[derive(Debug)]
+struct Slot {
+    slot: Memslot,
+    pages: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
 struct Model {
-    memslots: Vec<Memslot>,
-    /// State of pages that differ from "present, writable, unpinned".
-    pages: BTreeMap<u64, Page>,
-    /// Pages with `Page::pinned` set (the flag is the truth; this is its count).
+    slots: Vec<Slot>,
+    /// Pages with the pinned flag (the flag is the truth; this is its count).
     pinned_pages: u64,
     lock_limit: Option<u64>,
     dirty_logging: bool,
     counters: Stage2Counters,
     injected: Vec<(VcpuId, Pmbsr, Pmbptr)>,
     disabled: BTreeSet<VcpuId>,
-    unavailable: BTreeSet<u64>,
 }
 
-/// A locked model whose generation is bumped when the lock is released, after the change.
 impl Model {
-    fn is_pinned(&self, page: u64) -> bool {
-        self.pages.get(&page).is_some_and(|p| p.pinned)
+    /// The slot index and page index of `page` (a page-aligned IPA), if it is in a memslot.
+    fn locate(&self, page: u64, shift: u32) -> Option<(usize, usize)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            s.slot
+                .range
+                .contains(Ipa(page))
+                .then(|| (i, ((page - s.slot.range.start.0) >> shift) as usize))
+        })
+    }
+
+    fn flags(&self, page: u64, shift: u32) -> Option<u8> {
+        let (s, i) = self.locate(page, shift)?;
+        self.slots[s].pages.get(i).copied()
+    }
+
+    fn is_pinned(&self, page: u64, shift: u32) -> bool {
+        self.flags(page, shift)
+            .is_some_and(|f| f & flag::PINNED != 0)
+    }
+
+    /// Calls `f` with the flags of every page of `range` inside a memslot, slot by slot (a
+    /// range may span slots), and the page's IPA.
+    fn for_each(&mut self, range: IpaRange, shift: u32, mut f: impl FnMut(u64, &mut u8)) {
+        let size = 1u64 << shift;
+        let first = range.start.0 & !(size - 1);
+        let end = range.end();
+        for s in &mut self.slots {
+            let (lo, hi) = (s.slot.range.start.0, s.slot.range.end());
+            let a = first.max(lo);
+            let b = end.min(hi);
+            if a >= b {
+                continue;
+            }
+            let (i0, i1) = (
+                ((a - lo) >> shift) as usize,
+                ((b - lo).div_ceil(size)) as usize,
+            );
+            let i1 = i1.min(s.pages.len());
+            for (k, page) in s.pages[i0..i1].iter_mut().enumerate() {
+                f(lo + ((i0 + k) as u64) * size, page);
+            }
+        }
     }
 }
 
+/// A locked model whose generation is bumped when the lock is released, after the change.
 struct Change<'a> {
     guard: parking_lot::MutexGuard<'a, Model>,
     generation: &'a core::sync::atomic::AtomicU64,
@@ -103,7 +171,7 @@ impl Drop for Change<'_> {
     }
 }
 
-/// The stage 2 model. Thread-safe.
+/// The stage 2 model. Thread-safe; one byte of state per host page of guest RAM.
 #[derive(Debug)]
 pub struct Stage2Model {
     granule: Granule,
@@ -115,14 +183,19 @@ pub struct Stage2Model {
 impl Stage2Model {
     /// A model with host pages of `granule` and the given memslots, every page present.
     pub fn new(granule: Granule, memslots: &[Memslot]) -> Self {
-        Stage2Model {
+        let m = Stage2Model {
             granule,
-            inner: Mutex::new(Model {
-                memslots: memslots.to_vec(),
-                ..Model::default()
-            }),
+            inner: Mutex::new(Model::default()),
             generation: core::sync::atomic::AtomicU64::new(0),
+        };
+        for s in memslots {
+            m.add_memslot(*s);
         }
+        m
+    }
+
+    fn shift(&self) -> u32 {
+        self.granule.size().trailing_zeros()
     }
 
     /// A number that changes whenever any page's state may have changed: a caller that cached
@@ -151,7 +224,9 @@ impl Stage2Model {
 
     /// Whether the page containing `ipa` is pinned.
     pub fn is_pinned(&self, ipa: Ipa) -> bool {
-        self.inner.lock().is_pinned(ipa.page_base(self.granule).0)
+        self.inner
+            .lock()
+            .is_pinned(ipa.page_base(self.granule).0, self.shift())
     }
 
     /// The model's counters.
@@ -169,81 +244,84 @@ impl Stage2Model {
         self.inner.lock().disabled.iter().copied().collect()
     }
 
-    /// Adds a memslot.
-    pub fn add_memslot(&self, slot: Memslot) {
-        self.change().memslots.push(slot);
+    /// Adds a memslot (its pages present). A slot number already in use, or a range that
+    /// overlaps another slot, is ignored: the VMM's KVM_SET_USER_MEMORY_REGION would refuse it.
+    pub fn add_memslot(&self, slot: Memslot) -> bool {
+        let mut m = self.change();
+        let overlaps = m.slots.iter().any(|s| {
+            s.slot.slot == slot.slot
+                || (s.slot.range.start.0 < slot.range.end()
+                    && slot.range.start.0 < s.slot.range.end())
+        });
+        if overlaps {
+            return false;
+        }
+        let pages = slot.range.len.div_ceil(self.granule.size()) as usize;
+        m.slots.push(Slot {
+            slot,
+            pages: vec![0; pages],
+        });
+        true
     }
 
-    /// Removes a memslot; its pages forget their state.
+    /// Removes a memslot; its pages (and their pins) go with it.
     pub fn remove_memslot(&self, slot: u32) {
         let mut m = self.change();
-        if let Some(i) = m.memslots.iter().position(|s| s.slot == slot) {
-            let gone = m.memslots.remove(i);
-            let range = gone.range.start.0..gone.range.end();
-            let mut unpinned = 0;
-            m.pages.retain(|p, page| {
-                let keep = !range.contains(p);
-                unpinned += u64::from(!keep && page.pinned);
-                keep
-            });
-            m.pinned_pages -= unpinned;
+        if let Some(i) = m.slots.iter().position(|s| s.slot.slot == slot) {
+            let gone = m.slots.remove(i);
+            let pinned = gone
+                .pages
+                .iter()
+                .filter(|f| **f & flag::PINNED != 0)
+                .count() as u64;
+            m.pinned_pages -= pinned;
         }
-    }
-
-    fn in_memslot(m: &Model, page: u64) -> bool {
-        m.memslots.iter().any(|s| s.range.contains(Ipa(page)))
     }
 
     /// Host event: unmap the unpinned pages of `range` (swap-out, reclaim, NUMA migration,
-    /// compaction, THP split). Returns the pages taken away; pinned pages stay.
-    pub fn unmap(&self, range: IpaRange, why: Absence) -> Vec<Ipa> {
-        let mut m = self.change();
-        let mut taken = Vec::new();
-        for page in range.pages(self.granule) {
-            if m.is_pinned(page.0) || !Self::in_memslot(&m, page.0) {
-                continue;
+    /// compaction, THP split). Returns how many pages were taken away; pinned pages stay.
+    pub fn unmap(&self, range: IpaRange, why: Absence) -> u64 {
+        let shift = self.shift();
+        let mut taken = 0;
+        self.change().for_each(range, shift, |_, f| {
+            if *f & flag::PINNED == 0 && *f & flag::ABSENCE == 0 {
+                *f |= absence_bits(why);
+                taken += 1;
             }
-            let p = m.pages.entry(page.0).or_default();
-            if p.absent.is_none() {
-                p.absent = Some(AbsenceState(why));
-                taken.push(page);
-            }
-        }
+        });
         taken
     }
 
-    /// Host event: KSM merges the unpinned pages of `range` (read-only, shared).
-    pub fn ksm_merge(&self, range: IpaRange) -> Vec<Ipa> {
-        let mut m = self.change();
-        let mut merged = Vec::new();
-        for page in range.pages(self.granule) {
-            if m.is_pinned(page.0) || !Self::in_memslot(&m, page.0) {
-                continue;
+    /// Host event: KSM merges the unpinned pages of `range` (read-only, shared). Returns how
+    /// many pages were merged.
+    pub fn ksm_merge(&self, range: IpaRange) -> u64 {
+        let shift = self.shift();
+        let mut merged = 0;
+        self.change().for_each(range, shift, |_, f| {
+            if *f & (flag::PINNED | flag::KSM_SHARED | flag::ABSENCE) == 0 {
+                *f |= flag::KSM_SHARED | flag::WRITE_PROTECTED;
+                merged += 1;
             }
-            let p = m.pages.entry(page.0).or_default();
-            if p.absent.is_none() && !p.ksm_shared {
-                p.ksm_shared = true;
-                p.write_protected = true;
-                merged.push(page);
-            }
-        }
+        });
         merged
     }
 
-    /// Host event: dirty logging write-protects every present page that is not pinned or
-    /// exempt (start, and each clear round).
+    /// Host event: dirty logging write-protects every page that is not pinned or exempt
+    /// (start, and each clear round), in `range` or all of RAM.
     pub fn dirty_log_protect(&self, range: Option<IpaRange>) {
+        let shift = self.shift();
         let mut m = self.change();
         m.dirty_logging = true;
-        let slots: Vec<IpaRange> = match range {
-            Some(r) => vec![r],
-            None => m.memslots.iter().map(|s| s.range).collect(),
+        let protect = |_: u64, f: &mut u8| {
+            if *f & (flag::EXEMPT | flag::PINNED) == 0 {
+                *f |= flag::WRITE_PROTECTED;
+            }
         };
-        for r in slots {
-            for page in r.pages(self.granule) {
-                let p = m.pages.entry(page.0).or_default();
-                if !p.exempt && !p.pinned {
-                    p.write_protected = true;
+        match range {
+            Some(r) => m.for_each(r, shift, protect),
+            None => {
+                for s in &mut m.slots {
+                    s.pages.iter_mut().for_each(|f| protect(0, f));
                 }
             }
         }
@@ -253,49 +331,58 @@ impl Stage2Model {
     pub fn dirty_log_stop(&self) {
         let mut m = self.change();
         m.dirty_logging = false;
-        for p in m.pages.values_mut() {
-            if !p.ksm_shared {
-                p.write_protected = false;
+        for s in &mut m.slots {
+            for f in &mut s.pages {
+                if *f & flag::KSM_SHARED == 0 {
+                    *f &= !flag::WRITE_PROTECTED;
+                }
             }
         }
     }
 
-    /// Host event: post-copy switch-over; every page not sent yet is left at the source.
+    /// Host event: post-copy switch-over; every page of `left_behind` not sent yet (or
+    /// pinned, which pin-buffer sends) stays at the source.
     pub fn post_copy_switchover(&self, left_behind: IpaRange) {
-        let mut m = self.change();
-        for page in left_behind.pages(self.granule) {
-            if !Self::in_memslot(&m, page.0) {
-                continue;
-            }
-            let sent = m
-                .pages
-                .get(&page.0)
-                .is_some_and(|p| p.absent.is_none() && (p.pinned || p.sent));
+        let shift = self.shift();
+        self.change().for_each(left_behind, shift, |_, f| {
+            let sent = *f & flag::ABSENCE == 0 && *f & (flag::PINNED | flag::SENT) != 0;
             if !sent {
-                m.pages.entry(page.0).or_default().absent =
-                    Some(AbsenceState(Absence::PostCopyPending));
+                *f = (*f & !flag::ABSENCE) | flag::POST_COPY_PENDING;
             }
-        }
+        });
     }
 
     /// Pages dirty logging cannot track (pinned, or exempt from write protection): a migration
     /// must assume they are dirty and send them again at stop-and-copy.
     pub fn untracked_pages(&self) -> u64 {
         let m = self.inner.lock();
-        let exempt = m
-            .pages
+        let exempt: u64 = m
+            .slots
             .iter()
-            .filter(|(_, p)| p.exempt && !p.pinned)
-            .count();
-        m.pinned_pages + exempt as u64
+            .map(|s| {
+                s.pages
+                    .iter()
+                    .filter(|f| **f & (flag::EXEMPT | flag::PINNED) == flag::EXEMPT)
+                    .count() as u64
+            })
+            .sum();
+        m.pinned_pages + exempt
     }
 
     /// Makes `ipa`'s page impossible to fault in (the source died, the backing file is gone).
     pub fn make_unavailable(&self, ipa: Ipa) {
-        self.inner
-            .lock()
-            .unavailable
-            .insert(ipa.page_base(self.granule).0);
+        let shift = self.shift();
+        self.change()
+            .for_each(IpaRange::page(ipa, self.granule), shift, |_, f| {
+                *f |= flag::UNAVAILABLE;
+            });
+    }
+}
+
+fn unavailable(ipa: Ipa) -> HostError {
+    HostError::Unavailable {
+        ipa,
+        reason: "the page cannot be brought in".into(),
     }
 }
 
@@ -305,79 +392,85 @@ impl HostBacking for Stage2Model {
     }
 
     fn pin(&self, range: IpaRange) -> Result<(), HostError> {
+        let shift = self.shift();
+        let size = self.granule.size();
         let mut m = self.change();
-        let pages: Vec<Ipa> = range.pages(self.granule).collect();
-        for p in &pages {
-            if !Self::in_memslot(&m, p.0) {
-                return Err(HostError::NotInMemslot(*p));
+        // Check every page first (a failed pin changes nothing), without collecting them.
+        let mut page = range.start.0 & !(size - 1);
+        let mut count = 0u64;
+        while page < range.end() {
+            match m.flags(page, shift) {
+                None => return Err(HostError::NotInMemslot(Ipa(page))),
+                Some(f) if f & flag::PINNED != 0 => {
+                    return Err(HostError::Other(format!(
+                        "IPA {} pinned twice: the strategy must count references",
+                        Ipa(page)
+                    )));
+                }
+                Some(f) if f & flag::UNAVAILABLE != 0 => return Err(unavailable(Ipa(page))),
+                Some(_) => {}
             }
-            if m.is_pinned(p.0) {
-                return Err(HostError::Other(format!(
-                    "IPA {p} pinned twice: the strategy must count references"
-                )));
-            }
-            if m.unavailable.contains(&p.0) {
-                return Err(HostError::Unavailable {
-                    ipa: *p,
-                    reason: "the page cannot be brought in".into(),
-                });
-            }
+            count += 1;
+            page = match page.checked_add(size) {
+                Some(p) => p,
+                None => break,
+            };
         }
-        let requested = pages.len() as u64 * self.granule.size();
+        let requested = count * size;
         if let Some(limit) = m.lock_limit {
-            let now = m.pinned_pages * self.granule.size();
+            let now = m.pinned_pages * size;
             if now + requested > limit {
                 return Err(HostError::LockLimit { requested, limit });
             }
         }
-        m.pinned_pages += pages.len() as u64;
-        for p in pages {
-            let page = m.pages.entry(p.0).or_default();
-            // Pinning faults the page in and makes it writable (breaks KSM sharing).
-            page.absent = None;
-            page.write_protected = false;
-            page.ksm_shared = false;
-            page.pinned = true;
-        }
+        m.pinned_pages += count;
+        m.counters.pin_calls += 1;
+        m.counters.pages_pinned += count;
+        // Pinning faults the page in and makes it writable (breaks KSM sharing).
+        m.for_each(range, shift, |_, f| {
+            *f = (*f & !(flag::ABSENCE | flag::WRITE_PROTECTED | flag::KSM_SHARED)) | flag::PINNED;
+        });
         Ok(())
     }
 
     fn unpin(&self, range: IpaRange) -> Result<(), HostError> {
+        let shift = self.shift();
+        let size = self.granule.size();
         let mut m = self.change();
-        let pages: Vec<Ipa> = range.pages(self.granule).collect();
-        if let Some(p) = pages.iter().find(|p| !m.is_pinned(p.0)) {
-            return Err(HostError::NotPinned(*p));
-        }
-        m.pinned_pages -= pages.len() as u64;
-        for p in pages {
-            if let Some(page) = m.pages.get_mut(&p.0) {
-                page.pinned = false;
+        let mut page = range.start.0 & !(size - 1);
+        let mut count = 0u64;
+        while page < range.end() {
+            if !m.is_pinned(page, shift) {
+                return Err(HostError::NotPinned(Ipa(page)));
             }
+            count += 1;
+            page = match page.checked_add(size) {
+                Some(p) => p,
+                None => break,
+            };
         }
+        m.pinned_pages -= count;
+        m.for_each(range, shift, |_, f| *f &= !flag::PINNED);
         Ok(())
     }
 
     fn fault_in(&self, ipa: Ipa) -> Result<FaultIn, HostError> {
+        let shift = self.shift();
         let mut m = self.change();
         let page = ipa.page_base(self.granule).0;
-        if !Self::in_memslot(&m, page) {
+        let Some((s, i)) = m.locate(page, shift) else {
             return Err(HostError::NotInMemslot(ipa));
+        };
+        let f = m.slots[s].pages[i];
+        if f & flag::UNAVAILABLE != 0 {
+            return Err(unavailable(ipa));
         }
-        if m.unavailable.contains(&page) {
-            return Err(HostError::Unavailable {
-                ipa,
-                reason: "the page cannot be brought in".into(),
-            });
-        }
-        let p = m.pages.entry(page).or_default();
-        if p.absent.is_none() && !p.write_protected {
+        if f & (flag::ABSENCE | flag::WRITE_PROTECTED) == 0 {
             return Ok(FaultIn::AlreadyPresent);
         }
-        let was = p.absent.take();
-        p.write_protected = false;
-        p.ksm_shared = false;
+        m.slots[s].pages[i] = f & !(flag::ABSENCE | flag::WRITE_PROTECTED | flag::KSM_SHARED);
         m.counters.faults_served += 1;
-        match was.map(|a| a.0) {
+        match absence_of(f) {
             Some(Absence::Swapped) => m.counters.swap_ins += 1,
             Some(Absence::PostCopyPending) => m.counters.post_copy_fetches += 1,
             _ => {}
@@ -387,74 +480,95 @@ impl HostBacking for Stage2Model {
 
     fn page_state(&self, ipa: Ipa) -> PageState {
         let m = self.inner.lock();
-        let page = ipa.page_base(self.granule).0;
-        let in_memslot = Self::in_memslot(&m, page);
-        let p = m.pages.get(&page).copied().unwrap_or_default();
-        PageState {
-            present: in_memslot && p.absent.is_none(),
-            write_protected: p.write_protected,
-            pinned: p.pinned,
-            dirty_log_exempt: p.exempt,
-            in_memslot,
+        match m.flags(ipa.page_base(self.granule).0, self.shift()) {
+            None => PageState::default(),
+            Some(f) => PageState {
+                present: f & flag::ABSENCE == 0,
+                write_protected: f & flag::WRITE_PROTECTED != 0,
+                pinned: f & flag::PINNED != 0,
+                dirty_log_exempt: f & flag::EXEMPT != 0,
+                in_memslot: true,
+            },
         }
     }
 
     fn set_dirty_log_exempt(&self, range: IpaRange, exempt: bool) -> Result<(), HostError> {
+        let shift = self.shift();
         let mut m = self.change();
         let logging = m.dirty_logging;
-        for page in range.pages(self.granule) {
-            let p = m.pages.entry(page.0).or_default();
-            p.exempt = exempt;
-            if exempt && !p.ksm_shared {
-                p.write_protected = false;
-            } else if !exempt && logging && !p.pinned {
-                p.write_protected = true;
+        m.for_each(range, shift, |_, f| {
+            if exempt {
+                *f |= flag::EXEMPT;
+                if *f & flag::KSM_SHARED == 0 {
+                    *f &= !flag::WRITE_PROTECTED;
+                }
+            } else {
+                *f &= !flag::EXEMPT;
+                if logging && *f & flag::PINNED == 0 {
+                    *f |= flag::WRITE_PROTECTED;
+                }
             }
-        }
+        });
         Ok(())
     }
 
     fn send_before_switchover(&self, range: IpaRange) -> Result<(), HostError> {
+        let shift = self.shift();
+        let size = self.granule.size();
         let mut m = self.change();
-        for page in range.pages(self.granule) {
-            if !Self::in_memslot(&m, page.0) {
-                return Err(HostError::NotInMemslot(page));
+        let mut page = range.start.0 & !(size - 1);
+        while page < range.end() {
+            if m.flags(page, shift).is_none() {
+                return Err(HostError::NotInMemslot(Ipa(page)));
             }
-            m.pages.entry(page.0).or_default().sent = true;
-            m.counters.sent_before_switchover += 1;
+            page = match page.checked_add(size) {
+                Some(p) => p,
+                None => break,
+            };
         }
+        let mut sent = 0;
+        m.for_each(range, shift, |_, f| {
+            *f |= flag::SENT;
+            sent += 1;
+        });
+        m.counters.sent_before_switchover += sent;
         Ok(())
     }
 
     fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError> {
+        let shift = self.shift();
+        let size = self.granule.size();
         let mut m = self.change();
         let range = IpaRange::new(ipa, bytes.len() as u64);
-        for page in range.pages(self.granule) {
-            if !Self::in_memslot(&m, page.0) {
-                return Err(HostError::NotInMemslot(page));
+        let mut page = range.start.0 & !(size - 1);
+        while page < range.end() {
+            match m.flags(page, shift) {
+                None => return Err(HostError::NotInMemslot(Ipa(page))),
+                Some(f) if f & flag::UNAVAILABLE != 0 => return Err(unavailable(Ipa(page))),
+                Some(_) => {}
             }
-            if m.unavailable.contains(&page.0) {
-                return Err(HostError::Unavailable {
-                    ipa: page,
-                    reason: "the page cannot be brought in".into(),
-                });
-            }
-            // The VMM's write path faults the page in as any host write would.
-            let mut brought = None;
-            if let Some(p) = m.pages.get_mut(&page.0) {
-                brought = p.absent.take().map(|a| a.0);
-                if !p.exempt {
-                    // A host write to a write-protected (logged) page marks it dirty.
-                    p.write_protected = p.ksm_shared;
-                }
-            }
-            // The write path waits for the page like any host access would.
-            match brought {
-                Some(Absence::Swapped) => m.counters.swap_ins += 1,
-                Some(Absence::PostCopyPending) => m.counters.post_copy_fetches += 1,
+            page = match page.checked_add(size) {
+                Some(p) => p,
+                None => break,
+            };
+        }
+        let (mut swap_ins, mut fetches) = (0, 0);
+        m.for_each(range, shift, |_, f| {
+            // The VMM's write path faults the page in as any host write would, and waits for
+            // it like any host access.
+            match absence_of(*f) {
+                Some(Absence::Swapped) => swap_ins += 1,
+                Some(Absence::PostCopyPending) => fetches += 1,
                 _ => {}
             }
-        }
+            *f &= !flag::ABSENCE;
+            if *f & flag::EXEMPT == 0 && *f & flag::KSM_SHARED == 0 {
+                // A host write to a write-protected (logged) page marks it dirty.
+                *f &= !flag::WRITE_PROTECTED;
+            }
+        });
+        m.counters.swap_ins += swap_ins;
+        m.counters.post_copy_fetches += fetches;
         m.counters.guest_bytes_written += bytes.len() as u64;
         Ok(())
     }
@@ -489,7 +603,8 @@ mod tests {
         let m = model();
         m.pin(IpaRange::new(Ipa(0x4000_0000), 0x2000)).expect("pin");
         let taken = m.unmap(IpaRange::new(Ipa(0x4000_0000), 0x4000), Absence::Swapped);
-        assert_eq!(taken, vec![Ipa(0x4000_2000), Ipa(0x4000_3000)]);
+        assert_eq!(taken, 2);
+        assert!(!m.page_state(Ipa(0x4000_3000)).present);
         assert!(m.page_state(Ipa(0x4000_0000)).writable());
         assert!(!m.page_state(Ipa(0x4000_2000)).present);
         assert_eq!(m.fault_in(Ipa(0x4000_2000)), Ok(FaultIn::MadePresent));

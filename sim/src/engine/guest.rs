@@ -7,37 +7,68 @@ use spe_policy::{Granule, GuestRam, Gva, Ipa};
 
 use super::SimError;
 
-/// Where the simulated RAM starts.
+/// Where guest RAM starts (the VM's RAM is one memslot from here).
 pub const RAM_BASE: Ipa = Ipa(0x4000_0000);
-/// The simulated RAM: the guest's tables and buffers live in it.
-pub const SIM_RAM: u64 = 64 << 20;
-/// The guest's page tables, from the start of RAM: 8 vCPUs' buffers need about 30 table
-/// pages. The pool is written whole at every build, so a reused RAM's old tables are gone.
-const TABLE_POOL: u64 = 256 << 10;
-/// Buffer pages are scattered from here to the end of RAM.
-const BUFFER_REGION: u64 = 8 << 20;
-/// A page the guest remaps its buffer to (never touched before).
-pub(crate) const SPARE_PAGE: Ipa = Ipa(RAM_BASE.0 + 6 * (1 << 20));
 /// An IPA with no memory behind it (a device region below RAM).
 pub(crate) const OUTSIDE_RAM: Ipa = Ipa(0x1000_0000);
 /// vCPU `v`'s buffer is at `BUFFER_VA + v GiB`.
 pub(crate) const BUFFER_VA: u64 = 0xffff_8000_8000_0000;
 
+/// Where the simulated guest keeps what the SPU and its tables need: the page tables from the
+/// start of RAM, a spare page, and the buffers' pages scattered over a region after them. Only
+/// this part of RAM holds bytes; the rest of the VM's RAM has stage 2 state only (the guest's
+/// other memory is not simulated: nothing writes or walks it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Bytes of the table pool at [`RAM_BASE`].
+    pub(crate) table_pool: u64,
+    /// A page the guest remaps its buffer to (never touched before).
+    pub(crate) spare_page: Ipa,
+    /// First byte of the buffer region.
+    pub(crate) buffer_region: u64,
+    /// Bytes of RAM that hold bytes (tables, spare page, buffer region).
+    pub(crate) active: u64,
+}
+
+impl Layout {
+    /// The layout for `vcpus` buffers of `buffer` bytes each.
+    pub(crate) fn new(vcpus: u32, buffer: u64) -> Self {
+        // Per vCPU: one level 2 table (its GiB of VA) and one level 3 table per 2 MiB of
+        // buffer (plus one where the buffer is not aligned); a few tables above them.
+        let tables = 16 + u64::from(vcpus) * (2 + buffer.div_ceil(2 << 20));
+        let table_pool = tables * 4096;
+        let spare_page = Ipa(RAM_BASE.0 + table_pool);
+        let buffer_region = table_pool + 4096;
+        // The buffers' pages are scattered over half again as many pages as they need.
+        let total = buffer * u64::from(vcpus);
+        let region = (total + total / 2).max(8 << 20).div_ceil(4096) * 4096;
+        Layout {
+            table_pool,
+            spare_page,
+            buffer_region,
+            active: buffer_region + region,
+        }
+    }
+}
+
 /// The RAM pages a run wrote, one bit each: what must be zeroed before the RAM is reused.
 #[derive(Debug)]
-pub(crate) struct WrittenPages(Vec<u64>);
+pub(crate) struct WrittenPages(Vec<u64>, u64);
 
 impl WrittenPages {
-    fn new() -> Self {
-        WrittenPages(vec![0; (SIM_RAM / 4096 / 64) as usize])
+    fn new(active: u64) -> Self {
+        WrittenPages(vec![0; (active / 4096).div_ceil(64) as usize], active)
     }
 
-    /// Notes a write to `ipa..ipa + len` (bytes outside RAM are not RAM's concern).
+    /// Notes a write to `ipa..ipa + len` (bytes outside the active RAM are not its concern).
     pub(crate) fn mark(&mut self, ipa: Ipa, len: u64) {
         let Some(off) = ipa.0.checked_sub(RAM_BASE.0) else {
             return;
         };
-        let last = off.saturating_add(len.max(1) - 1).min(SIM_RAM - 1);
+        if off >= self.1 {
+            return;
+        }
+        let last = off.saturating_add(len.max(1) - 1).min(self.1 - 1);
         for page in off / 4096..=last / 4096 {
             self.0[(page / 64) as usize] |= 1 << (page % 64);
         }
@@ -54,39 +85,47 @@ impl WrittenPages {
 
 std::thread_local! {
     /// Simulated RAM given back by finished runs on this thread, with the pages each wrote: a
-    /// fresh 64 MiB allocation is zero-filled by the kernel page by page on first touch, which
+    /// fresh allocation is zero-filled by the kernel page by page on first touch, which
     /// cost a quarter of a run, and zeroing all of it again costs a twentieth.
     static RAM_POOL: core::cell::RefCell<Vec<(Vec<u8>, WrittenPages)>> = const { core::cell::RefCell::new(Vec::new()) };
 }
 
-/// Zeroed simulated RAM, reused from this thread's pool when possible. A run writes only its
-/// tables (the pool is rewritten whole by [`build_guest`]), its buffer pages and the pages
-/// its guest remaps them to; [`WrittenPages`] has them all, so only those are zeroed.
-fn take_ram() -> Vec<u8> {
-    match RAM_POOL.with(|p| p.borrow_mut().pop()) {
+/// Zeroed active RAM of `len` bytes, reused from this thread's pool when one of that size is
+/// there. A run writes only its tables (the pool is rewritten whole by [`build_guest`]), its
+/// buffer pages and the pages its guest remaps them to; [`WrittenPages`] has them all, so only
+/// those are zeroed.
+fn take_ram(len: u64) -> Vec<u8> {
+    let reused = RAM_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(r, _)| r.len() as u64 == len)?;
+        Some(p.swap_remove(i))
+    });
+    match reused {
         Some((mut ram, written)) => {
             for page in written.pages() {
                 ram[page * 4096..(page + 1) * 4096].fill(0);
             }
             ram
         }
-        None => vec![0; SIM_RAM as usize],
+        None => vec![0; len as usize],
     }
 }
 
 /// Gives a finished run's RAM back to this thread's pool (at most two are kept).
 pub(crate) fn return_ram(guest: Guest) {
+    let active = guest.layout.active;
     let ram = guest
         .ram
         .into_regions()
         .into_iter()
-        .find(|(base, bytes)| *base == RAM_BASE && bytes.len() == SIM_RAM as usize);
+        .find(|(base, bytes)| *base == RAM_BASE && bytes.len() as u64 == active);
     if let Some((_, bytes)) = ram {
         RAM_POOL.with(|p| {
             let mut p = p.borrow_mut();
-            if p.len() < 2 {
-                p.push((bytes, guest.written));
+            if p.len() >= 2 {
+                p.remove(0);
             }
+            p.push((bytes, guest.written));
         });
     }
 }
@@ -133,34 +172,44 @@ pub(crate) struct Guest {
     pub(crate) stage1: Stage1Regs,
     /// Every RAM page written since [`build_guest`] (besides the table pool).
     pub(crate) written: WrittenPages,
+    /// Where things are.
+    pub(crate) layout: Layout,
 }
 
-/// Builds the guest with `vcpus` buffers of `buffer_bytes`; returns the IPA of every buffer
-/// page, per vCPU.
+/// Builds the guest with `vcpus` buffers of `buffer_bytes` (4 KiB pages); returns the IPA of
+/// every buffer page, per vCPU.
 pub(crate) fn build_guest(
     vcpus: u32,
     buffer_bytes: u64,
 ) -> Result<(Guest, Vec<Vec<Ipa>>), SimError> {
     let g = |e: &dyn std::fmt::Display| SimError::Guest(e.to_string());
+    let layout = Layout::new(vcpus, buffer_bytes);
     let mut ram = GuestRam::new();
-    ram.insert(RAM_BASE, take_ram()).map_err(|e| g(&e))?;
+    ram.insert(RAM_BASE, take_ram(layout.active))
+        .map_err(|e| g(&e))?;
     let mut b = TableBuilder::new(
         GuestRam::new(),
         Granule::K4,
         16,
         RAM_BASE,
-        TABLE_POOL,
+        layout.table_pool,
         false,
     )
     .map_err(|e| g(&e))?;
     let pages_per = buffer_bytes / 4096;
-    let region_pages = (SIM_RAM - BUFFER_REGION) / 4096;
+    let region_pages = (layout.active - layout.buffer_region) / 4096;
+    // A stride coprime with the region scatters the pages like a long-running kernel's
+    // allocator would, with no two buffer pages on one page.
+    let stride = (7919..)
+        .step_by(2)
+        .find(|k| gcd(*k, region_pages) == 1)
+        .unwrap_or(1);
     let mut all = Vec::new();
     for v in 0..u64::from(vcpus) {
         let pages: Vec<Ipa> = (0..pages_per)
             .map(|i| {
                 let n = v * pages_per + i;
-                Ipa(RAM_BASE.0 + BUFFER_REGION + ((n * 7919) % region_pages) * 4096)
+                Ipa(RAM_BASE.0 + layout.buffer_region + ((n * stride) % region_pages) * 4096)
             })
             .collect();
         b.map_pages(
@@ -183,8 +232,16 @@ pub(crate) fn build_guest(
         Guest {
             ram,
             stage1,
-            written: WrittenPages::new(),
+            written: WrittenPages::new(layout.active),
+            layout,
         },
         all,
     ))
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }

@@ -1,4 +1,14 @@
-//! What one run measures, and which erratum explains each lost record.
+//! What one run measures: samples due, kept and lost by cause (charged to the strategy, or the
+//! bare-metal baseline), the time vCPUs were kept out of the guest (stalls), pins, copies and
+//! migrations; and which erratum explains each charged loss.
+//!
+//! The sampling rule (spec sheet §1.11b, Arm pseudocode `SPEPreExecution`): an operation counts
+//! towards the sample interval only while `StatisticalProfilingEnabled()` holds, which is false
+//! at EL2 and while the buffer is disabled or stopped (PMBLIMITR.E = 0 or PMBSR.S = 1). So a
+//! vCPU kept in the host (a trap, a pin on the enable path, a fault serviced before re-entry, a
+//! copy) has no sample due: that is a *stall*, a latency cost. What is *lost* is guest execution
+//! while the SPU is stopped or discarding: those operations go unprofiled, counted as the
+//! samples they would have given at the configured interval.
 
 use std::collections::BTreeMap;
 
@@ -11,22 +21,53 @@ pub struct Metrics {
     pub strategy: String,
     /// The scenario.
     pub scenario: String,
-    /// Records the SPUs tried to write (while the guest's buffer was enabled).
-    pub records_attempted: u64,
-    /// Records that reached the guest's buffer and were kept.
+    /// vCPUs simulated (the VM's).
+    pub vcpus: u32,
+    /// Guest RAM simulated, bytes (the VM's): the denominator of every "% of RAM".
+    pub ram_bytes: u64,
+    /// The guest's AUX buffer per vCPU, bytes.
+    pub buffer_bytes: u64,
+    /// The session simulated, ms of wall time per vCPU.
+    pub duration_ms: f64,
+    /// Samples due: sample intervals of guest execution while the guest profiled (not while a
+    /// vCPU was stalled in the host, the profiled task was away, or perf was stopped).
+    pub samples_due: u64,
+    /// Records that reached the guest's buffer and stayed there.
     pub records_written: u64,
-    /// Records not taken because profiling was stopped (blackout): an enable, a fault, a host
-    /// interrupt or a copy being served.
-    pub lost_blackout: u64,
-    /// Of those, records lost while a buffer enable was being served.
-    pub lost_blackout_enable: u64,
-    /// Records given up by a rewind or discard after a repaired fault.
-    pub lost_recovery: u64,
-    /// Records lost because the guest's session was stopped by a fatal event.
-    pub lost_fatal: u64,
-    /// Of the fatal losses, those caused by the guest's own misprogrammed buffer (a page
-    /// outside its RAM): lost on hardware too.
-    pub lost_guest_error: u64,
+    /// Samples lost and charged to the strategy: `lost_by_cause` adds up to it.
+    pub samples_lost: u64,
+    /// Charged losses by cause (`spu-stopped`, `background-service`, `recovery`, `fatal`,
+    /// `copy-wait`).
+    pub lost_by_cause: BTreeMap<String, u64>,
+    /// Samples the same guest would lose on bare metal (its own interrupt handling with the
+    /// buffer stopped, collisions, discard mode, its own mistakes): not charged to any strategy.
+    pub baseline_lost: u64,
+    /// Baseline losses by cause (`guest-irq`, `collision`, `discard-mode`, `guest-error`).
+    pub baseline_by_cause: BTreeMap<String, u64>,
+    /// Time vCPUs were kept out of the guest by the host, all vCPUs, ns.
+    pub stall_ns: f64,
+    /// The longest single stall, ns.
+    pub longest_stall_ns: f64,
+    /// Stall time by kind (`enable`, `trap`, `irq-forward`, `host-irq`, `fault-service`,
+    /// `copy`), ns.
+    pub stall_by_kind: BTreeMap<String, f64>,
+    /// Stalls (count).
+    pub stalls: u64,
+    /// One-time: the longest stall of a vCPU's first buffer enable, ns.
+    pub first_enable_stall_ns: f64,
+    /// One-time: the first enables' stalls of all vCPUs, ns (left out of the steady rate).
+    pub first_enable_stall_total_ns: f64,
+    /// Buffer enables after each vCPU's first (re-arms at buffer full, context switches,
+    /// perf restarts).
+    pub reenables: u64,
+    /// Stall time of those re-enables, ns: per enable, `reenable_stall_ns / reenables`.
+    pub reenable_stall_ns: f64,
+    /// Longest stall of a buffer enable or of the profiling path (faults, interrupts, copies),
+    /// ns: what "fast" is judged on.
+    pub longest_profiling_stall_ns: f64,
+    /// One-time host work before the first vCPU runs (pin-all at VM start), ns: not a stall,
+    /// the guest has not started.
+    pub vm_start_ns: f64,
     /// Stage 2 faults the SPUs took.
     pub stage2_faults: u64,
     /// Faults on buffer pages the guest mapped outside every memslot.
@@ -50,16 +91,6 @@ pub struct Metrics {
     pub pinned_mean_bytes: f64,
     /// Most bytes pinned while no vCPU had its buffer enabled.
     pub pinned_idle_peak_bytes: u64,
-    /// Blackout windows, all vCPUs.
-    pub blackout_count: u64,
-    /// Total blackout time over all vCPUs, ns.
-    pub blackout_ns: f64,
-    /// Longest single blackout, ns.
-    pub longest_blackout_ns: f64,
-    /// Longest time a buffer enable kept the SPU from profiling, ns (0: enables are free).
-    pub longest_enable_ns: f64,
-    /// Longest time from a buffer enable to the first record kept after it, ns.
-    pub longest_enable_to_first_record_ns: f64,
     /// Stage 2 faults the strategy attributed to a stage 1 table page.
     pub table_faults: u64,
     /// Faults with PMBSR.DL = 1.
@@ -69,10 +100,6 @@ pub struct Metrics {
     pub torn_records: u64,
     /// Bytes of a faulting record before PMBPTR that an unordered SPU left unwritten (stale).
     pub stale_bytes_before_fault: u64,
-    /// Samples taken and dropped by the SPU because the guest chose discard mode.
-    pub records_discarded_by_mode: u64,
-    /// Samples not taken because the previous one was still in flight (PMBSR.COLL, rule 13).
-    pub samples_collided: u64,
     /// Host pin and unpin operations.
     pub pin_ops: u64,
     /// Bytes of buffer given up by rewinds and discards.
@@ -91,87 +118,216 @@ pub struct Metrics {
     pub untracked_pages_at_stop: u64,
     /// Pages the strategy had sent before post-copy switch-over.
     pub pages_sent_before_switchover: u64,
-    /// Trapped guest accesses to PMB* registers (shadow-buffer).
+    /// Trapped guest accesses to PMB* registers.
     pub traps: u64,
     /// Bytes the host copied into guest buffers (shadow-buffer).
     pub bytes_copied: u64,
-    /// Host CPU time spent copying, ns (shadow-buffer).
+    /// Host CPU time spent copying (bytes and walks, not the waits for swap-in or a post-copy
+    /// fetch), ns (shadow-buffer).
     pub copy_ns: f64,
     /// Longest a record waited in the host buffer before reaching guest memory, ns.
     pub max_copy_delay_ns: f64,
-    /// Blackout spent waiting for a copy to free a host half, ns.
+    /// Time the SPU stood stopped waiting for a copy to free a host half, ns.
     pub copy_wait_ns: f64,
     /// Bytes still pinned after VM stop (must be 0).
     pub pinned_after_stop: u64,
-    /// Records lost, by the erratum of the strategy that explains the loss (`guest` for the
-    /// guest's own misprogramming).
+    /// Charged samples lost, by the erratum of the strategy that explains the loss.
     pub loss_by_erratum: BTreeMap<String, u64>,
-    /// Records lost for a reason no declared erratum of the strategy covers (must be 0).
+    /// Samples the accounting could not place (must be 0).
     pub unexplained_loss: u64,
     /// Pinned bytes over time: `[ms, bytes]`, about 100 samples.
     pub pinned_timeline: Vec<[f64; 2]>,
-    /// The first blackout windows: `[start ms, length µs]`, at most 256.
-    pub blackout_windows: Vec<[f64; 2]>,
+    /// The first stalls: `[start ms, length µs]`, at most 256.
+    pub stall_windows: Vec<[f64; 2]>,
 }
 
 impl Metrics {
-    /// Records lost, all causes.
-    pub fn lost(&self) -> u64 {
-        self.lost_blackout + self.lost_recovery + self.lost_fatal
+    /// Charged loss as a fraction of the samples due.
+    pub fn loss_fraction(&self) -> f64 {
+        self.samples_lost as f64 / self.samples_due.max(1) as f64
     }
 
-    /// Counts `n` records lost for `cause` against the erratum that explains it, or as
-    /// unexplained when `declared` (the strategy's errata ids) has none.
+    /// Guest time simulated, all vCPUs, s.
+    pub fn guest_seconds(&self) -> f64 {
+        f64::from(self.vcpus) * self.duration_ms / 1e3
+    }
+
+    /// Stall per second of guest time (ns/s), one-time first enables included.
+    pub fn stall_ns_per_s(&self) -> f64 {
+        self.stall_ns / self.guest_seconds().max(1e-9)
+    }
+
+    /// Steady-state stall per second of guest time (ns/s): every stall but the vCPUs' first
+    /// enables.
+    pub fn steady_stall_ns_per_s(&self) -> f64 {
+        (self.stall_ns - self.first_enable_stall_total_ns).max(0.0) / self.guest_seconds().max(1e-9)
+    }
+
+    /// The peak pinned bytes as a fraction of the VM's RAM.
+    pub fn pinned_fraction(&self) -> f64 {
+        self.pinned_peak_bytes as f64 / self.ram_bytes.max(1) as f64
+    }
+
+    /// Samples lost to `cause` (charged or baseline).
+    pub fn lost_to(&self, cause: LossCause) -> u64 {
+        let map = if cause.is_baseline() {
+            &self.baseline_by_cause
+        } else {
+            &self.lost_by_cause
+        };
+        map.get(cause.name()).copied().unwrap_or(0)
+    }
+
+    /// Counts `n` samples lost for `cause`: charged to the strategy (and to the erratum that
+    /// explains it), or to the bare-metal baseline.
     pub(crate) fn lose(&mut self, cause: LossCause, n: u64, declared: &[&str]) {
-        if cause == LossCause::GuestError {
-            self.lost_guest_error += n;
-            *self.loss_by_erratum.entry("guest".into()).or_insert(0) += n;
+        if n == 0 {
             return;
         }
+        if cause.is_baseline() {
+            self.baseline_lost += n;
+            *self
+                .baseline_by_cause
+                .entry(cause.name().into())
+                .or_insert(0) += n;
+            return;
+        }
+        self.samples_lost += n;
+        *self.lost_by_cause.entry(cause.name().into()).or_insert(0) += n;
         match explaining_erratum(&self.strategy, cause).filter(|id| declared.contains(id)) {
             Some(id) => *self.loss_by_erratum.entry(id.to_string()).or_insert(0) += n,
             None => self.unexplained_loss += n,
         }
     }
+
+    /// Counts a stall of `ns` of `kind` starting at `now` (ns).
+    pub(crate) fn stall(&mut self, now: f64, ns: f64, kind: StallKind) {
+        if ns <= 0.0 {
+            return;
+        }
+        self.stalls += 1;
+        self.stall_ns += ns;
+        self.longest_stall_ns = self.longest_stall_ns.max(ns);
+        *self.stall_by_kind.entry(kind.name().into()).or_insert(0.0) += ns;
+        if self.stall_windows.len() < 256 {
+            self.stall_windows.push([now / 1e6, ns / 1e3]);
+        }
+    }
 }
 
-/// Why a record was lost.
+/// Why a sample due was lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LossCause {
-    /// Profiling stopped while a buffer enable was served.
-    EnableBlackout,
-    /// Profiling stopped while a fault was serviced.
-    FaultBlackout,
-    /// Profiling stopped while the host handled a host buffer-full.
-    HostInterrupt,
-    /// Profiling stopped until a copy freed a host half.
-    CopyWait,
-    /// Given up by a rewind or discard after a repaired fault.
+pub enum LossCause {
+    /// The SPU stopped at an event bare metal would not have (a stage 2 fault, a host
+    /// buffer-full) and the guest ran on until the host took the interrupt.
+    SpuStopped,
+    /// The host serviced the event in the background while the guest ran with the SPU
+    /// stopped (`service = "background"`).
+    BackgroundService,
+    /// Records given up by a rewind or discard after a repaired fault.
     Recovery,
-    /// The session was stopped by a buffer enable the strategy refused or SPE disabled.
-    FatalAtEnable,
-    /// The session was stopped by a fault handed to the guest.
-    FatalAtFault,
-    /// The guest's buffer points outside its RAM: lost on hardware too.
+    /// The session was stopped by the strategy (an enable refused, SPE disabled, a fault the
+    /// host could not repair handed to the guest): every later sample is lost.
+    Fatal,
+    /// shadow-buffer: both host halves full, the SPU waits for a copy.
+    CopyWait,
+    /// Baseline: the guest's own buffer management interrupt (the SPU's stop-to-interrupt
+    /// latency and the driver's handler, with the buffer stopped), as on bare metal.
+    GuestIrq,
+    /// Baseline: a sample collided with one in flight (PMBSR.COLL), as on bare metal.
+    Collision,
+    /// Baseline: the guest chose discard mode (PMBLIMITR.FM): samples are taken and dropped.
+    DiscardMode,
+    /// Baseline: the guest's own mistake (a buffer page outside its RAM, registers against
+    /// the enable rules): lost on bare metal too.
     GuestError,
 }
 
-/// The erratum of `strategy` that explains a loss of `cause`, if any (docs/errata).
+impl LossCause {
+    /// Every cause, charged first.
+    pub const ALL: [LossCause; 9] = [
+        LossCause::SpuStopped,
+        LossCause::BackgroundService,
+        LossCause::Recovery,
+        LossCause::Fatal,
+        LossCause::CopyWait,
+        LossCause::GuestIrq,
+        LossCause::Collision,
+        LossCause::DiscardMode,
+        LossCause::GuestError,
+    ];
+
+    /// Its name in the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LossCause::SpuStopped => "spu-stopped",
+            LossCause::BackgroundService => "background-service",
+            LossCause::Recovery => "recovery",
+            LossCause::Fatal => "fatal",
+            LossCause::CopyWait => "copy-wait",
+            LossCause::GuestIrq => "guest-irq",
+            LossCause::Collision => "collision",
+            LossCause::DiscardMode => "discard-mode",
+            LossCause::GuestError => "guest-error",
+        }
+    }
+
+    /// Whether bare metal loses it too (not charged to the strategy).
+    pub const fn is_baseline(self) -> bool {
+        matches!(
+            self,
+            LossCause::GuestIrq
+                | LossCause::Collision
+                | LossCause::DiscardMode
+                | LossCause::GuestError
+        )
+    }
+}
+
+/// Why a vCPU was kept out of the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallKind {
+    /// A trapped buffer enable: the trap, and the walk and pins behind it.
+    Enable,
+    /// Another trapped PMB* access.
+    Trap,
+    /// The host takes the guest's buffer interrupt and injects it (exit, inject, re-entry).
+    IrqForward,
+    /// shadow-buffer: the host's own buffer interrupt (flip halves).
+    HostIrq,
+    /// A stage 2 fault serviced before re-entry (walk, fault-in, swap-in or fetch, scan).
+    FaultService,
+    /// shadow-buffer: copying records before re-entry.
+    Copy,
+}
+
+impl StallKind {
+    /// Its name in the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StallKind::Enable => "enable",
+            StallKind::Trap => "trap",
+            StallKind::IrqForward => "irq-forward",
+            StallKind::HostIrq => "host-irq",
+            StallKind::FaultService => "fault-service",
+            StallKind::Copy => "copy",
+        }
+    }
+}
+
+/// The erratum of `strategy` that explains a charged loss of `cause`, if any (docs/errata).
 fn explaining_erratum(strategy: &str, cause: LossCause) -> Option<&'static str> {
     use LossCause::*;
     match (strategy, cause) {
-        ("pin-all", EnableBlackout) => Some("PA-02"),
-        ("pin-all", FatalAtEnable) => Some("PA-05"),
-        ("pin-buffer", EnableBlackout) => Some("PB-02"),
-        ("pin-buffer", FaultBlackout | Recovery) => Some("PB-03"),
-        ("pin-buffer", FatalAtEnable) => Some("PB-01"),
-        ("pin-buffer", FatalAtFault) => Some("PB-07"),
-        ("fault-translate", FaultBlackout) => Some("FT-02"),
+        ("pin-all", Fatal) => Some("PA-05"),
+        ("pin-buffer", SpuStopped | BackgroundService | Recovery) => Some("PB-03"),
+        ("pin-buffer", Fatal) => Some("PB-01"),
+        ("fault-translate", SpuStopped | BackgroundService) => Some("FT-02"),
         ("fault-translate", Recovery) => Some("FT-01"),
-        ("fault-translate", FatalAtFault) => Some("FT-05"),
-        ("shadow-buffer", HostInterrupt) => Some("SB-04"),
+        ("fault-translate", Fatal) => Some("FT-05"),
+        ("shadow-buffer", SpuStopped) => Some("SB-04"),
         ("shadow-buffer", CopyWait) => Some("SB-06"),
-        ("shadow-buffer", FatalAtFault) => Some("SB-05"),
+        ("shadow-buffer", Fatal) => Some("SB-05"),
         _ => None,
     }
 }

@@ -1,16 +1,25 @@
 //! The simulator: one VM whose vCPUs profile with SPE while the host does what a scenario says,
-//! with a backing strategy in between. Virtual time is counted in record intervals, taken in
-//! the order `order.rs` describes; everything is seeded, so the same inputs give the same
-//! metrics.
+//! with a backing strategy in between. Virtual time is counted in sample intervals ("ticks"),
+//! taken in the order `order.rs` describes; everything is seeded, so the same inputs give the
+//! same metrics.
 //!
+//! * The VM is the one asked for ([`VmSpec`]): every vCPU, all of its RAM at stage 2 (one byte
+//!   of state per host page), bytes only where the SPU and the tables need them. What cannot be
+//!   simulated is refused ([`SimError::Unsupported`]), never clamped.
 //! * The SPU writes real records (the 44- and 64-byte records of the shared test data). With
 //!   the guest owning the buffer it writes at PMBPTR through the guest's stage 1 and the host's
 //!   stage 2 model; a record that meets a page not present (or not writable) stops with a
 //!   stage 2 fault, DL=1 when the fault is past the record's first byte (spec sheet §1.11
 //!   rule 5), the bytes before it written. With shadow-buffer it writes into the host buffer
 //!   and the strategy copies (§1.11b).
+//! * Sampling follows the Arm pseudocode (`SPEPreExecution`, spec sheet §1.11b): no sample is
+//!   due while a vCPU is in the host (a *stall*), only while the guest executes; guest
+//!   execution with the SPU stopped is *lost* profile, charged to the strategy or, where bare
+//!   metal loses it too (the guest driver's own interrupt handling), to the baseline. See
+//!   `metrics.rs`.
 //! * The guest driver (spec sheet §4.3) re-programs the buffer at every buffer-full and stops
-//!   the session on any fault or unknown status it receives.
+//!   the session on any fault or unknown status it receives; with `[tasks]` it disables and
+//!   re-enables the buffer at every context switch of the profiled task (§4.2).
 //! * The host applies the scenario's events through the strategy (MMU-notifier invalidations,
 //!   migrations, hot-plug, a guest remap) to the stage 2 model.
 
@@ -20,24 +29,25 @@ mod order;
 mod sim_host;
 
 use spe_host_model::{Absence, Stage2Model};
-use spe_policies::{Policy, ShadowBuffer, Spu, SpuWrite};
+use spe_policies::{PinAt, Policy, ShadowBuffer, Spu, SpuWrite};
 use spe_policy::arch::walk::builder::LEAF_RW;
 use spe_policy::arch::walk::{TablesTouched, Walker};
 use spe_policy::arch::{
     BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmbidr, Pmblimitr, Pmbptr, Pmbsr,
     Stage,
 };
-use spe_policy::config::SpeConfig;
+use spe_policy::config::{ServiceMode, SpeConfig, WriteOrderName};
 use spe_policy::event::{
     BufferReg, BufferRegs, Event, InvalidationCause, MigrationMode, Outcome, Refusal,
 };
-use spe_policy::{BackingStrategy, Granule, Gva, HostBacking, Ipa, IpaRange, Memslot, VcpuId};
+use spe_policy::{
+    BackingStrategy, Granule, Gva, HostBacking, Ipa, IpaRange, Memslot, VcpuId, VmSpec,
+};
 
-use crate::scenario::{HostEventKind, Scenario, SpuModel, SpuWriteOrder};
-use guest::{BUFFER_VA, Guest, OUTSIDE_RAM, Rng, SPARE_PAGE, build_guest, sample_records};
-pub use guest::{RAM_BASE, SIM_RAM};
-use metrics::LossCause;
-pub use metrics::Metrics;
+use crate::scenario::{HostEventKind, Scenario, SpuModel};
+pub use guest::RAM_BASE;
+use guest::{BUFFER_VA, Guest, OUTSIDE_RAM, Rng, build_guest, sample_records};
+pub use metrics::{LossCause, Metrics, StallKind};
 use sim_host::SimHost;
 
 /// Costs of host work in virtual time, in nanoseconds (defaults in one place; from the real
@@ -46,12 +56,23 @@ use sim_host::SimHost;
 pub struct CostModel {
     /// Handling a trapped register access or a buffer management exit.
     pub trap_ns: f64,
-    /// A host interrupt taken while the guest runs (exit, handler, re-entry): shadow-buffer's
-    /// host buffer-full.
+    /// The host taking a buffer management interrupt while the guest runs (exit, handler,
+    /// re-entry): forwarding the guest's own, or shadow-buffer's host buffer-full.
     pub host_irq_ns: f64,
+    /// From the SPU stopping (PMBSR.S = 1) to the PE taking its interrupt: the guest runs on
+    /// unprofiled meanwhile. An estimate (GIC PPI delivery and exception entry), the same on
+    /// bare metal; the architecture gives no figure.
+    pub spu_irq_latency_ns: f64,
+    /// The guest driver's buffer interrupt handler with the buffer stopped
+    /// (`arm_spe_pmu_irq_handler`: commit the AUX data, re-arm): lost on bare metal too, the
+    /// baseline.
+    pub guest_irq_handler_ns: f64,
     /// Walking one page of a buffer at enable.
     pub walk_page_ns: f64,
-    /// Pinning one page (mlock of a scattered page).
+    /// One host pin call (mlock of a range: the system call and its VMA split; 6.5 ms for
+    /// 1024 scattered 4 KiB pages, kvm-host-facts).
+    pub pin_call_ns: f64,
+    /// Pinning one page within a call (17 ms for 256 MiB in one call, docs/BENCHMARKS.md).
     pub pin_page_ns: f64,
     /// Servicing a stage 2 fault in the strategy (walk, fault-in of present pages, recovery).
     pub fault_service_ns: f64,
@@ -72,8 +93,11 @@ impl Default for CostModel {
         CostModel {
             trap_ns: 1_000.0,
             host_irq_ns: 2_000.0,
+            spu_irq_latency_ns: 1_000.0,
+            guest_irq_handler_ns: 4_000.0,
             walk_page_ns: 40.0,
-            pin_page_ns: 8_000.0,
+            pin_call_ns: 7_800.0,
+            pin_page_ns: 260.0,
             fault_service_ns: 25_000.0,
             swap_in_ns: 60_000.0,
             post_copy_fetch_ns: 500_000.0,
@@ -89,7 +113,10 @@ impl CostModel {
     pub const FREE: CostModel = CostModel {
         trap_ns: 0.0,
         host_irq_ns: 0.0,
+        spu_irq_latency_ns: 0.0,
+        guest_irq_handler_ns: 0.0,
         walk_page_ns: 0.0,
+        pin_call_ns: 0.0,
         pin_page_ns: 0.0,
         fault_service_ns: 0.0,
         swap_in_ns: 0.0,
@@ -101,8 +128,8 @@ impl CostModel {
 }
 
 /// How a run is made: its costs, and the probes only tests need. The default is what
-/// `compare` runs: the default costs, no digest, vCPUs running ahead.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// `compare` runs: the default costs, no digest, vCPUs running ahead, the scenario's length.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RunOptions {
     /// The cost model.
     pub cost: CostModel,
@@ -114,14 +141,27 @@ pub struct RunOptions {
     /// instead of letting each vCPU run ahead between its calls into the strategy. Slower;
     /// the results are the same, which a test checks.
     pub lockstep: bool,
+    /// Scales the scenario's duration and event times (1.0: as written). Tests of mechanisms
+    /// run shortened sessions; figures come from full ones.
+    pub time_scale: f64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            cost: CostModel::default(),
+            guest_digest: false,
+            lockstep: false,
+            time_scale: 1.0,
+        }
+    }
 }
 
 impl From<CostModel> for RunOptions {
     fn from(cost: CostModel) -> Self {
         RunOptions {
             cost,
-            guest_digest: false,
-            lockstep: false,
+            ..RunOptions::default()
         }
     }
 }
@@ -130,6 +170,21 @@ impl From<&CostModel> for RunOptions {
     fn from(cost: &CostModel) -> Self {
         RunOptions::from(*cost)
     }
+}
+
+/// What the simulator can simulate, in one place: a VM beyond these is refused with the limit.
+pub mod limits {
+    /// vCPUs (KVM/arm64's KVM_MAX_VCPUS).
+    pub const MAX_VCPUS: u32 = 512;
+    /// Guest RAM: 1 TiB (256 Mi host pages of 4 KiB, one byte of state each).
+    pub const MAX_RAM: u64 = 1 << 40;
+    /// Bytes of all the vCPUs' buffers together, held in memory: 1 GiB.
+    pub const MAX_BUFFER_BYTES: u64 = 1 << 30;
+    /// Sample intervals one run may simulate (vCPUs x duration x rate): about a minute of
+    /// simulation on one core.
+    pub const MAX_SAMPLES: u64 = 1 << 32;
+    /// Host invalidation chunks one run may deliver to the strategy.
+    pub const MAX_HOST_CHUNKS: u64 = 1 << 22;
 }
 
 /// Why a run could not happen.
@@ -141,6 +196,89 @@ pub enum SimError {
     /// The guest could not be built.
     #[error("building the simulated guest: {0}")]
     Guest(String),
+    /// The VM or the scenario is beyond what the simulator simulates.
+    #[error("{what} = {value}: {reason}; {fix}")]
+    Unsupported {
+        /// The key.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// The limit it breaks.
+        reason: String,
+        /// What to do.
+        fix: &'static str,
+    },
+}
+
+/// What a window of a vCPU's time is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// The vCPU is in the host: no sample is due.
+    Stall,
+    /// The guest runs with the SPU stopped: samples due are lost to the cause.
+    Lost(LossCause),
+}
+
+/// A vCPU's pending windows after an event, back to back from the tick after it: e.g. the SPU
+/// stopped until the host takes the interrupt, then the host's service. Lengths are whole
+/// ticks, rounded with a carried remainder so that the counts stay exact on average.
+#[derive(Clone, Copy, Debug)]
+struct Windows {
+    ends: [(f64, Effect); 6],
+    n: usize,
+    /// The end of the last window pushed.
+    end: f64,
+    /// The fraction of a tick carried to the next window.
+    carry: f64,
+}
+
+impl Windows {
+    const fn new() -> Self {
+        Windows {
+            ends: [(0.0, Effect::Stall); 6],
+            n: 0,
+            end: f64::NEG_INFINITY,
+            carry: 0.0,
+        }
+    }
+
+    /// Appends a window of `ns` starting after tick `now` (or after the last window).
+    fn push(&mut self, now: f64, ns: f64, interval: f64, effect: Effect) {
+        let x = self.carry + ns / interval;
+        let ticks = x.floor();
+        self.carry = x - ticks;
+        if ticks < 1.0 {
+            return;
+        }
+        let start = self.end.max(now + 0.5 * interval);
+        let end = start + ticks * interval;
+        if self.n == self.ends.len() {
+            // Merge into the last window (never expected: a chain has at most five).
+            self.ends[self.n - 1].0 = end;
+        } else {
+            self.ends[self.n] = (end, effect);
+            self.n += 1;
+        }
+        self.end = end;
+    }
+
+    /// The effect at `now`, forgetting windows that ended.
+    #[inline(always)]
+    fn at(&mut self, now: f64) -> Option<Effect> {
+        while self.n > 0 && self.ends[0].0 <= now {
+            self.ends.copy_within(1..self.n, 0);
+            self.n -= 1;
+        }
+        (self.n > 0).then(|| self.ends[0].1)
+    }
+}
+
+/// The profiled task of a vCPU under `[tasks]`: running or away, and the guest-time ticks left
+/// until the next switch.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    away: bool,
+    left: u64,
 }
 
 #[derive(Debug)]
@@ -151,14 +289,16 @@ struct Vcpu {
     ptr: u64,
     safe: u64,
     /// Where each record since the last buffer enable starts (offsets; buffers are at most
-    /// 4 MiB), for counting what a rewind gives up.
+    /// 1 GiB), for counting what a rewind gives up.
     starts: Vec<u32>,
-    blackout_until: f64,
-    blackout_cause: LossCause,
+    /// Stalls and SPU-stopped windows pending.
+    windows: Windows,
     fatal: bool,
     fatal_cause: LossCause,
-    /// The guest disabled its buffer (perf stopped): no records are attempted.
+    /// The guest disabled its buffer (perf stopped): no sample is due.
     disabled: bool,
+    /// Per-task profiling.
+    task: Option<Task>,
     /// shadow-buffer: when the copy of the last full host half ends.
     copy_busy_until: f64,
     /// shadow-buffer: when the first record not yet copied was written.
@@ -166,8 +306,8 @@ struct Vcpu {
     /// The last buffer page the SPU wrote: (page VA, IPA, stage 2 generation). While the host's
     /// generation is unchanged the page and its tables are still writable and present.
     last_page: Option<(u64, Ipa, u64)>,
-    /// When the buffer was last enabled, until its first record is kept.
-    enabled_at: Option<f64>,
+    /// The vCPU's first buffer enable is behind it (later ones are re-enables).
+    enabled_once: bool,
     /// Stage 1 translations of the buffer's pages, by page number: the IPA and the table
     /// pages read.
     xlat: Vec<Option<(Ipa, TablesTouched)>>,
@@ -177,8 +317,8 @@ struct Vcpu {
     unpredictable: bool,
     /// When the last sampled operation leaves the pipeline.
     in_flight_until: f64,
-    /// This vCPU's generator (operation latencies, record sizes): one per vCPU, so a vCPU's
-    /// records do not depend on how the others' intervals are ordered.
+    /// This vCPU's generator (operation latencies, record sizes, task switches): one per vCPU,
+    /// so a vCPU's records do not depend on how the others' intervals are ordered.
     rng: Rng,
     /// A collision happened since the SPU's PMBSR.COLL was last handed over.
     coll_pending: bool,
@@ -216,11 +356,6 @@ enum Migration {
     /// Refused or degraded: dirty-log events of the scenario do not apply.
     NotLive,
 }
-
-const HOTPLUG_SLOT: Memslot = Memslot {
-    slot: 1,
-    range: IpaRange::new(Ipa(RAM_BASE.0 + SIM_RAM), 16 << 20),
-};
 
 fn regs(ptr: u64, limit: u64, enabled: bool, pmbsr: Pmbsr) -> BufferRegs {
     BufferRegs {
@@ -265,6 +400,11 @@ struct Sim<'a> {
     digest: bool,
     /// [`RunOptions::lockstep`].
     lockstep: bool,
+    /// Where the host services buffer events.
+    service: ServiceMode,
+    /// Whether the strategy traps the guest's PMB* writes (pin-all pinning at VM start needs
+    /// none: KVM SPE RFC v7's "fewer traps").
+    traps_writes: bool,
     guest: Guest,
     host: SimHost,
     m: Metrics,
@@ -278,51 +418,196 @@ struct Sim<'a> {
     /// Bytes the strategy has pinned, read after every event (pins change only then).
     pinned_now: u64,
     spu: SpuModel,
-    /// Stage 2 states of the RAM pages, each with the model generation it was read at.
+    /// The SPU writes record bytes in any order (`vm.write_order`).
+    unordered: bool,
+    /// Stage 2 states of the active RAM pages (tables, buffers), each with the model
+    /// generation it was read at.
     states: Vec<(u64, spe_policy::host::PageState)>,
+    /// The sample interval, ns.
+    interval: f64,
+    /// All of guest RAM.
+    ram: IpaRange,
+    /// The hot-plugged memslot of `memslot-hotplug`, above RAM.
+    hotplug: Memslot,
+    /// `[tasks]`: run and away ranges in ticks.
+    tasks: Option<[(u64, u64); 2]>,
 }
 
-/// Runs `scenario` against `policy` with the VM `config` describes (at most 8 vCPUs and 4 MiB
-/// buffers are simulated, in 64 MiB of RAM).
+/// Refuses what the simulator cannot simulate, naming the limit.
+fn check_limits(vm: &VmSpec, scenario: &Scenario, time_scale: f64) -> Result<(), SimError> {
+    let unsupported = |what, value: String, reason: String, fix| {
+        Err(SimError::Unsupported {
+            what,
+            value,
+            reason,
+            fix,
+        })
+    };
+    if vm.guest_granule.bytes() != 4096 || vm.host_page_size.bytes() != 4096 {
+        return unsupported(
+            "vm.guest_granule / vm.host_page_size",
+            format!("{} / {}", vm.guest_granule, vm.host_page_size),
+            "the simulator models 4KiB guest granules on 4KiB host pages so far".into(),
+            "simulate with 4KiB pages; the library itself takes any granule",
+        );
+    }
+    if vm.vcpus > limits::MAX_VCPUS {
+        return unsupported(
+            "vm.vcpus",
+            vm.vcpus.to_string(),
+            format!("the simulator runs at most {} vCPUs", limits::MAX_VCPUS),
+            "simulate fewer vCPUs",
+        );
+    }
+    if vm.ram.bytes() > limits::MAX_RAM {
+        return unsupported(
+            "vm.ram",
+            vm.ram.to_string(),
+            format!(
+                "the simulator keeps stage 2 state for at most {} of RAM",
+                spe_policy::config::ByteSize(limits::MAX_RAM)
+            ),
+            "simulate a smaller VM",
+        );
+    }
+    let top = RAM_BASE.0 + vm.ram.bytes() + (16 << 20);
+    if top > 1u64 << vm.pa_bits.min(63) {
+        return unsupported(
+            "vm.ram",
+            vm.ram.to_string(),
+            format!(
+                "RAM from {RAM_BASE} (and a hot-plug slot above it) does not fit in {} bits of IPA",
+                vm.pa_bits
+            ),
+            "raise vm.pa_bits or lower vm.ram",
+        );
+    }
+    let total = vm
+        .buffer_per_vcpu
+        .bytes()
+        .saturating_mul(u64::from(vm.vcpus));
+    if total > limits::MAX_BUFFER_BYTES {
+        return unsupported(
+            "vm.buffer_per_vcpu",
+            vm.buffer_per_vcpu.to_string(),
+            format!(
+                "{} vCPUs x {} is more than the {} of buffers the simulator holds in memory",
+                vm.vcpus,
+                vm.buffer_per_vcpu,
+                spe_policy::config::ByteSize(limits::MAX_BUFFER_BYTES)
+            ),
+            "simulate fewer vCPUs or smaller buffers",
+        );
+    }
+    let samples = f64::from(vm.vcpus) * scenario.duration_ms * time_scale * scenario.records_per_ms;
+    if samples > limits::MAX_SAMPLES as f64 {
+        return unsupported(
+            "duration_ms",
+            scenario.duration_ms.to_string(),
+            format!(
+                "{samples:.3e} sample intervals ({} vCPUs at {} per ms) is more than the {:.3e} one run simulates",
+                vm.vcpus,
+                scenario.records_per_ms,
+                limits::MAX_SAMPLES as f64
+            ),
+            "simulate a shorter session or fewer vCPUs",
+        );
+    }
+    let pages = vm.ram.bytes() / 4096;
+    let chunks: f64 = scenario
+        .events
+        .iter()
+        .map(|e| (pages as f64 * e.fraction) / chunk_pages(e.kind) as f64)
+        .sum();
+    if chunks > limits::MAX_HOST_CHUNKS as f64 {
+        return unsupported(
+            "events",
+            format!("{} events", scenario.events.len()),
+            format!(
+                "they invalidate {chunks:.3e} chunks of RAM, more than the {} one run delivers",
+                limits::MAX_HOST_CHUNKS
+            ),
+            "use fewer or smaller (fraction) host events",
+        );
+    }
+    Ok(())
+}
+
+/// The pages of one MMU-notifier invalidation of `kind`: khugepaged collapses and THP splits
+/// work on 2 MiB; reclaim, KSM, NUMA balancing and compaction on batches of 16 pages (64 KiB,
+/// a large folio or an LRU batch).
+fn chunk_pages(kind: HostEventKind) -> u64 {
+    match kind {
+        HostEventKind::ThpCollapse | HostEventKind::ThpSplit => 512,
+        _ => 16,
+    }
+}
+
+/// Runs `scenario` against `policy` (built from `config` for `vm`) on the VM `vm` describes.
 pub fn run(
     config: &SpeConfig,
+    vm: &VmSpec,
     policy: &Policy,
     scenario: &Scenario,
     opts: impl Into<RunOptions>,
 ) -> Result<Metrics, SimError> {
     let opts = opts.into();
+    let scale = if opts.time_scale > 0.0 {
+        opts.time_scale
+    } else {
+        1.0
+    };
+    check_limits(vm, scenario, scale)?;
     let cost = &opts.cost;
-    let vcpus = config.guest.vcpus.clamp(1, 8);
-    let buffer = config
-        .guest
-        .buffer_per_vcpu
-        .bytes()
-        .clamp(16 << 10, 4 << 20)
-        & !0xfff;
+    let vcpus = vm.vcpus;
+    let buffer = vm.buffer_per_vcpu.bytes();
     let (guest, buffers) = build_guest(vcpus, buffer)?;
+    let ram = IpaRange::new(RAM_BASE, vm.ram.bytes());
     let slot = [Memslot {
         slot: 0,
-        range: IpaRange::new(RAM_BASE, SIM_RAM),
+        range: ram,
     }];
     let model = Stage2Model::new(Granule::K4, &slot);
-    if let spe_policy::config::Limit::Bytes(limit) = config.host.lock_limit {
-        model.set_lock_limit(Some(limit.bytes()));
-    }
+    let configured = match vm.lock_limit {
+        spe_policy::config::Limit::Bytes(limit) => Some(limit.bytes()),
+        spe_policy::config::Limit::Unlimited => None,
+    };
+    let available = scenario.host.lock_available.map(|b| b.bytes());
+    model.set_lock_limit(match (configured, available) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    });
     let shadow = match policy {
         Policy::ShadowBuffer(s) => Some(s),
         _ => None,
     };
+    let traps_writes = !matches!(policy, Policy::PinAll(p) if p.config().pin_at == PinAt::VmStart);
+    let interval = 1e6 / scenario.records_per_ms;
+    let to_ticks = |ms: f64| ((ms * 1e6 / interval).round() as u64).max(1);
+    let tasks = scenario.tasks.map(|t| {
+        [
+            (to_ticks(t.run_ms[0]), to_ticks(t.run_ms[1])),
+            (to_ticks(t.away_ms[0]), to_ticks(t.away_ms[1])),
+        ]
+    });
+    let active_pages = (guest.layout.active / 4096) as usize;
     let mut sim = Sim {
         policy,
         shadow,
         cost,
         digest: opts.guest_digest,
         lockstep: opts.lockstep,
+        service: config.service,
+        traps_writes,
         guest,
         host: SimHost::new(model),
         m: Metrics {
             strategy: policy.name().into(),
             scenario: scenario.name.clone(),
+            vcpus,
+            ram_bytes: vm.ram.bytes(),
+            buffer_bytes: buffer,
+            duration_ms: scenario.duration_ms * scale,
             guest_digest: opts.guest_digest.then_some(0xcbf2_9ce4_8422_2325),
             ..Metrics::default()
         },
@@ -331,13 +616,22 @@ pub fn run(
         rng: Rng(scenario.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
         buffers,
         migration: Migration::None,
-        max_record: config.guest.max_record.bytes().max(64),
+        max_record: vm.max_record.bytes().max(64),
         records: sample_records(),
         pinned_now: 0,
         spu: scenario.spu,
-        states: vec![(u64::MAX, Default::default()); (SIM_RAM / 4096) as usize],
+        unordered: vm.write_order == WriteOrderName::Unordered,
+        states: vec![(u64::MAX, Default::default()); active_pages],
+        interval,
+        ram,
+        hotplug: Memslot {
+            slot: 1,
+            range: IpaRange::new(Ipa(ram.end()), 16 << 20),
+        },
+        tasks,
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
+    let before = sim.host.model.counters();
     let started = policy
         .on_event(
             &Event::VmStart { memslots: &slot },
@@ -345,42 +639,51 @@ pub fn run(
             &sim.host,
         )
         .is_ok();
+    sim.m.vm_start_ns = sim.pin_cost(before);
     sim.pinned_now = policy.stats().pinned_bytes;
     if !started {
         sim.m.fatal_events += 1;
     }
     sim.cpus = (0..vcpus)
-        .map(|v| Vcpu {
-            base: BUFFER_VA + u64::from(v) * (1 << 30),
-            size: buffer,
-            ptr: 0,
-            safe: 0,
-            starts: Vec::new(),
-            blackout_until: 0.0,
-            blackout_cause: LossCause::EnableBlackout,
-            fatal: !started,
-            fatal_cause: LossCause::FatalAtEnable,
-            disabled: false,
-            copy_busy_until: 0.0,
-            oldest_uncopied: None,
-            last_page: None,
-            xlat: vec![None; (buffer / 4096) as usize],
-            enabled_at: None,
-            spu: None,
-            unpredictable: false,
-            in_flight_until: 0.0,
-            coll_pending: false,
-            rng: Rng(
-                (scenario.seed ^ (u64::from(v) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    | 1,
-            ),
+        .map(|v| {
+            let mut rng = Rng((scenario.seed
+                ^ (u64::from(v) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                | 1);
+            let task = tasks.map(|[run, _]| Task {
+                away: false,
+                left: draw(&mut rng, run),
+            });
+            Vcpu {
+                base: BUFFER_VA + u64::from(v) * (1 << 30),
+                size: buffer,
+                ptr: 0,
+                safe: 0,
+                starts: Vec::new(),
+                windows: Windows::new(),
+                fatal: !started,
+                fatal_cause: LossCause::Fatal,
+                disabled: false,
+                task,
+                copy_busy_until: 0.0,
+                oldest_uncopied: None,
+                last_page: None,
+                enabled_once: false,
+                xlat: vec![None; (buffer / 4096) as usize],
+                spu: None,
+                unpredictable: false,
+                in_flight_until: 0.0,
+                coll_pending: false,
+                rng,
+            }
         })
         .collect();
     let mut events = scenario.events.clone();
+    for e in &mut events {
+        e.at_ms *= scale;
+    }
     events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
-    let interval = 1e6 / scenario.records_per_ms;
-    let ticks = (scenario.duration_ms * 1e6 / interval) as u64;
+    let ticks = (sim.m.duration_ms * 1e6 / interval) as u64;
     // Each vCPU enables its buffer at time 0.
     for v in (0..vcpus).filter(|_| started) {
         sim.enable(v, 0.0)?;
@@ -389,12 +692,24 @@ pub fn run(
     sim.finish(ticks, pinned_sum)
 }
 
+/// A number of ticks drawn uniformly from `lo..=hi`.
+fn draw(rng: &mut Rng, (lo, hi): (u64, u64)) -> u64 {
+    lo + rng.next() % (hi - lo + 1)
+}
+
 impl Sim<'_> {
     fn on_event(&mut self, ev: &Event<'_>) -> Result<Outcome, SimError> {
         let out = self.policy.on_event(ev, &self.guest.ram, &self.host)?;
         self.host.flush_writes(&mut self.guest);
         self.pinned_now = self.policy.stats().pinned_bytes;
         Ok(out)
+    }
+
+    /// What the host's pins since `before` cost: per call and per page.
+    fn pin_cost(&self, before: spe_host_model::Stage2Counters) -> f64 {
+        let after = self.host.model.counters();
+        (after.pin_calls - before.pin_calls) as f64 * self.cost.pin_call_ns
+            + (after.pages_pinned - before.pages_pinned) as f64 * self.cost.pin_page_ns
     }
 
     fn finish(mut self, ticks: u64, pinned_sum: u128) -> Result<Metrics, SimError> {
@@ -413,7 +728,6 @@ impl Sim<'_> {
         m.pages_sent_before_switchover = self.host.model.counters().sent_before_switchover;
         if let Some(s) = self.shadow {
             let st = s.shadow_stats();
-            m.traps = st.traps;
             m.bytes_copied = st.bytes_copied;
         }
         self.on_event(&Event::VmStop)?;
@@ -423,15 +737,52 @@ impl Sim<'_> {
         Ok(self.m)
     }
 
-    fn blackout(&mut self, v: u32, now: f64, ns: f64, cause: LossCause) {
-        let c = &mut self.cpus[v as usize];
-        c.blackout_until = now + ns;
-        c.blackout_cause = cause;
-        self.m.blackout_count += 1;
-        self.m.blackout_ns += ns;
-        self.m.longest_blackout_ns = self.m.longest_blackout_ns.max(ns);
-        if self.m.blackout_windows.len() < 256 {
-            self.m.blackout_windows.push([now / 1e6, ns / 1e3]);
+    /// vCPU `v` is kept in the host for `ns` after the event at `now`: no sample is due.
+    fn stall(&mut self, v: u32, now: f64, ns: f64, kind: StallKind) {
+        if ns <= 0.0 {
+            return;
+        }
+        self.m.stall(now, ns, kind);
+        let interval = self.interval;
+        self.cpus[v as usize]
+            .windows
+            .push(now, ns, interval, Effect::Stall);
+    }
+
+    /// vCPU `v`'s guest runs for `ns` after the event at `now` with its SPU stopped: the
+    /// samples due are lost to `cause`.
+    fn stopped(&mut self, v: u32, now: f64, ns: f64, cause: LossCause) {
+        if ns <= 0.0 {
+            return;
+        }
+        let interval = self.interval;
+        self.cpus[v as usize]
+            .windows
+            .push(now, ns, interval, Effect::Lost(cause));
+    }
+
+    /// The work the host does for a buffer event, where the config says: a stall before the
+    /// guest re-enters, or SPU-stopped guest time in the background.
+    fn service(&mut self, v: u32, now: f64, ns: f64, kind: StallKind) {
+        match self.service {
+            ServiceMode::BeforeEntry => self.stall(v, now, ns, kind),
+            ServiceMode::Background => self.stopped(v, now, ns, LossCause::BackgroundService),
+        }
+    }
+
+    /// A sample due at vCPU `v` (it counts towards the interval): the profiled task's clock
+    /// advances too.
+    #[inline(always)]
+    fn due(&mut self, v: u32) {
+        self.m.samples_due += 1;
+        self.executed(v, 1);
+    }
+
+    /// `n` ticks of guest execution on vCPU `v` (due or not): the task switch comes closer.
+    #[inline(always)]
+    fn executed(&mut self, v: u32, n: u64) {
+        if let Some(t) = &mut self.cpus[v as usize].task {
+            t.left = t.left.saturating_sub(n);
         }
     }
 
@@ -489,8 +840,8 @@ impl Sim<'_> {
         Ok(ipa)
     }
 
-    /// The stage 2 state of `ipa`'s page; pages of RAM are cached while the model's generation
-    /// stays `generation`.
+    /// The stage 2 state of `ipa`'s page; pages of the active RAM are cached while the
+    /// model's generation stays `generation`.
     fn page_state(&mut self, ipa: Ipa, generation: u64) -> spe_policy::host::PageState {
         let model = &self.host.model;
         let slot = ipa
@@ -510,34 +861,45 @@ impl Sim<'_> {
 
     /// One sample interval of vCPU `v` at `now`. With `full` unset, the interval is taken
     /// only if it needs nothing from the strategy (the vCPU may be running ahead of the
-    /// others, see `order.rs`); otherwise nothing is done and [`Waiting::Sample`] says so. `None`: the
-    /// interval is taken and nothing waits.
+    /// others, see `order.rs`); otherwise nothing is done and [`Waiting::Sample`] says so.
+    /// `None`: the interval is taken and nothing waits.
     #[inline(always)]
     fn sample(&mut self, v: u32, now: f64, full: bool) -> Result<Option<Waiting>, SimError> {
-        let c = &self.cpus[v as usize];
+        let c = &mut self.cpus[v as usize];
+        match c.windows.at(now) {
+            Some(Effect::Stall) => return Ok(None),
+            Some(Effect::Lost(cause)) if !c.disabled => {
+                self.due(v);
+                self.m.lose(cause, 1, &self.declared);
+                return Ok(None);
+            }
+            _ => {}
+        }
         if c.disabled {
             return Ok(None);
         }
-        if c.fatal {
-            let cause = c.fatal_cause;
-            self.m.records_attempted += 1;
-            self.m.lost_fatal += 1;
-            self.m.lose(cause, 1, &self.declared);
-            return Ok(None);
-        }
-        if c.unpredictable {
-            self.m.records_attempted += 1;
-            self.m.lost_fatal += 1;
-            self.m.lose(LossCause::GuestError, 1, &self.declared);
-            return Ok(None);
-        }
-        if now < c.blackout_until {
-            let cause = c.blackout_cause;
-            self.m.records_attempted += 1;
-            self.m.lost_blackout += 1;
-            if cause == LossCause::EnableBlackout {
-                self.m.lost_blackout_enable += 1;
+        if let Some(t) = c.task {
+            if t.left == 0 {
+                // A context switch of the profiled task: the driver calls into the buffer.
+                if !full {
+                    return Ok(Some(Waiting::Sample));
+                }
+                self.switch_task(v, now)?;
+                return Ok(None);
             }
+            if t.away {
+                self.executed(v, 1);
+                return Ok(None);
+            }
+        }
+        let c = &self.cpus[v as usize];
+        if c.fatal || c.unpredictable {
+            let cause = if c.fatal {
+                c.fatal_cause
+            } else {
+                LossCause::GuestError
+            };
+            self.due(v);
             self.m.lose(cause, 1, &self.declared);
             return Ok(None);
         }
@@ -547,8 +909,8 @@ impl Sim<'_> {
         if self.spu.op_latency_ns > 0.0 {
             // §1.11 rule 13: one sampled operation in flight at a time in this model.
             if now < in_flight_until {
-                self.m.records_attempted += 1;
-                self.m.samples_collided += 1;
+                self.due(v);
+                self.m.lose(LossCause::Collision, 1, &self.declared);
                 self.cpus[v as usize].coll_pending = true;
                 return Ok(None);
             }
@@ -556,20 +918,21 @@ impl Sim<'_> {
             in_flight_until = now + self.spu.op_latency_ns * (0.5 + jitter);
         }
         let rec = rng.pick(&self.records);
-        let take = |c: &mut Vcpu, m: &mut Metrics| {
+        let take = |c: &mut Vcpu| {
             c.rng = rng;
             c.in_flight_until = in_flight_until;
-            m.records_attempted += 1;
         };
         if self.spu.discard_mode {
             // §1.2: FM = discard; the sample is taken and dropped, nothing is written.
-            take(&mut self.cpus[v as usize], &mut self.m);
-            self.m.records_discarded_by_mode += 1;
+            take(&mut self.cpus[v as usize]);
+            self.due(v);
+            self.m.lose(LossCause::DiscardMode, 1, &self.declared);
             return Ok(None);
         }
         match self.shadow {
             Some(s) => {
-                take(&mut self.cpus[v as usize], &mut self.m);
+                take(&mut self.cpus[v as usize]);
+                self.due(v);
                 self.spu_into_host_buffer(s, v, now, rec, full)
             }
             None => {
@@ -577,10 +940,37 @@ impl Sim<'_> {
                 if plan.reaches_host && !full {
                     return Ok(Some(Waiting::Sample));
                 }
-                take(&mut self.cpus[v as usize], &mut self.m);
+                take(&mut self.cpus[v as usize]);
+                self.due(v);
                 self.spu_into_guest_buffer(v, now, rec, plan).map(|()| None)
             }
         }
+    }
+
+    /// The profiled task is switched out (the driver disables the buffer) or back in (it
+    /// re-enables it where the data reached).
+    fn switch_task(&mut self, v: u32, now: f64) -> Result<(), SimError> {
+        let Some([run, away]) = self.tasks else {
+            return Ok(());
+        };
+        let c = &mut self.cpus[v as usize];
+        let Some(t) = c.task else {
+            return Ok(());
+        };
+        if t.away {
+            let left = draw(&mut c.rng, run);
+            c.task = Some(Task { away: false, left });
+            if !c.fatal {
+                self.enable(v, now)?;
+            }
+        } else {
+            let left = draw(&mut c.rng, away);
+            c.task = Some(Task { away: true, left });
+            if !c.fatal {
+                self.disable_buffer(v, now)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where stage 2 stops a `len`-byte record written at vCPU `v`'s PMBPTR. (Tables are
@@ -638,8 +1028,7 @@ impl Sim<'_> {
         // Pages are checked first, then written: a sequential SPU writes every byte before
         // the fault; an unordered one (§1.11 rule 2) may have tried a later byte first, so the
         // bytes before PMBPTR can be left stale.
-        let write_before_fault =
-            fault_at.is_none() || self.spu.write_order == SpuWriteOrder::Sequential;
+        let write_before_fault = fault_at.is_none() || !self.unordered;
         if !write_before_fault {
             if let Some(f) = fault_at {
                 self.m.stale_bytes_before_fault += f - ptr;
@@ -667,7 +1056,6 @@ impl Sim<'_> {
                 c.starts.push(c.ptr as u32);
                 c.ptr += len;
                 self.m.records_written += 1;
-                self.first_record(v, now);
             }
             Some(f) => self.stage2_fault(v, now, f, outside_ram)?,
         }
@@ -710,7 +1098,15 @@ impl Sim<'_> {
             + cost.fault_service_ns
             + (after.swap_ins - before.swap_ins) as f64 * cost.swap_in_ns
             + (after.post_copy_fetches - before.post_copy_fetches) as f64 * cost.post_copy_fetch_ns
-            + (f - safe) as f64 * cost.scan_byte_ns;
+            + (f - safe) as f64 * cost.scan_byte_ns
+            + self.pin_cost(before);
+        let outcome_resumes = matches!(out, Outcome::ResumeAt { .. } | Outcome::Resume);
+        if outcome_resumes {
+            // The SPU stopped at a fault bare metal would not take; the guest runs on
+            // unprofiled until the host takes the interrupt, then the host services it.
+            self.stopped(v, now, cost.spu_irq_latency_ns, LossCause::SpuStopped);
+            self.service(v, now, service, StallKind::FaultService);
+        }
         match out {
             Outcome::ResumeAt { pmbptr } => {
                 let resume = pmbptr.0.saturating_sub(base).min(f);
@@ -726,25 +1122,20 @@ impl Sim<'_> {
                 c.ptr = resume;
                 c.safe = resume;
                 self.m.records_written -= gone - 1;
-                self.m.lost_recovery += gone;
                 self.m.lose(LossCause::Recovery, gone, &self.declared);
-                self.blackout(v, now, service, LossCause::FaultBlackout);
             }
             Outcome::Resume => {
                 // The SPU restarts at the faulting address: a mid-record fault leaves a torn
                 // record.
                 self.m.torn_records += u64::from(mid_record);
                 self.cpus[v as usize].ptr = f;
-                self.m.lost_recovery += 1;
                 self.m.lose(LossCause::Recovery, 1, &self.declared);
-                self.blackout(v, now, service, LossCause::FaultBlackout);
             }
             Outcome::Inject { pmbsr, pmbptr } => {
-                self.m.lost_fatal += 1;
                 let cause = if outside_ram {
                     LossCause::GuestError
                 } else {
-                    LossCause::FatalAtFault
+                    LossCause::Fatal
                 };
                 self.m.lose(cause, 1, &self.declared);
                 self.cpus[v as usize].fatal_cause = cause;
@@ -752,9 +1143,8 @@ impl Sim<'_> {
             }
             _ => {
                 // SPE disabled or refused: Linux's session ends.
-                self.m.lost_fatal += 1;
-                self.m.lose(LossCause::FatalAtFault, 1, &self.declared);
-                self.end_session(v, LossCause::FatalAtFault);
+                self.m.lose(LossCause::Fatal, 1, &self.declared);
+                self.end_session(v, LossCause::Fatal);
             }
         }
         Ok(())
@@ -781,7 +1171,6 @@ impl Sim<'_> {
         match written {
             SpuWrite::Written | SpuWrite::HostBufferFull => {
                 self.m.records_written += 1;
-                self.first_record(v, now);
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
                 match written {
                     SpuWrite::HostBufferFull if full => self.host_buffer_full(s, v, now)?,
@@ -827,31 +1216,41 @@ impl Sim<'_> {
             self.policy.stats(),
         );
         let cost = self.cost;
-        let copy = (sc.bytes_copied - before.1.bytes_copied) as f64 * cost.copy_byte_ns
-            + (ps.walks - before.2.walks) as f64 * cost.walk_page_ns
+        let cpu = (sc.bytes_copied - before.1.bytes_copied) as f64 * cost.copy_byte_ns
+            + (ps.walks - before.2.walks) as f64 * cost.walk_page_ns;
+        let copy = cpu
             + (hc.swap_ins - before.0.swap_ins) as f64 * cost.swap_in_ns
             + (hc.post_copy_fetches - before.0.post_copy_fetches) as f64 * cost.post_copy_fetch_ns;
-        self.m.copy_ns += copy;
+        self.m.copy_ns += cpu;
         let c = &mut self.cpus[v as usize];
         if let Some(t) = c.oldest_uncopied.take() {
             self.m.max_copy_delay_ns = self.m.max_copy_delay_ns.max(now - t);
         }
-        // Double buffering: the SPU restarts on the other half after the host interrupt,
-        // unless that half is still being copied.
-        let wait = (c.copy_busy_until - now).max(0.0);
-        c.copy_busy_until = c.copy_busy_until.max(now) + copy;
         match out {
             Outcome::Resume => {
-                if wait > 0.0 {
-                    self.m.copy_wait_ns += wait;
-                    self.blackout(v, now, cost.host_irq_ns + wait, LossCause::CopyWait);
-                } else if cost.host_irq_ns > 0.0 {
-                    self.blackout(v, now, cost.host_irq_ns, LossCause::HostInterrupt);
+                // The host's own interrupt: the SPU stood stopped from the buffer-full until
+                // the host took it (bare metal has no such stop), then the host flips halves.
+                self.stopped(v, now, cost.spu_irq_latency_ns, LossCause::SpuStopped);
+                self.stall(v, now, cost.host_irq_ns, StallKind::HostIrq);
+                match self.service {
+                    ServiceMode::BeforeEntry => self.stall(v, now, copy, StallKind::Copy),
+                    ServiceMode::Background => {
+                        // Double buffering: the SPU restarts on the other half at once,
+                        // unless that half is still being copied.
+                        let c = &mut self.cpus[v as usize];
+                        let wait = (c.copy_busy_until - now).max(0.0);
+                        c.copy_busy_until = c.copy_busy_until.max(now) + copy;
+                        if wait > 0.0 {
+                            self.m.copy_wait_ns += wait;
+                            self.stopped(v, now, wait, LossCause::CopyWait);
+                        }
+                    }
                 }
                 Ok(())
             }
             Outcome::Inject { pmbsr, pmbptr } => {
                 // The guest's buffer filled (or faulted) at this copy: its driver handles it.
+                self.stall(v, now, copy, StallKind::Copy);
                 if let BufferEventKind::Fault { .. } = BufferEvent::decode(pmbsr).kind {
                     let page = pmbptr.0 & !0xfff;
                     let (ipa, _) = self.translate(v, page);
@@ -860,28 +1259,20 @@ impl Sim<'_> {
                     self.cpus[v as usize].fatal_cause = if outside {
                         LossCause::GuestError
                     } else {
-                        LossCause::FatalAtFault
+                        LossCause::Fatal
                     };
                 }
                 self.guest_interrupt(v, now, pmbsr, pmbptr.0)
             }
             _ => {
-                self.end_session(v, LossCause::FatalAtFault);
+                self.end_session(v, LossCause::Fatal);
                 Ok(())
             }
         }
     }
 
-    /// A record was kept: the first since an enable closes the enable-to-first-record window.
-    fn first_record(&mut self, v: u32, now: f64) {
-        if let Some(t) = self.cpus[v as usize].enabled_at.take() {
-            self.m.longest_enable_to_first_record_ns =
-                self.m.longest_enable_to_first_record_ns.max(now - t);
-        }
-    }
-
     /// A trapped read of `reg` (shadow-buffer emulates it).
-    fn read_reg(&mut self, v: u32, reg: BufferReg) -> Result<Option<u64>, SimError> {
+    fn read_reg(&mut self, v: u32, now: f64, reg: BufferReg) -> Result<Option<u64>, SimError> {
         // The hardware registers are the host SPU's: its PMBSR.COLL is handed over.
         let coll = self.shadow.is_some() && std::mem::take(&mut self.cpus[v as usize].coll_pending);
         let ev = Event::BufferRead {
@@ -893,6 +1284,9 @@ impl Sim<'_> {
             },
             pmbidr: Pmbidr::new(),
         };
+        self.m.traps += 1;
+        let trap = self.cost.trap_ns;
+        self.stall(v, now, trap, StallKind::Trap);
         Ok(match self.on_event(&ev)? {
             Outcome::Emulated(x) => Some(x),
             _ => None,
@@ -901,8 +1295,8 @@ impl Sim<'_> {
 
     /// shadow-buffer: the guest reads its (emulated) PMBPTR and carries on from there; the
     /// strategy, not the simulator, knows where the SPU's records reached.
-    fn read_back_pmbptr(&mut self, v: u32) -> Result<(), SimError> {
-        if let Some(ptr) = self.read_reg(v, BufferReg::Pmbptr)? {
+    fn read_back_pmbptr(&mut self, v: u32, now: f64) -> Result<(), SimError> {
+        if let Some(ptr) = self.read_reg(v, now, BufferReg::Pmbptr)? {
             let c = &mut self.cpus[v as usize];
             c.ptr = ptr.saturating_sub(c.base).min(c.size);
         }
@@ -911,6 +1305,8 @@ impl Sim<'_> {
 
     /// The guest takes a buffer management interrupt (spec sheet §4.3): it reads PMBSR and
     /// PMBPTR, commits the data, and re-arms on buffer-full or stops the session otherwise.
+    /// What bare metal loses here too (the stop-to-interrupt latency, the driver's handler
+    /// with the buffer stopped) is the baseline; the host forwarding the interrupt is a stall.
     fn guest_interrupt(
         &mut self,
         v: u32,
@@ -918,9 +1314,12 @@ impl Sim<'_> {
         pmbsr: Pmbsr,
         pmbptr: u64,
     ) -> Result<(), SimError> {
+        let cost = self.cost;
+        self.stopped(v, now, cost.spu_irq_latency_ns, LossCause::GuestIrq);
+        self.stall(v, now, cost.host_irq_ns, StallKind::IrqForward);
         let (pmbsr, pmbptr) = if self.shadow.is_some() {
-            let sr = self.read_reg(v, BufferReg::Pmbsr)?;
-            let pr = self.read_reg(v, BufferReg::Pmbptr)?;
+            let sr = self.read_reg(v, now, BufferReg::Pmbsr)?;
+            let pr = self.read_reg(v, now, BufferReg::Pmbptr)?;
             (sr.map_or(pmbsr, Pmbsr::from_bits), pr.unwrap_or(pmbptr))
         } else {
             // The guest's own PMBSR: COLL stays set from the collision to this event.
@@ -928,6 +1327,7 @@ impl Sim<'_> {
             let coll = std::mem::take(&mut c.coll_pending);
             (pmbsr.with_coll(pmbsr.coll() || coll), pmbptr)
         };
+        self.stopped(v, now, cost.guest_irq_handler_ns, LossCause::GuestIrq);
         self.m.guest_interrupts += 1;
         self.m.guest_truncated += u64::from(pmbsr.dl());
         self.m.guest_collisions += u64::from(pmbsr.coll());
@@ -941,11 +1341,7 @@ impl Sim<'_> {
             c.starts.clear();
             self.enable(v, now)
         } else {
-            // A cause set before (a guest error) stays; the enable's default does not.
-            let cause = match self.cpus[v as usize].fatal_cause {
-                LossCause::FatalAtEnable => LossCause::FatalAtFault,
-                set => set,
-            };
+            let cause = self.cpus[v as usize].fatal_cause;
             self.end_session(v, cause);
             Ok(())
         }
@@ -979,9 +1375,10 @@ impl Sim<'_> {
         self.m.guest_digest = Some(h);
     }
 
-    /// The guest programs its buffer (Linux: PMBPTR, PMBLIMITR with E = 1, then PMBSR = 0).
+    /// The guest programs its buffer (Linux: PMBPTR, PMBLIMITR with E = 1, then PMBSR = 0),
+    /// from its current write pointer to the end of the AUX buffer.
     fn enable(&mut self, v: u32, now: f64) -> Result<(), SimError> {
-        let before = self.policy.stats();
+        let before = (self.policy.stats(), self.host.model.counters());
         let (base, size, ptr) = {
             let c = &self.cpus[v as usize];
             (c.base, c.size, c.ptr)
@@ -1007,33 +1404,33 @@ impl Sim<'_> {
         }
         let after = self.policy.stats();
         let cost = self.cost;
-        let walked = (after.walks - before.walks) as f64 * (size / 4096) as f64;
-        let pinned = after.pinned_bytes.saturating_sub(before.pinned_bytes) as f64 / 4096.0;
-        let ns = if self.shadow.is_some() {
-            // Allocating the host buffer is not on the enable path after the first time, and
-            // no guest page is walked or pinned.
-            cost.trap_ns
+        let traps = if self.traps_writes { writes.len() } else { 0 };
+        self.m.traps += traps as u64;
+        let walked = (after.walks - before.0.walks) as f64 * ((size - ptr) / 4096) as f64;
+        let ns = traps as f64 * cost.trap_ns + walked * cost.walk_page_ns + self.pin_cost(before.1);
+        self.stall(v, now, ns, StallKind::Enable);
+        let c = &mut self.cpus[v as usize];
+        if c.enabled_once {
+            self.m.reenables += 1;
+            self.m.reenable_stall_ns += ns;
         } else {
-            cost.trap_ns + walked * cost.walk_page_ns + pinned * cost.pin_page_ns
-        };
+            c.enabled_once = true;
+            self.m.first_enable_stall_ns = self.m.first_enable_stall_ns.max(ns);
+            self.m.first_enable_stall_total_ns += ns;
+        }
         match out {
-            Outcome::Resume | Outcome::ResumeAt { .. } => {
-                self.cpus[v as usize].enabled_at = Some(now);
-                if ns > cost.trap_ns {
-                    self.blackout(v, now, ns, LossCause::EnableBlackout);
-                }
-                self.m.longest_enable_ns = self.m.longest_enable_ns.max(ns);
-                Ok(())
-            }
+            Outcome::Resume | Outcome::ResumeAt { .. } => Ok(()),
             _ => {
-                self.end_session(v, LossCause::FatalAtEnable);
+                self.end_session(v, LossCause::Fatal);
                 Ok(())
             }
         }
     }
 
-    /// The guest stops profiling on vCPU `v` (perf disabled): PMBLIMITR = 0.
-    fn disable(&mut self, v: u32) -> Result<(), SimError> {
+    /// The guest's driver disables the buffer (perf stopped, or the profiled task switched
+    /// out): PMBLIMITR = 0; with shadow-buffer it then reads PMBPTR to commit the data
+    /// (`arm_spe_perf_aux_output_end`) and starts from there next time.
+    fn disable_buffer(&mut self, v: u32, now: f64) -> Result<(), SimError> {
         let ev = Event::BufferWrite {
             vcpu: VcpuId(v),
             reg: BufferReg::Pmblimitr,
@@ -1041,18 +1438,20 @@ impl Sim<'_> {
             stage1: self.guest.stage1,
         };
         self.on_event(&ev)?;
-        if self.shadow.is_some() {
-            // Linux reads PMBPTR to commit the data (arm_spe_perf_aux_output_end) and starts
-            // from there next time.
-            self.read_back_pmbptr(v)?;
+        if self.traps_writes {
+            self.m.traps += 1;
+            let trap = self.cost.trap_ns;
+            self.stall(v, now, trap, StallKind::Trap);
         }
-        self.cpus[v as usize].disabled = true;
+        if self.shadow.is_some() {
+            self.read_back_pmbptr(v, now)?;
+        }
         Ok(())
     }
 
     fn host_event(&mut self, kind: HostEventKind, fraction: f64, now: f64) -> Result<(), SimError> {
-        let ram = IpaRange::new(RAM_BASE, SIM_RAM);
-        let pages = SIM_RAM / 4096;
+        let ram = self.ram;
+        let pages = ram.len / 4096;
         match kind {
             HostEventKind::SwapOut
             | HostEventKind::KsmMerge
@@ -1068,12 +1467,7 @@ impl Sim<'_> {
                     HostEventKind::ThpCollapse => InvalidationCause::ThpCollapse,
                     _ => InvalidationCause::ThpSplit,
                 };
-                // Collapse works on 2 MiB ranges; the others on pages.
-                let unit = if kind == HostEventKind::ThpCollapse {
-                    512
-                } else {
-                    1
-                };
+                let unit = chunk_pages(kind);
                 let n = (pages as f64 * fraction) as u64 / unit;
                 for _ in 0..n {
                     let first = (self.rng.next() % (pages / unit)) * unit;
@@ -1098,17 +1492,18 @@ impl Sim<'_> {
                 }
             }
             HostEventKind::BalloonInflate => {
-                // Free guest pages: not the first 16 MiB (the page tables) and not a buffer
-                // page. The balloon never takes pages the guest is using.
-                let n = (pages as f64 * fraction) as u64;
-                let in_use: std::collections::BTreeSet<u64> =
-                    self.buffers.iter().flatten().map(|p| p.0).collect();
+                // Free guest pages: never the part of RAM that holds the page tables and the
+                // buffers. The balloon never takes pages the guest is using.
+                let active = self.guest.layout.active;
+                let unit = 16;
+                let n = (pages as f64 * fraction) as u64 / unit;
                 for _ in 0..n {
-                    let page = Ipa(RAM_BASE.0 + (self.rng.next() % pages) * 4096);
-                    if page.0 < RAM_BASE.0 + (16 << 20) || in_use.contains(&page.0) {
+                    let first = (self.rng.next() % (pages / unit)) * unit;
+                    let page = Ipa(RAM_BASE.0 + first * 4096);
+                    if page.0 < RAM_BASE.0 + active {
                         continue;
                     }
-                    let range = IpaRange::new(page, 4096);
+                    let range = IpaRange::new(page, unit * 4096);
                     if self.on_event(&Event::BalloonInflate(range))? == Outcome::Resume {
                         self.host.model.unmap(range, Absence::NeverTouched);
                     }
@@ -1168,7 +1563,10 @@ impl Sim<'_> {
                         .unmap(IpaRange::new(page, 4096), Absence::PostCopyPending);
                 }
             }
-            HostEventKind::GuestRemap => self.remap_first_page(1, SPARE_PAGE, true),
+            HostEventKind::GuestRemap => {
+                let spare = self.guest.layout.spare_page;
+                self.remap_first_page(1, spare, true);
+            }
             HostEventKind::GuestMapOutsideRam => {
                 // A hostile or broken guest points the 16th page of its buffer (60 KiB in,
                 // still ahead of the SPU) at a device IPA and re-arms the buffer where it is (a
@@ -1176,7 +1574,7 @@ impl Sim<'_> {
                 self.remap_first_page(16, OUTSIDE_RAM, false);
                 if !self.cpus[0].fatal && !self.cpus[0].disabled {
                     if self.shadow.is_some() {
-                        self.read_back_pmbptr(0)?;
+                        self.read_back_pmbptr(0, now)?;
                     }
                     self.enable(0, now)?;
                 }
@@ -1189,19 +1587,21 @@ impl Sim<'_> {
                 }
             }
             HostEventKind::MemslotHotplug => {
-                self.host.model.add_memslot(HOTPLUG_SLOT);
-                self.on_event(&Event::MemslotAdded(HOTPLUG_SLOT))?;
+                if self.host.model.add_memslot(self.hotplug) {
+                    self.on_event(&Event::MemslotAdded(self.hotplug))?;
+                }
             }
             HostEventKind::MemslotUnplug => {
-                match self.on_event(&Event::MemslotRemoved(HOTPLUG_SLOT))? {
+                match self.on_event(&Event::MemslotRemoved(self.hotplug))? {
                     Outcome::Refuse(_) => self.m.unplugs_refused += 1,
-                    _ => self.host.model.remove_memslot(HOTPLUG_SLOT.slot),
+                    _ => self.host.model.remove_memslot(self.hotplug.slot),
                 }
             }
             HostEventKind::GuestDisable => {
                 for v in 0..self.cpus.len() as u32 {
                     if !self.cpus[v as usize].disabled {
-                        self.disable(v)?;
+                        self.disable_buffer(v, now)?;
+                        self.cpus[v as usize].disabled = true;
                     }
                 }
             }
@@ -1224,7 +1624,7 @@ impl Sim<'_> {
     fn migration_refused(&mut self, r: Refusal) {
         self.m.migrations_refused += 1;
         if r == Refusal::UseStopAndCopy {
-            self.m.migration_downtime_ns += (SIM_RAM / 4096) as f64 * self.cost.send_page_ns;
+            self.m.migration_downtime_ns += (self.ram.len / 4096) as f64 * self.cost.send_page_ns;
         }
     }
 

@@ -165,16 +165,35 @@ impl super::Sim<'_> {
         interval: f64,
     ) -> Option<(u64, Option<Waiting>)> {
         let now = from as f64 * interval;
-        let c = &self.cpus[v as usize];
-        let quiet = !(c.disabled || c.fatal || c.unpredictable || now < c.blackout_until);
+        let c = &mut self.cpus[v as usize];
+        let quiet = c.windows.at(now).is_none() && !(c.disabled || c.fatal || c.unpredictable);
         if self.spu.op_latency_ns > 0.0 || self.spu.discard_mode || !quiet {
             return None;
         }
+        // Per-task profiling: a burst ends at the next context switch; ticks while the task is
+        // away pass with nothing due.
+        let to = match c.task {
+            Some(t) if t.left == 0 => return None,
+            Some(t) if t.away => {
+                let end = to.min(from + t.left);
+                self.executed(v, end - from);
+                return Some((end, None));
+            }
+            Some(t) => to.min(from + t.left),
+            None => to,
+        };
         let b = Burst { v, from, to, now };
-        match self.shadow {
+        let taken = match self.shadow {
             Some(_) => self.host_buffer_burst(b),
             None => self.guest_page_burst(b),
+        };
+        if let Some((tick, wait)) = taken {
+            // The interval a host buffer-full waits at was taken (its record is written).
+            let n = tick - from + u64::from(wait.is_some());
+            self.m.samples_due += n;
+            self.executed(v, n);
         }
+        taken
     }
 
     /// The guest owns the buffer: records written one after another onto the page the SPU
@@ -214,10 +233,9 @@ impl super::Sim<'_> {
         let taken = tick - from;
         if taken > 0 {
             self.host.mark_dirty(ipa);
-            self.m.records_attempted += taken;
             self.m.records_written += taken;
-            self.first_record(v, now);
         }
+        let _ = now;
         Some((tick, None))
     }
 
@@ -238,11 +256,9 @@ impl super::Sim<'_> {
                 last,
                 SpuWrite::Written | SpuWrite::HostBufferFull
             ));
-        self.m.records_attempted += taken;
         self.m.records_written += written;
         self.m.unexplained_loss += taken - written;
         if written > 0 {
-            self.first_record(v, now);
             self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
         }
         Some(match last {

@@ -7,17 +7,16 @@
 //! enabled. KVM SPE RFC v7 (2026) takes this approach.
 #![deny(missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
 use spe_policy::arch::{BufferEvent, BufferEventKind};
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{DisableReason, Event, MigrationMode, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
-use spe_policy::pin_ledger::PinLedger;
 use spe_policy::{
-    BackingStrategy, GuestMemoryRead, HostBacking, HostError, Ipa, Memslot, PolicyError,
-    StrategyStats, VcpuId,
+    BackingStrategy, GuestMemoryRead, HostBacking, HostError, Memslot, PolicyError, StrategyStats,
+    VcpuId,
 };
 
 /// When the memory is pinned.
@@ -114,10 +113,16 @@ pub const PROFILE: Profile = Profile {
 
 #[derive(Debug)]
 struct State {
-    memslots: Vec<Memslot>,
-    ledger: Option<PinLedger>,
+    /// The VM's memslots, by slot number.
+    memslots: BTreeMap<u32, Memslot>,
+    /// The memslots pinned at the host, each with one pin of its whole range: a slot is pinned
+    /// and unpinned as one, never merged with a neighbour (a removal releases exactly its slot).
+    pinned_slots: BTreeMap<u32, Memslot>,
+    /// Guest RAM is pinned (every memslot, and every slot added later).
     pinned: bool,
     enabled: BTreeSet<VcpuId>,
+    /// Memslot adds with a slot number already known: ignored (KVM would refuse them too).
+    duplicate_adds: u64,
     stats: StrategyStats,
 }
 
@@ -134,10 +139,11 @@ impl PinAll {
         PinAll {
             config,
             state: Mutex::new(State {
-                memslots: Vec::new(),
-                ledger: None,
+                memslots: BTreeMap::new(),
+                pinned_slots: BTreeMap::new(),
                 pinned: false,
                 enabled: BTreeSet::new(),
+                duplicate_adds: 0,
                 stats: StrategyStats::default(),
             }),
         }
@@ -147,26 +153,67 @@ impl PinAll {
     pub fn config(&self) -> PinAllConfig {
         self.config
     }
+
+    /// Memslot adds ignored because their slot number was already known.
+    pub fn duplicate_memslot_adds(&self) -> u64 {
+        self.state.lock().duplicate_adds
+    }
 }
 
 fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
     PolicyError::during(NAME, action)
 }
 
-fn slot_pages<H: HostBacking + ?Sized>(host: &H, slot: &Memslot) -> Vec<Ipa> {
-    slot.range.pages(host.granule()).collect()
-}
-
 impl State {
-    fn ledger<H: HostBacking + ?Sized>(&mut self, host: &H) -> &mut PinLedger {
-        self.ledger
-            .get_or_insert_with(|| PinLedger::new(host.granule()))
+    fn sync_stats(&mut self) {
+        let bytes: u64 = self.pinned_slots.values().map(|s| s.range.len).sum();
+        self.stats.pinned_bytes = bytes;
+        self.stats.peak_pinned_bytes = self.stats.peak_pinned_bytes.max(bytes);
     }
 
-    fn sync_stats(&mut self) {
-        if let Some(l) = &self.ledger {
-            self.stats.record_pins(l);
+    /// Pins one memslot's whole range (one host call).
+    fn pin_slot<H: HostBacking + ?Sized>(
+        &mut self,
+        host: &H,
+        slot: Memslot,
+    ) -> Result<(), HostError> {
+        if self.pinned_slots.contains_key(&slot.slot) {
+            return Ok(());
         }
+        host.pin(slot.range)?;
+        self.stats.pin_ops += 1;
+        self.pinned_slots.insert(slot.slot, slot);
+        self.sync_stats();
+        Ok(())
+    }
+
+    /// Unpins one memslot, if pinned.
+    fn unpin_slot<H: HostBacking + ?Sized>(
+        &mut self,
+        host: &H,
+        slot: u32,
+    ) -> Result<(), HostError> {
+        let Some(s) = self.pinned_slots.remove(&slot) else {
+            return Ok(());
+        };
+        self.stats.unpin_ops += 1;
+        let r = host.unpin(s.range);
+        self.sync_stats();
+        r
+    }
+
+    /// Unpins every pinned memslot, each on its own; carries on past a failure and returns the
+    /// first error (nothing is left recorded as pinned).
+    fn unpin_all<H: HostBacking + ?Sized>(&mut self, host: &H) -> Result<(), HostError> {
+        let slots: Vec<u32> = self.pinned_slots.keys().copied().collect();
+        let mut first = None;
+        for s in slots {
+            if let Err(e) = self.unpin_slot(host, s) {
+                first.get_or_insert(e);
+            }
+        }
+        self.pinned = false;
+        first.map_or(Ok(()), Err)
     }
 
     /// Pins every memslot; on failure unpins what it pinned.
@@ -174,21 +221,14 @@ impl State {
         if self.pinned {
             return Ok(());
         }
-        let slots = self.memslots.clone();
-        let mut done: Vec<Vec<Ipa>> = Vec::new();
-        for slot in &slots {
-            let pages = slot_pages(host, slot);
-            if let Err(e) = self.ledger(host).acquire(host, &pages) {
-                for pages in done {
-                    let _ = self.ledger(host).release(host, &pages);
-                }
-                self.sync_stats();
+        let slots: Vec<Memslot> = self.memslots.values().copied().collect();
+        for slot in slots {
+            if let Err(e) = self.pin_slot(host, slot) {
+                let _ = self.unpin_all(host);
                 return Err(e);
             }
-            done.push(pages);
         }
         self.pinned = true;
-        self.sync_stats();
         Ok(())
     }
 }
@@ -227,7 +267,11 @@ impl BackingStrategy for PinAll {
         let mut st = self.state.lock();
         let outcome = match *event {
             Event::VmStart { memslots } => {
-                st.memslots = memslots.to_vec();
+                for m in memslots {
+                    if st.memslots.insert(m.slot, *m).is_some() {
+                        st.duplicate_adds += 1;
+                    }
+                }
                 if self.config.pin_at == PinAt::VmStart {
                     st.pin_all(host)
                         .map_err(err("pinning guest RAM at VM start"))?;
@@ -235,12 +279,16 @@ impl BackingStrategy for PinAll {
                 Outcome::Resume
             }
             Event::MemslotAdded(slot) => {
-                st.memslots.push(slot);
-                if st.pinned {
-                    let pages = slot_pages(host, &slot);
-                    st.ledger(host)
-                        .acquire(host, &pages)
-                        .map_err(err("pinning a hot-plugged memslot"))?;
+                if let std::collections::btree_map::Entry::Vacant(e) = st.memslots.entry(slot.slot)
+                {
+                    e.insert(slot);
+                    if st.pinned {
+                        st.pin_slot(host, slot)
+                            .map_err(err("pinning a hot-plugged memslot"))?;
+                    }
+                } else {
+                    // A second add of a known slot: ignored and counted, never a second pin.
+                    st.duplicate_adds += 1;
                 }
                 Outcome::Resume
             }
@@ -249,27 +297,20 @@ impl BackingStrategy for PinAll {
                     st.stats.refused += 1;
                     Outcome::Refuse(Refusal::HotUnplugBlocked)
                 } else {
-                    if st.pinned {
-                        let pages = slot_pages(host, &slot);
-                        st.ledger(host)
-                            .release(host, &pages)
-                            .map_err(err("unpinning a removed memslot"))?;
-                    }
-                    st.memslots.retain(|s| s.slot != slot.slot);
+                    st.memslots.remove(&slot.slot);
+                    st.unpin_slot(host, slot.slot)
+                        .map_err(err("unpinning a removed memslot"))?;
                     Outcome::Resume
                 }
             }
             Event::BufferWrite { vcpu, regs, .. } => {
                 if regs.writes_memory() {
                     st.enabled.insert(vcpu);
-                    if !st.pinned {
-                        if let Err(e) = st.pin_all(host) {
-                            // PA-05: the memory cannot be pinned; SPE cannot be backed.
-                            st.enabled.remove(&vcpu);
-                            st.sync_stats();
-                            let _ = e;
-                            return Ok(Outcome::DisableSpe(DisableReason::Unbackable));
-                        }
+                    if !st.pinned && st.pin_all(host).is_err() {
+                        // PA-05: the memory cannot be pinned; SPE cannot be backed.
+                        st.enabled.remove(&vcpu);
+                        st.stats.refused += 1;
+                        return Ok(Outcome::DisableSpe(DisableReason::Unbackable));
                     }
                 } else {
                     st.enabled.remove(&vcpu);
@@ -315,16 +356,14 @@ impl BackingStrategy for PinAll {
             | Event::PostCopySwitchover
             | Event::GuestStage1Remap { .. } => Outcome::Resume,
             Event::VmStop => {
-                if let Some(l) = st.ledger.as_mut() {
-                    l.release_all(host)
-                        .map_err(err("unpinning guest RAM at VM stop"))?;
-                }
-                st.pinned = false;
                 st.enabled.clear();
+                st.memslots.clear();
+                // Every slot is unpinned even if one unpin fails; the failure is reported.
+                st.unpin_all(host)
+                    .map_err(err("unpinning guest RAM at VM stop"))?;
                 Outcome::Resume
             }
         };
-        st.sync_stats();
         Ok(outcome)
     }
 }

@@ -151,6 +151,9 @@ struct VcpuPins {
     stage1: Option<Stage1Regs>,
     /// Buffer pages held, by VA page.
     pages: BTreeMap<Gva, Ipa>,
+    /// How many of `pages` map to each IPA: an invalidation asks "is this IPA held" in
+    /// constant time, not by scanning every vCPU's pages.
+    by_ipa: HashMap<Ipa, u32>,
     /// Table pages held.
     tables: BTreeSet<Ipa>,
     active: bool,
@@ -161,6 +164,30 @@ struct VcpuPins {
 impl VcpuPins {
     fn held_bytes(&self, granule: Granule) -> u64 {
         (self.pages.len() + self.tables.len()) as u64 * granule.size()
+    }
+
+    /// Records `va -> ipa`; returns the IPA it replaces.
+    fn insert_page(&mut self, va: Gva, ipa: Ipa) -> Option<Ipa> {
+        *self.by_ipa.entry(ipa).or_insert(0) += 1;
+        let old = self.pages.insert(va, ipa);
+        if let Some(o) = old {
+            self.forget_ipa(o);
+        }
+        old
+    }
+
+    fn forget_ipa(&mut self, ipa: Ipa) {
+        if let Some(n) = self.by_ipa.get_mut(&ipa) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_ipa.remove(&ipa);
+            }
+        }
+    }
+
+    /// Whether the vCPU holds `ipa` as a buffer or table page.
+    fn holds(&self, ipa: Ipa) -> bool {
+        self.by_ipa.contains_key(&ipa) || self.tables.contains(&ipa)
     }
 }
 
@@ -266,13 +293,18 @@ impl State {
     ) -> Result<(), HostError> {
         let mut release = Vec::new();
         for v in self.vcpus.values_mut() {
+            let mut dropped = Vec::new();
             v.pages.retain(|_, ipa| {
                 let hit = gone(*ipa);
                 if hit {
-                    release.push(*ipa);
+                    dropped.push(*ipa);
                 }
                 !hit
             });
+            for ipa in dropped {
+                v.forget_ipa(ipa);
+                release.push(ipa);
+            }
             v.tables.retain(|t| {
                 let hit = gone(*t);
                 if hit {
@@ -307,6 +339,7 @@ impl State {
         let mut held: Vec<Ipa> = v.pages.values().copied().collect();
         held.extend(v.tables.iter().copied());
         v.pages.clear();
+        v.by_ipa.clear();
         v.tables.clear();
         v.active = false;
         self.ledger(host).release(host, &held)
@@ -428,7 +461,7 @@ impl State {
         let v = self.vcpus.entry(vcpu).or_default();
         let mut stale = Vec::new();
         for (va, ipa) in pages {
-            if let Some(old) = v.pages.insert(*va, *ipa) {
+            if let Some(old) = v.insert_page(*va, *ipa) {
                 stale.push(old);
             }
         }
@@ -468,12 +501,10 @@ impl State {
             return Ok(Outcome::Resume);
         }
         // Pages held by an active buffer cannot go; idle cached ones are unpinned.
-        let held_active = self.vcpus.values().any(|v| {
-            v.active
-                && pages
-                    .iter()
-                    .any(|p| v.tables.contains(p) || v.pages.values().any(|i| i == p))
-        });
+        let held_active = self
+            .vcpus
+            .values()
+            .any(|v| v.active && pages.iter().any(|p| v.holds(*p)));
         if held_active {
             self.stats.refused += 1;
             return Ok(Outcome::Refuse(Refusal::Pinned));

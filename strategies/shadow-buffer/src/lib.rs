@@ -38,8 +38,8 @@ use spe_policy::errata::{Erratum, Profile};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
 use spe_policy::guest_notice::StrategyId;
 use spe_policy::{
-    BackingStrategy, GuestMemoryRead, HostBacking, HostError, IpaRange, PolicyError, StrategyStats,
-    VcpuId,
+    BackingStrategy, GuestMemoryRead, Gva, HostBacking, HostError, IpaRange, PolicyError,
+    StrategyStats, VcpuId,
 };
 
 pub use errata::{ERRATA, PROFILE};
@@ -137,6 +137,10 @@ struct VcpuShadow {
     host: HostBuffer,
     /// The VM stopped: the host buffer is gone.
     stopped: bool,
+    /// The lowest PMBPTR the guest programmed with the current LIMIT: where its AUX buffer
+    /// starts (Linux re-arms from there when the ring wraps), so post-copy can send the whole
+    /// buffer, not only the window ahead of PMBPTR. `(limit, lowest)`.
+    buffer_start: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +237,7 @@ impl ShadowBuffer {
                 stage1: None,
                 host: HostBuffer::new(half),
                 stopped: false,
+                buffer_start: None,
             }))
         });
         Arc::clone(entry)
@@ -344,6 +349,14 @@ impl ShadowBuffer {
             BufferReg::Pmbidr => {}
         }
         v.stage1 = Some(stage1);
+        if let Some((start, _)) = v.regs().window() {
+            let limit = v.pmblimitr.limit_address().0;
+            let lowest = match v.buffer_start {
+                Some((l, lo)) if l == limit => lo.min(start.0),
+                _ => start.0,
+            };
+            v.buffer_start = Some((limit, lowest));
+        }
         self.rearm(&mut v);
         Ok(match fault {
             // The fault happened before the write: the guest hears of it as it would have.
@@ -398,12 +411,20 @@ impl ShadowBuffer {
         let vcpus: Vec<Arc<Mutex<VcpuShadow>>> = self.vcpus.lock().values().cloned().collect();
         let granule = host.granule();
         for v in vcpus {
-            let (window, stage1) = {
+            let (window, stage1, buffer_start) = {
                 let v = v.lock();
-                (v.regs().window(), v.stage1)
+                (v.regs().window(), v.stage1, v.buffer_start)
             };
             let (Some((start, len)), Some(stage1)) = (window, stage1) else {
                 continue;
+            };
+            // From where the guest's buffer starts: after the ring wraps, the SPU writes there
+            // again.
+            let (start, len) = match buffer_start {
+                Some((limit, lowest)) if limit == start.0 + len && lowest < start.0 => {
+                    (Gva(lowest), limit - lowest)
+                }
+                _ => (start, len),
             };
             let walker = spe_policy::arch::walk::Walker::new(stage1, guest);
             let limits = spe_policy::arch::walk::RangeLimits {
