@@ -20,8 +20,9 @@ use core::fmt;
 
 /// Bits of the errata bitmap: what the guest may observe, whichever strategy causes it.
 pub mod bits {
-    /// Profiling stops for a while (the host services a fault): samples in that window are
-    /// never taken.
+    /// Profiling has gaps the host causes: the SPU stops (a fault, a host buffer-full) until
+    /// the host takes the interrupt, or the vCPU stalls while the host services it. The bit's
+    /// name is version 1's.
     pub const BLACKOUT: u8 = 0;
     /// A stage 2 buffer fault (PMBSR EC 0x25) can reach the guest; Linux treats it as fatal.
     pub const FATAL_FAULT: u8 = 1;
@@ -32,8 +33,8 @@ pub mod bits {
     pub const REWIND: u8 = 3;
     /// The host may disable SPE for a vCPU whose buffer it cannot back.
     pub const SPE_DISABLED: u8 = 4;
-    /// Remapping the buffer's stage 1 tables while profiling can cause a repair (blackout,
-    /// rewind).
+    /// Remapping the buffer's stage 1 tables while profiling can cause a repair (a stall,
+    /// a rewind).
     pub const STAGE1_REMAP: u8 = 5;
     /// Records reach guest memory only when the host copies them.
     pub const DELAYED_RECORDS: u8 = 6;
@@ -42,7 +43,7 @@ pub mod bits {
 /// What each errata bit means, for documents.
 pub const fn bit_meaning(bit: u8) -> &'static str {
     match bit {
-        bits::BLACKOUT => "profiling blackouts",
+        bits::BLACKOUT => "profiling gaps (the SPU stopped, or the vCPU stalled, by the host)",
         bits::FATAL_FAULT => "fatal stage 2 buffer faults possible",
         bits::BUFFER_CAP => "per-vCPU buffer cap",
         bits::REWIND => "PMBPTR rewinds after repairs",

@@ -5,7 +5,8 @@
 //! since a fault on a table page looks identical (spec sheet §3.9) — makes the buffer page
 //! present, recovers the buffer with the record scanner (rewind to the last provable record, or
 //! discard back to the last safe point) and resumes. Cheap and fast, not reliable: every fault
-//! is a blackout and DL=1 loses data. The seed thread's proposal (Marc Zyngier, 2022).
+//! stops the SPU, its service stalls the vCPU (or, serviced in the background, leaves the guest
+//! running unprofiled), and DL=1 loses data. The seed thread's proposal (Marc Zyngier, 2022).
 //!
 //! Buffer and table pages seen in faults are learned, so dirty logging and KSM can leave them
 //! alone (pre-copy: kept dirty until the vCPU stops).
@@ -62,10 +63,10 @@ pub static ERRATA: [Erratum; 7] = [
     },
     Erratum {
         id: "FT-02",
-        title: "Blackout while a fault is serviced",
+        title: "Every fault stops the SPU, and its service stalls the vCPU",
         trigger: "Any stage 2 fault on the buffer or its tables: swap-in, KSM unsharing, THP or NUMA moves, post-copy fetch.",
-        guest_visible: "Profiling stops from the fault until the page is back: no samples for that time (longest for swap-in and post-copy network fetches).",
-        host_visible: "A walk, a fault-in and a recovery scan on the vCPU's path.",
+        guest_visible: "The guest runs unprofiled from the fault until the host takes the interrupt; then the vCPU is kept out of the guest while the host walks, faults the page in (a swap-in, a post-copy network fetch) and scans the buffer back to the last safe point: milliseconds. With service = \"background\" the vCPU runs on and that time is unprofiled instead.",
+        host_visible: "A walk, a fault-in and a recovery scan of up to the whole buffer on the vCPU's path.",
         mitigation: "Exempt learned pages from reclaim where the host allows; keep buffers warm.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
         scenario: "swap-storm",
@@ -104,7 +105,7 @@ pub static ERRATA: [Erratum; 7] = [
         id: "FT-06",
         title: "Post-copy demands the buffer from the source at fault time",
         trigger: "A buffer page left behind at post-copy switch-over.",
-        guest_visible: "A blackout of one network round trip per missing page (FT-02).",
+        guest_visible: "A stall of one network round trip per missing page (FT-02).",
         host_visible: "Demand-paging requests on the profiling path.",
         mitigation: "Prefer pre-copy for VMs that profile.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),

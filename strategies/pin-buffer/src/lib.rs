@@ -80,7 +80,7 @@ pub static ERRATA: [Erratum; 8] = [
         id: "PB-03",
         title: "A guest remap of the buffer after enable can still fault",
         trigger: "The guest changes the stage 1 mapping of an enabled buffer (or its tables) without the host seeing the TLB invalidation.",
-        guest_visible: "A blackout while the host repairs the fault; with DL=1, PMBPTR is rewound and the records after the last provable one are lost (PERF_AUX_FLAG_TRUNCATED is not set: the data just ends earlier).",
+        guest_visible: "The SPU stops until the host takes the interrupt, then the vCPU stalls while the host repairs the fault; with DL=1, PMBPTR is rewound and the records after the last provable one are lost (PERF_AUX_FLAG_TRUNCATED is not set: the data just ends earlier).",
         host_visible: "An unexpected stage 2 fault, repaired by walking and pinning the new pages; counted.",
         mitigation: "Trap TLB maintenance and deliver GuestStage1Remap events, so pins follow remaps before the SPU writes.",
         guest_told: GuestTold::NoticeBit(bits::STAGE1_REMAP),

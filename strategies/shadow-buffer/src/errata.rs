@@ -37,9 +37,9 @@ pub static ERRATA: [Erratum; 6] = [
     },
     Erratum {
         id: "SB-04",
-        title: "A host buffer-full stops profiling for one host interrupt",
+        title: "A host buffer-full stops the SPU until the host takes its interrupt",
         trigger: "The SPU fills one half of the host buffer (every host_buffer / 2 bytes of SPE data).",
-        guest_visible: "Samples due while the host handles the interrupt and restarts the SPU on the other half are not taken.",
+        guest_visible: "The guest runs unprofiled from the SPU stopping until the host takes the interrupt (about a microsecond: one sample in some 600 at 64 B per µs with 32 KiB halves); the host's handling (flip halves, copy) is a stall of the vCPU, not a loss.",
         host_visible: "One buffer management interrupt per half of host buffer filled; the rate is the SPE data rate over the half size.",
         mitigation: "A larger spe.shadow_buffer.host_buffer lowers the interrupt rate (host memory grows with it, independent of the guest's buffer).",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
@@ -57,11 +57,11 @@ pub static ERRATA: [Erratum; 6] = [
     },
     Erratum {
         id: "SB-06",
-        title: "A copy that waits for host paging can stall profiling",
+        title: "A copy that waits for host paging stalls the vCPU",
         trigger: "Guest buffer pages swapped out (or still at the post-copy source, if the window could not be sent before switch-over) when their records are copied, and the other host half fills before that copy ends.",
-        guest_visible: "A blackout until the copy ends: the SPU has no free half to restart on.",
+        guest_visible: "The vCPU stalls while the copy waits for swap-in or a post-copy fetch (service = \"before-entry\", the default); copying in the background instead, the SPU stops when the other half fills before the copy ends, and the guest runs unprofiled until it does.",
         host_visible: "The vCPU thread waits for swap-in or a post-copy fetch inside the copy; the wait is measured.",
-        mitigation: "A larger host buffer gives slow copies more time. Before post-copy switch-over the strategy sends each vCPU's remaining buffer window and its table pages, so only pages the guest maps later are fetched at copy time.",
+        mitigation: "A larger host buffer gives slow copies more time. Before post-copy switch-over the strategy sends each vCPU's buffer (from the lowest PMBPTR programmed with the current limit) and its table pages, so only pages the guest maps later are fetched at copy time.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
         scenario: "swap-heavy",
     },
@@ -71,5 +71,5 @@ pub static ERRATA: [Erratum; 6] = [
 pub const PROFILE: Profile = Profile {
     keeps: &[Property::Cheap, Property::Fast],
     gives_up: &[Property::Reliable],
-    why: "No guest page is pinned (only a small host buffer per vCPU), no stage 2 fault can reach the SPU and enables cost one trap; reliable but for one short blackout per host buffer half (SB-04) and copies that wait for paging (SB-06). The price is a copy of the SPE data and a trap on every PMB* access.",
+    why: "No guest page is pinned (only a small host buffer per vCPU), no stage 2 fault can reach the SPU and enables cost one trap; reliable but for the SPU's stop-to-interrupt latency at each host buffer half (SB-04), and copies that wait for paging stall the vCPU (SB-06). The price is a copy of the SPE data and a trap on every PMB* access.",
 };
