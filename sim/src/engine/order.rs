@@ -94,22 +94,28 @@ impl super::Sim<'_> {
             return Ok(());
         }
         // Per vCPU: the next tick to take, and the interval waiting for its turn, if any.
-        let mut next = [t0; 8];
-        let mut waiting: [Option<Waiting>; 8] = [None; 8];
+        let mut next = vec![t0; n];
+        let mut waiting: Vec<Option<Waiting>> = vec![None; n];
+        // The earliest waiting interval: (tick, lowest vCPU waiting there).
+        let mut first: Option<(u64, usize)> = None;
         loop {
             for v in 0..n {
                 if waiting[v].is_some() {
                     continue;
                 }
                 // Not past another vCPU's waiting interval: at the same tick, only a vCPU
-                // with a lower number goes first.
-                let bound = (0..n)
-                    .filter(|w| *w != v && waiting[*w].is_some())
-                    .map(|w| next[w] + u64::from(v < w))
-                    .fold(t1, u64::min);
+                // with a lower number goes first. The smallest `next[w] + (v < w)` over the
+                // waiting `w` is the earliest waiting tick if a lower vCPU waits there, else
+                // the tick after it.
+                let bound = match first {
+                    Some((tick, w)) if w < v => tick,
+                    Some((tick, _)) => tick + 1,
+                    None => t1,
+                }
+                .min(t1);
                 while next[v] < bound && waiting[v].is_none() {
                     // A burst where one applies, then one interval the general way (a page
-                    // crossing, a blackout, a call into the strategy...).
+                    // crossing, a stall, a call into the strategy...).
                     if let Some((tick, wait)) = self.burst(v as u32, next[v], bound, interval) {
                         next[v] = tick;
                         waiting[v] = wait;
@@ -123,16 +129,15 @@ impl super::Sim<'_> {
                         next[v] += 1;
                     }
                 }
+                if waiting[v].is_some() && first.is_none_or(|f| (next[v], v) < f) {
+                    first = Some((next[v], v));
+                }
             }
             // The earliest waiting interval (lowest vCPU first) goes now: every vCPU has run
             // up to it.
-            let Some(v) = (0..n)
-                .filter(|v| waiting[*v].is_some())
-                .min_by_key(|v| (next[*v], *v))
-            else {
+            let Some((tick, v)) = first else {
                 return Ok(());
             };
-            let tick = next[v];
             let now = tick as f64 * interval;
             pinned.upto(tick, self.pinned_now);
             match waiting[v].take() {
@@ -147,6 +152,10 @@ impl super::Sim<'_> {
                 None => {}
             }
             next[v] = tick + 1;
+            first = (0..n)
+                .filter(|w| waiting[*w].is_some())
+                .map(|w| (next[w], w))
+                .min();
         }
     }
 }
