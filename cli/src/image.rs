@@ -50,17 +50,28 @@ pub struct Image {
     pub ignored_keys: Vec<String>,
 }
 
-/// Reads and validates an image file. The error is one line naming the file and the field.
-pub fn load(path: &Path) -> Result<Image, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the image: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Reads and validates an image file of at most `limit` bytes. The error is one line naming
+/// the file and the field, with its exit code.
+pub fn load(path: &Path, limit: u64) -> Result<Image, (i32, String)> {
+    let bytes = spe_policy_sim::read_limited(path, limit, "guest memory image").map_err(|e| {
+        (
+            crate::exit::for_read_error(&e),
+            format!("{e} (raise --max-input to read more)"),
+        )
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        (
+            crate::exit::INVALID,
+            format!("{}: not UTF-8 text; an image is JSON", path.display()),
+        )
+    })?;
+    parse(&text).map_err(|e| (crate::exit::INVALID, format!("{}: {e}", path.display())))
 }
 
 /// Parses image JSON text.
 pub fn parse(text: &str) -> Result<Image, String> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    let file: ImageFile = serde_path_to_error::deserialize(de).map_err(|e| {
+    let file: ImageFile = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -69,7 +80,9 @@ pub fn parse(text: &str) -> Result<Image, String> {
             format!("invalid image field `{path}`: {inner}")
         }
     })?;
-    let mut ram = GuestRam::new();
+    de.end()
+        .map_err(|e| format!("invalid image: {e}: remove what follows the JSON document"))?;
+    let mut regions = Vec::with_capacity(file.memory.len());
     for (i, page) in file.memory.iter().enumerate() {
         let field = format!("memory[{i}]");
         let digits = page.bytes.trim();
@@ -91,9 +104,11 @@ pub fn parse(text: &str) -> Result<Image, String> {
                 page.ipa.0
             ));
         }
-        ram.insert(Ipa(page.ipa.0), bytes)
-            .map_err(|e| format!("invalid image field `{field}`: {e}"))?;
+        regions.push((Ipa(page.ipa.0), bytes));
     }
+    // Sorted and merged once: O(n log n) whatever order the pages are listed in.
+    let ram = GuestRam::from_regions(regions)
+        .map_err(|(i, e)| format!("invalid image field `memory[{i}]`: {e}"))?;
     let mut ignored_keys: Vec<String> = file.extra.keys().cloned().collect();
     ignored_keys.extend(file.regs.extra.keys().map(|k| format!("regs.{k}")));
     let r = &file.regs;
@@ -153,5 +168,47 @@ mod tests {
         let img = parse(&one).expect("loads");
         assert_eq!(img.ignored_keys, vec!["regs.mair_el1".to_string()]);
         assert_eq!(img.ram.len(), 0x2000);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: std::env::var("SPE_PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn any_text_is_an_image_or_a_one_line_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{e}");
+            }
+        }
+
+        #[test]
+        fn pages_in_any_order_load_the_same_memory(
+            pages in proptest::collection::btree_set(0u64..64, 1..24),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut list: Vec<u64> = pages.into_iter().collect();
+            let doc = |list: &[u64]| {
+                let memory: Vec<String> = list
+                    .iter()
+                    .map(|p| format!(r#"{{"ipa":"{:#x}","bytes":"{}"}}"#, 0x4000_0000 + p * 0x1000, format!("{:02x}", p).repeat(4096)))
+                    .collect();
+                format!(
+                    r#"{{"regs":{{"tcr_el1":"0x0","ttbr0_el1":"0x0","ttbr1_el1":"0x0","sctlr_el1":"0x1"}},"memory":[{}]}}"#,
+                    memory.join(",")
+                )
+            };
+            let sorted = parse(&doc(&list)).expect("sorted");
+            // A deterministic shuffle.
+            let mut x = seed | 1;
+            for i in (1..list.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                list.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let shuffled = parse(&doc(&list)).expect("shuffled");
+            proptest::prop_assert_eq!(sorted.ram, shuffled.ram);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! (`decode`), and grows with the project: checking VMM configs and comparing backing strategies.
 
 mod commands;
+mod exit;
 mod hexnum;
 mod image;
 mod plots;
@@ -45,28 +46,29 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let stdout = std::io::stdout();
+    // One write(2) per buffer, not per line; a broken pipe (`| head`) ends quietly with 0, as
+    // coreutils tools do.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let stderr = std::io::stderr();
+    let mut err = stderr.lock();
     let code = match &cli.command {
-        Command::Translate(args) => {
-            commands::translate::run(args, &mut stdout.lock(), &mut stderr.lock())
-        }
-        Command::Decode(args) => {
-            commands::decode::run(args, &mut stdout.lock(), &mut stderr.lock())
-        }
-        Command::Check(args) => {
-            commands::config::check(args, &mut stdout.lock(), &mut stderr.lock())
-        }
-        Command::Config(_) => commands::config::defaults(&mut stdout.lock()),
-        Command::Compare(args) => {
-            commands::compare::run(args, &mut stdout.lock(), &mut stderr.lock())
-        }
-        Command::Simulate(args) => {
-            commands::compare::simulate(args, &mut stdout.lock(), &mut stderr.lock())
-        }
-        Command::Errata(args) => {
-            commands::errata::run(args, &mut stdout.lock(), &mut stderr.lock())
+        Command::Translate(args) => commands::translate::run(args, &mut out, &mut err),
+        Command::Decode(args) => commands::decode::run(args, &mut out, &mut err),
+        Command::Check(args) => commands::config::check(args, &mut out, &mut err),
+        Command::Config(args) => commands::config::defaults(args, &mut out),
+        Command::Compare(args) => commands::compare::run(args, &mut out, &mut err),
+        Command::Simulate(args) => commands::compare::simulate(args, &mut out, &mut err),
+        Command::Errata(args) => commands::errata::run(args, &mut out, &mut err),
+    };
+    let code = match std::io::Write::flush(&mut out) {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = writeln!(err, "error: writing the output: {e}");
+            exit::IO
         }
     };
+    drop(out);
     std::process::exit(code);
 }

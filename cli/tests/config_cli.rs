@@ -46,7 +46,7 @@ fn check_accepts_every_example_config_and_prints_profile_and_errata() {
 }
 
 #[test]
-fn check_exits_1_with_located_errors_and_2_when_unreadable() {
+fn check_exits_1_with_located_errors_and_3_when_unreadable() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -62,8 +62,88 @@ fn check_exits_1_with_located_errors_and_2_when_unreadable() {
     );
     assert!(err.contains("stop-and-copy"), "{err}");
     let (code, _, err) = run(&["check", "/nonexistent/vmm.toml"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3, "unreadable is exit 3 (README's table)");
     assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn check_refuses_files_with_nothing_to_check_and_shapes_that_are_not_a_config() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases: &[(&str, &str, &str)] = &[
+        ("empty.toml", "", "no [spe] table"),
+        (
+            "sep.toml",
+            "[sep]\nstrategy = \"pin-all\"\n",
+            "did you mean [spe]?",
+        ),
+        (
+            "top.toml",
+            "strategy = \"pin-all\"\n",
+            "move it under [spe]",
+        ),
+        (
+            "scenario.toml",
+            "name = \"x\"\nduration_ms = 5.0\n",
+            "simulate",
+        ),
+        (
+            "array.toml",
+            "[[spe]]\nstrategy = \"pin-all\"\n",
+            "not a list ([[spe]])",
+        ),
+        ("list.json", "[]", "not a list"),
+        ("spe-list.json", "{\"spe\": []}", "not a list"),
+        ("trailing.json", "{\"spe\": {}} x", "trailing"),
+        (
+            "negative.toml",
+            "[vm]\n[spe.pin_buffer]\ncap_per_vcpu = -1\n",
+            "negative",
+        ),
+    ];
+    for (name, text, words) in cases {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).expect("write");
+        let (code, _, err) = run(&["check", f.to_str().expect("utf8")]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(words), "{name}: {err}");
+    }
+    let (code, _, err) = run(&["check", "/dev/null"]);
+    assert_eq!(code, 1, "{err}");
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, "# padding\n".repeat(600_000)).expect("write");
+    let (code, _, err) = run(&["check", big.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("larger than the 4 MiB"), "{err}");
+}
+
+#[test]
+fn check_warns_about_a_strategy_table_its_strategy_ignores_and_a_buffer_over_the_cap() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("ft.toml");
+    std::fs::write(
+        &f,
+        "[spe]\nstrategy = \"fault-translate\"\n[spe.pin_buffer]\ncap_per_vcpu = \"8MiB\"\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", f.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("it is ignored") && err.contains(":3:"),
+        "{err}"
+    );
+    let small = dir.path().join("small.toml");
+    std::fs::write(&small, "[spe]\n[spe.pin_buffer]\ncap_per_vcpu = \"1MiB\"\n").expect("write");
+    let (code, out, err) = run(&["check", small.to_str().expect("utf8"), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(doc["valid"], true);
+    assert!(
+        doc["warnings"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PB-01")),
+        "{doc}"
+    );
+    assert_eq!(doc["strategy"], "pin-buffer");
 }
 
 #[test]
@@ -73,6 +153,15 @@ fn config_defaults_prints_a_config_that_checks_and_is_the_default() {
     let c = spe_policy::config::load_toml(&out).expect("defaults load");
     assert_eq!(c, spe_policy::config::SpeConfig::default());
     assert!(out.contains("[spe.pin_buffer]") && out.contains("cap_per_vcpu = \"16MiB\""));
+    assert!(
+        out.contains("# [vm]") && out.contains("# vcpus = 4"),
+        "{out}"
+    );
+    let (code, json, _) = run(&["config", "--defaults", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["spe"]["strategy"], "pin-buffer");
+    assert_eq!(v["vm"]["vcpus"], 4);
 }
 
 #[test]
@@ -91,10 +180,10 @@ fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(4));
     assert_eq!(v[1]["errata"][0]["id"], "PB-01");
-    let (code, _, err) = run(&["errata", "--strategy", "pin-everything"]);
-    assert_eq!(code, 1);
+    let (code, _, err) = run(&["errata", "--strategy", "pin-buffers"]);
+    assert_eq!(code, 2, "a usage error, as in simulate");
     assert!(
-        err.contains("pin-all, pin-buffer, fault-translate, shadow-buffer"),
+        err.contains("pin-buffer") && err.contains("possible values"),
         "{err}"
     );
     let (code, _, err) = run(&["errata", "--check", "docs/errata"]);

@@ -105,7 +105,7 @@ fn garbage_still_decodes_as_far_as_the_rules_allow() {
 #[test]
 fn unreadable_and_empty_files_get_a_clear_error_and_distinct_exit_codes() {
     let (code, _, err) = run(&["decode", "/nonexistent/spe.bin"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3, "unreadable is exit 3 (README's table)");
     assert!(
         err.contains("/nonexistent/spe.bin") && err.contains("cannot read"),
         "{err}"
@@ -125,4 +125,72 @@ fn unreadable_and_empty_files_get_a_clear_error_and_distinct_exit_codes() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("power of two"), "{err}");
+}
+
+#[test]
+fn decode_through_a_pipe_closed_early_exits_0_without_an_error_message() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // A big input: many pipe buffers of text, so the writer meets the closed pipe.
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("big.bin");
+    let one = std::fs::read(data("quipper_arm_spe_decoder_test.bin")).expect("data");
+    std::fs::write(&f, one.repeat(4000)).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(["decode", f.to_str().expect("utf8")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 100];
+    stdout.read_exact(&mut first).expect("some output");
+    drop(stdout); // `| head -c 100`
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn decode_reads_standard_input_and_refuses_more_than_max_input() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let bytes = std::fs::read(data("quipper_arm_spe_decoder_test.bin")).expect("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(["decode", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&bytes)
+        .expect("feed");
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("# 2 records"));
+    let f = data("quipper_arm_spe_decoder_test.bin");
+    let (code, _, err) = run(&["decode", f.to_str().expect("utf8"), "--max-input", "64"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("larger than the") && err.contains("--max-input"),
+        "{err}"
+    );
+    // An endless input stops at the limit.
+    let (code, _, err) = run(&["decode", "/dev/zero", "--max-input", "1MiB"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn recovery_options_without_recover_are_refused_by_the_parser() {
+    let f = data("quipper_arm_spe_decoder_test.bin");
+    let (code, _, err) = run(&["decode", f.to_str().expect("utf8"), "--order", "sequential"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--recover"), "{err}");
 }

@@ -96,7 +96,7 @@ fn a_range_prints_one_line_per_page_and_faults_are_results_not_errors() {
 }
 
 #[test]
-fn a_va_outside_every_range_is_a_level_0_fault_with_an_error_line_and_exit_3() {
+fn a_va_outside_every_range_is_a_level_0_fault_with_an_error_line_and_exit_1() {
     let img = example_image();
     let (code, out, err) = run(&[
         "translate",
@@ -105,7 +105,7 @@ fn a_va_outside_every_range_is_a_level_0_fault_with_an_error_line_and_exit_3() {
         "--va",
         "0x0001000000000000",
     ]);
-    assert_eq!(code, 3);
+    assert_eq!(code, 1, "invalid input (README's exit-code table)");
     assert!(
         err.contains("--va 0x1000000000000") && err.contains("outside"),
         "{err}"
@@ -120,7 +120,7 @@ fn a_va_outside_every_range_is_a_level_0_fault_with_an_error_line_and_exit_3() {
 #[test]
 fn bad_inputs_get_one_line_errors_naming_the_input() {
     let (code, _, err) = run(&["translate", "--image", "/nonexistent.json", "--va", "0x0"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "unreadable is exit 3");
     assert!(
         err.contains("/nonexistent.json") && err.lines().count() == 1,
         "{err}"
@@ -180,4 +180,62 @@ fn the_committed_example_image_is_what_the_generator_prints() {
         committed,
         "regenerate: cargo run -p spe-policy --example vmap_image > configs/images/linux-4k-vmap-buffer.json"
     );
+}
+
+#[test]
+fn len_is_decimal_unless_0x_and_images_are_loaded_in_any_order_and_capped() {
+    let img = example_image();
+    let count = |len: &str| {
+        let (code, out, err) = run(&[
+            "translate",
+            "--image",
+            img.to_str().expect("utf8"),
+            "--va",
+            "0xffff800082000000",
+            "--len",
+            len,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().count()
+    };
+    assert_eq!(count("4096"), 1, "4096 is one page, not 0x4096");
+    assert_eq!(count("0x4096"), 5);
+    // The image's pages listed in reverse order load the same (and fast).
+    let text = std::fs::read_to_string(&img).expect("image");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["memory"].as_array_mut().expect("memory").reverse();
+    let dir = tempfile::tempdir().expect("tmp");
+    let rev = dir.path().join("rev.json");
+    std::fs::write(&rev, v.to_string()).expect("write");
+    let (code, out, err) = run(&[
+        "translate",
+        "--image",
+        rev.to_str().expect("utf8"),
+        "--va",
+        "0xffff800082000000",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"ipa\""), "{out}");
+    let (code, _, err) = run(&[
+        "translate",
+        "--image",
+        img.to_str().expect("utf8"),
+        "--va",
+        "0xffff800082000000",
+        "--max-input",
+        "1KiB",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--max-input"), "{err}");
+    let trailing = dir.path().join("trailing.json");
+    std::fs::write(&trailing, format!("{text} garbage")).expect("write");
+    let (code, _, err) = run(&[
+        "translate",
+        "--image",
+        trailing.to_str().expect("utf8"),
+        "--va",
+        "0xffff800082000000",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("remove what follows"), "{err}");
 }

@@ -73,24 +73,75 @@ pub fn builtin() -> Result<Vec<Scenario>, String> {
 /// Largest scenario or VM file read: 4 MiB (a scenario of 10,000 events is about 600 KiB).
 pub const MAX_INPUT_BYTES: u64 = 4 << 20;
 
-/// Reads a text file of at most [`MAX_INPUT_BYTES`], naming the file, its size and the limit
-/// when it is larger (a FIFO or `/dev/zero` stops at the limit too).
-pub fn read_bounded(path: &Path) -> Result<String, String> {
+/// Why a file could not be read as input.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The system refused (no such file, permissions, a directory...).
+    #[error("{path}: cannot read: {source}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than the limit (a FIFO or `/dev/zero` stops at the limit too).
+    #[error("{path}: larger than the {limit_mib} MiB a {what} may have; is it the right file?")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// What kind of input.
+        what: &'static str,
+        /// The limit, MiB.
+        limit_mib: u64,
+    },
+    /// Not text.
+    #[error("{path}: not UTF-8 text; a {what} is a text file")]
+    NotText {
+        /// The file.
+        path: String,
+        /// What kind of input.
+        what: &'static str,
+    },
+}
+
+/// Reads at most `limit` bytes of `path` (`-` is standard input).
+pub fn read_limited(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, ReadError> {
     use std::io::Read;
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let name = path.display().to_string();
+    let unreadable = |source| ReadError::Unreadable {
+        path: name.clone(),
+        source,
+    };
     let mut buf = Vec::new();
-    f.take(MAX_INPUT_BYTES + 1)
+    let reader: Box<dyn Read> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(unreadable)?)
+    };
+    reader
+        .take(limit.saturating_add(1))
         .read_to_end(&mut buf)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if buf.len() as u64 > MAX_INPUT_BYTES {
-        return Err(format!(
-            "{}: larger than the {} MiB a config, scenario or VM file may have; is it the right file?",
-            path.display(),
-            MAX_INPUT_BYTES >> 20
-        ));
+        .map_err(unreadable)?;
+    if buf.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            path: name,
+            what,
+            limit_mib: limit >> 20,
+        });
     }
-    String::from_utf8(buf).map_err(|_| format!("{}: not UTF-8 text", path.display()))
+    Ok(buf)
+}
+
+/// Reads a config, scenario or VM file of at most [`MAX_INPUT_BYTES`], naming the file and
+/// the limit when it is larger.
+pub fn read_bounded(path: &Path) -> Result<String, ReadError> {
+    let what = "config, scenario or VM file";
+    let buf = read_limited(path, MAX_INPUT_BYTES, what)?;
+    String::from_utf8(buf).map_err(|_| ReadError::NotText {
+        path: path.display().to_string(),
+        what,
+    })
 }
 
 /// Loads every `*.toml` scenario of `dir`, sorted by file name.
@@ -105,7 +156,7 @@ pub fn load_scenarios(dir: &Path) -> Result<Vec<Scenario>, String> {
     paths
         .iter()
         .map(|p| {
-            let text = read_bounded(p)?;
+            let text = read_bounded(p).map_err(|e| e.to_string())?;
             Scenario::from_toml(&p.display().to_string(), &text).map_err(|e| e.to_string())
         })
         .collect()

@@ -110,6 +110,46 @@ impl GuestRam {
         Ok(ram)
     }
 
+    /// Guest memory from many regions in any order, sorted and merged once (O(n log n), where
+    /// inserting them one by one highest first copies the merged region each time). On an
+    /// overlap or a wrap the error names the index of the region (in `regions`' order) that
+    /// was refused.
+    pub fn from_regions(regions: Vec<(Ipa, Vec<u8>)>) -> Result<Self, (usize, GuestRamError)> {
+        let mut order: Vec<(Ipa, usize, Vec<u8>)> = regions
+            .into_iter()
+            .enumerate()
+            .map(|(i, (base, bytes))| (base, i, bytes))
+            .collect();
+        order.sort_by_key(|(base, i, _)| (base.0, *i));
+        let mut merged: Vec<(Ipa, Vec<u8>)> = Vec::new();
+        for (base, i, bytes) in order {
+            let len = bytes.len() as u64;
+            base.0
+                .checked_add(len)
+                .ok_or((i, GuestRamError::Wraps { ipa: base, len }))?;
+            if let Some((last, last_bytes)) = merged.last_mut() {
+                let last_end = last.0 + last_bytes.len() as u64;
+                if base.0 < last_end {
+                    return Err((
+                        i,
+                        GuestRamError::Overlap {
+                            new: base,
+                            new_len: len,
+                            existing: *last,
+                            existing_len: last_bytes.len() as u64,
+                        },
+                    ));
+                }
+                if base.0 == last_end {
+                    last_bytes.extend_from_slice(&bytes);
+                    continue;
+                }
+            }
+            merged.push((base, bytes));
+        }
+        Ok(GuestRam { regions: merged })
+    }
+
     /// Adds a region at `base`. Fails on overlap with an existing region.
     pub fn insert(&mut self, base: Ipa, bytes: Vec<u8>) -> Result<(), GuestRamError> {
         let len = bytes.len() as u64;
@@ -272,6 +312,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_listed_highest_first_merge_into_one_region_in_one_pass() {
+        // Issue 18: inserting 8,000 pages highest first re-copied the merged region each time
+        // (122 s); built in one pass they are one region.
+        let pages: Vec<(Ipa, Vec<u8>)> = (0..8000u64)
+            .rev()
+            .map(|i| (Ipa(0x4000_0000 + i * 4096), vec![i as u8; 4096]))
+            .collect();
+        let ram = GuestRam::from_regions(pages).expect("no overlap");
+        assert_eq!(
+            ram.regions().collect::<Vec<_>>(),
+            vec![(Ipa(0x4000_0000), 8000 * 4096)]
+        );
+        assert_eq!(
+            ram.slice(Ipa(0x4000_0000 + 7999 * 4096), 1),
+            Some(&[(7999 % 256) as u8][..])
+        );
+        let overlap = GuestRam::from_regions(vec![
+            (Ipa(0x2000), vec![0; 4096]),
+            (Ipa(0x1000), vec![0; 8192]),
+        ])
+        .expect_err("overlap");
+        assert_eq!(
+            overlap.0, 0,
+            "the region listed second in IPA order is refused"
+        );
+    }
 
     #[test]
     fn reads_outside_every_region_fail_with_the_ipa() {

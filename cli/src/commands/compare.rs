@@ -16,6 +16,7 @@ use spe_policy_sim::{
     builtin, compare_parallel, judge, load_scenarios, read_bounded, vm_for, vm_table,
 };
 
+use crate::exit;
 use crate::plots;
 
 /// Output format.
@@ -108,11 +109,11 @@ pub struct SimulateArgs {
     pub out: Option<PathBuf>,
 }
 
-/// A problem with the inputs, with its exit code (1 invalid, 2 unreadable).
+/// A problem with the inputs, with its exit code (1 invalid, 3 unreadable).
 struct Failure(i32, String);
 
 fn read(path: &Path) -> Result<String, Failure> {
-    read_bounded(path).map_err(|e| Failure(if e.contains("cannot read") { 2 } else { 1 }, e))
+    read_bounded(path).map_err(|e| Failure(exit::for_read_error(&e), e.to_string()))
 }
 
 fn load_config(name: &str, src: &str) -> Result<SpeConfig, Failure> {
@@ -230,7 +231,7 @@ fn run_jobs(
     r
 }
 
-/// Runs `compare`: 0 ok, 1 invalid input or a failed run, 2 unreadable or unwritable.
+/// Runs `compare`: 0 ok, 1 invalid input or a failed run, 3 unreadable or unwritable.
 pub fn run(args: &CompareArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let inputs = match inputs(args) {
         Ok(x) => x,
@@ -312,7 +313,7 @@ struct Report<'a> {
 }
 
 /// Runs the jobs and reports them: 0 ok, 1 a run failed (the others are still reported),
-/// 2 output failed.
+/// 3 output failed.
 fn run_and_report(
     inputs: &Inputs,
     strategies: &[StrategyName],
@@ -353,7 +354,7 @@ fn run_and_report(
         .map(|dir| write_out(dir, &report).map_err(|e| (dir, e)))
     {
         let _ = writeln!(err, "error: {}: {e}", dir.display());
-        return 2;
+        return exit::IO;
     }
     let r = match output.format {
         Format::Json => serde_json::to_string_pretty(&report)
@@ -373,7 +374,7 @@ fn run_and_report(
         Ok(()) => 1,
         Err(e) => {
             let _ = writeln!(err, "error: writing the output: {e}");
-            2
+            exit::IO
         }
     }
 }

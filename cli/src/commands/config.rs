@@ -3,11 +3,22 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde::Serialize;
 use spe_policies::Policy;
-use spe_policy::config::{
-    ConfigError, ConfigErrors, ConfigFile, SpeConfig, explicit_keys, load_toml, to_toml,
-};
+use spe_policy::config::{ConfigError, ConfigWarning, Loaded, SpeConfig, to_toml};
+use spe_policy::errata::{Erratum, Profile};
 use spe_policy::{BackingStrategy, VmSpec};
+
+use crate::exit;
+
+/// Output format of `check` and `config`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Annotated TOML (defaults marked) and `#` comment lines.
+    Text,
+    /// One JSON document.
+    Json,
+}
 
 /// Arguments of `check`.
 #[derive(clap::Args, Debug)]
@@ -18,6 +29,9 @@ pub struct CheckArgs {
     /// VM: 4 vCPUs, 8 GiB, 4 KiB pages).
     #[arg(long, value_name = "FILE")]
     pub vm: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// Arguments of `config`.
@@ -26,6 +40,9 @@ pub struct ConfigArgs {
     /// Print the default `[spe]` table with every key.
     #[arg(long, required = true)]
     pub defaults: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// The resolved config as TOML, each key not written in the file marked `# default`.
@@ -51,66 +68,102 @@ fn annotated(config: &SpeConfig, explicit: &[String]) -> String {
     out
 }
 
-/// Loads the `spe` object of a JSON config: the same schema and validation as TOML, with the
-/// line and column serde_json reports.
-fn load_json(src: &str) -> Result<SpeConfig, ConfigErrors> {
-    let de = &mut serde_json::Deserializer::from_str(src);
-    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        ConfigErrors(vec![ConfigError {
-            key,
-            value: String::new(),
-            reason: inner.to_string(),
-            fix: "see `spe-policy config --defaults` for every key with its default value".into(),
-            location: Some((inner.line(), inner.column())),
-        }])
-    })?;
-    file.spe.validate()?;
-    Ok(file.spe)
+/// `check --format json`.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    file: String,
+    valid: bool,
+    errors: Vec<JsonProblem>,
+    warnings: Vec<JsonProblem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<&'a SpeConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm: Option<&'a VmSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Profile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errata: Option<&'static [Erratum]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guest_notice: Option<String>,
 }
 
-/// The dotted keys under `spe` a JSON config sets.
-fn json_keys(src: &str) -> Vec<String> {
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-        if let Some(map) = v.as_object() {
-            for (k, sub) in map {
-                let key = format!("{prefix}.{k}");
-                if sub.is_object() {
-                    walk(&key, sub, out);
+/// One error or warning in JSON.
+#[derive(Serialize)]
+struct JsonProblem {
+    key: String,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    column: Option<usize>,
+}
+
+impl From<&ConfigError> for JsonProblem {
+    fn from(e: &ConfigError) -> Self {
+        JsonProblem {
+            key: e.key.clone(),
+            message: format!(
+                "{}{}: {}; {}",
+                e.key,
+                if e.value.is_empty() {
+                    String::new()
                 } else {
-                    out.push(key);
-                }
-            }
+                    format!(" = {}", e.value)
+                },
+                e.reason,
+                e.fix
+            ),
+            line: e.location.map(|l| l.0),
+            column: e.location.map(|l| l.1),
         }
     }
-    let mut out = Vec::new();
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(src) {
-        walk("spe", &v["spe"], &mut out);
-    }
-    out
 }
 
-/// `check`: 0 valid, 1 invalid, 2 unreadable.
-pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let path = args.config.display();
-    let src = match std::fs::read_to_string(&args.config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(err, "error: {path}: cannot read: {e}");
-            return 2;
+impl From<&ConfigWarning> for JsonProblem {
+    fn from(w: &ConfigWarning) -> Self {
+        JsonProblem {
+            key: w.key.clone(),
+            message: w.message.clone(),
+            line: w.location.map(|l| l.0),
+            column: w.location.map(|l| l.1),
         }
-    };
-    let is_json = args.config.extension().is_some_and(|e| e == "json");
-    let loaded = if is_json {
-        load_json(&src)
-    } else {
-        load_toml(&src)
-    };
-    let config = match loaded {
-        Ok(c) => c,
-        Err(errs) => {
-            for e in &errs.0 {
+    }
+}
+
+/// Prints the problems (text: one line each on stderr; JSON: the document on stdout) and
+/// returns the exit code for invalid input.
+fn invalid(
+    args: &CheckArgs,
+    errors: &[ConfigError],
+    warnings: &[ConfigWarning],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let path = args.config.display();
+    match args.format {
+        Format::Json => {
+            let doc = CheckJson {
+                file: path.to_string(),
+                valid: false,
+                errors: errors.iter().map(JsonProblem::from).collect(),
+                warnings: warnings.iter().map(JsonProblem::from).collect(),
+                config: None,
+                vm: None,
+                strategy: None,
+                profile: None,
+                errata: None,
+                guest_notice: None,
+            };
+            let _ = serde_json::to_writer_pretty(&mut *out, &doc);
+            let _ = writeln!(out);
+        }
+        Format::Text => {
+            for w in warnings {
+                let _ = writeln!(err, "warning: {path}:{w}");
+            }
+            for e in errors {
                 match e.location {
                     Some(_) => {
                         let _ = writeln!(err, "error: {path}:{e}");
@@ -120,46 +173,108 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
                     }
                 }
             }
-            return 1;
+        }
+    }
+    exit::INVALID
+}
+
+fn load_vm(args: &CheckArgs) -> Result<VmSpec, (i32, String)> {
+    let Some(p) = &args.vm else {
+        return Ok(VmSpec::default());
+    };
+    let src =
+        spe_policy_sim::read_bounded(p).map_err(|e| (exit::for_read_error(&e), e.to_string()))?;
+    spe_policy_sim::vm_table(&p.display().to_string(), &src)
+        .and_then(|t| {
+            toml::Value::Table(t)
+                .try_into::<VmSpec>()
+                .map_err(|e| format!("{}: {}", p.display(), e.message()))
+        })
+        .map_err(|e| (exit::INVALID, e))
+}
+
+/// `check`: 0 valid, 1 invalid, 3 unreadable (README's exit-code table).
+pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let path = args.config.display();
+    let src = match spe_policy_sim::read_bounded(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = exit::for_read_error(&e);
+            let _ = writeln!(err, "error: {e}");
+            return code;
         }
     };
-    let vm = match &args.vm {
-        None => VmSpec::default(),
-        Some(p) => {
-            let table = spe_policy_sim::read_bounded(p)
-                .and_then(|src| spe_policy_sim::vm_table(&p.display().to_string(), &src))
-                .and_then(|t| {
-                    toml::Value::Table(t)
-                        .try_into::<VmSpec>()
-                        .map_err(|e| format!("{}: {}", p.display(), e.message()))
-                });
-            match table {
-                Ok(vm) => vm,
-                Err(e) => {
-                    let _ = writeln!(err, "error: {e}");
-                    return 1;
-                }
-            }
+    let is_json = args.config.extension().is_some_and(|e| e == "json");
+    let loaded = if is_json {
+        SpeConfig::from_json_str(&src)
+    } else {
+        SpeConfig::from_toml_str(&src)
+    };
+    let Loaded {
+        config,
+        mut warnings,
+        has_spe_table,
+        explicit,
+    } = match loaded {
+        Ok(l) => l,
+        Err(errs) => return invalid(args, &errs.0, &[], out, err),
+    };
+    if !has_spe_table {
+        // Nothing to check: an empty file, a scenario file, another tool's config.
+        let (no_spe, rest): (Vec<ConfigWarning>, Vec<ConfigWarning>) =
+            warnings.into_iter().partition(|w| w.key == "spe");
+        let errors: Vec<ConfigError> = no_spe
+            .into_iter()
+            .map(|w| ConfigError {
+                key: "spe".into(),
+                value: String::new(),
+                reason: "the file has no [spe] table, so there is nothing to check".into(),
+                fix: "add an [spe] table (`spe-policy config --defaults` prints one); a scenario file runs with `spe-policy simulate`".into(),
+                location: w.location,
+            })
+            .collect();
+        return invalid(args, &errors, &rest, out, err);
+    }
+    let vm = match load_vm(args) {
+        Ok(vm) => vm,
+        Err((code, e)) => {
+            let _ = writeln!(err, "error: {e}");
+            return code;
         }
     };
+    warnings.extend(config.warnings_for(&vm));
     let policy = match Policy::from_config(&config, &vm) {
         Ok(p) => p,
-        Err(errs) => {
-            for e in &errs.0 {
-                let _ = writeln!(err, "error: {path}: {e}");
-            }
-            return 1;
-        }
+        Err(errs) => return invalid(args, &errs.0, &warnings, out, err),
     };
     let prof = policy.profile();
+    if args.format == Format::Json {
+        let doc = CheckJson {
+            file: path.to_string(),
+            valid: true,
+            errors: Vec::new(),
+            warnings: warnings.iter().map(JsonProblem::from).collect(),
+            config: Some(&config),
+            vm: Some(&vm),
+            strategy: Some(policy.name()),
+            profile: Some(prof),
+            errata: Some(policy.errata()),
+            guest_notice: Some(policy.guest_notice().to_string()),
+        };
+        return match serde_json::to_writer_pretty(&mut *out, &doc).map(|()| writeln!(out)) {
+            Ok(_) => exit::OK,
+            Err(e) => {
+                let _ = writeln!(err, "error: writing the output: {e}");
+                exit::IO
+            }
+        };
+    }
+    for w in &warnings {
+        let _ = writeln!(err, "warning: {path}:{w}");
+    }
     let names =
         |ps: &[spe_policy::Property]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(" + ");
     let _ = writeln!(out, "# {path}: valid\n");
-    let explicit = if is_json {
-        json_keys(&src)
-    } else {
-        explicit_keys(&src)
-    };
     let _ = write!(out, "{}", annotated(&config, &explicit));
     let _ = writeln!(
         out,
@@ -175,15 +290,32 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
     }
     let notice = policy.guest_notice();
     let _ = writeln!(out, "# guest notice: {notice}");
-    0
+    exit::OK
 }
 
 /// `config --defaults`.
-pub fn defaults(out: &mut dyn Write) -> i32 {
-    let _ = writeln!(
-        out,
-        "# spe-policy: the default [spe] table, every key at its default value.\n# Embed it in the VMM's config file and change what differs."
-    );
-    let _ = write!(out, "{}", to_toml(&SpeConfig::default()));
-    0
+pub fn defaults(args: &ConfigArgs, out: &mut dyn Write) -> i32 {
+    let r = match args.format {
+        Format::Json => serde_json::to_writer_pretty(
+            &mut *out,
+            &serde_json::json!({ "spe": SpeConfig::default(), "vm": VmSpec::default() }),
+        )
+        .map_err(std::io::Error::other)
+        .and_then(|()| writeln!(out)),
+        Format::Text => writeln!(
+            out,
+            "# spe-policy: the default [spe] table, every key at its default value.\n# Embed it in the VMM's config file and change what differs. (migration, unset,\n# follows the strategy: stop-and-copy for pin-all, pre-copy for the others.)\n{}\n# The VM's facts are not policy: a VMM passes them as `VmSpec`; the simulator reads\n# them from a [vm] table (a scenario's, or `compare --vm FILE`). Their defaults:\n{}",
+            to_toml(&SpeConfig::default()).trim_end(),
+            toml::to_string(&serde_json::json!({ "vm": VmSpec::default() }))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| format!("# {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    };
+    match r {
+        Ok(()) => exit::OK,
+        Err(_) => exit::IO,
+    }
 }

@@ -40,8 +40,11 @@ pub enum Order {
 /// Arguments of `decode`.
 #[derive(clap::Args, Debug)]
 pub struct DecodeArgs {
-    /// A file of raw SPE bytes (an AUX buffer region).
+    /// A file of raw SPE bytes (an AUX buffer region); `-` reads standard input.
     pub file: PathBuf,
+    /// The most bytes read; a larger input is refused (it is held in memory whole).
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_input: u64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Perf)]
     pub format: Format,
@@ -56,11 +59,15 @@ pub struct DecodeArgs {
     #[arg(long, requires = "recover")]
     pub no_data_loss: bool,
     /// With --recover: the SPU's largest record in bytes (2^PMSIDR_EL1.MaxSize).
-    #[arg(long, default_value_t = 64, value_parser = parse_record_size)]
+    #[arg(long, default_value_t = 64, value_parser = parse_record_size, requires = "recover")]
     pub max_record: usize,
     /// With --recover: the write order to assume.
-    #[arg(long, value_enum, default_value_t = Order::Unordered)]
+    #[arg(long, value_enum, default_value_t = Order::Unordered, requires = "recover")]
     pub order: Order,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<spe_policy::config::ByteSize>().map(|b| b.bytes())
 }
 
 fn parse_record_size(s: &str) -> Result<usize, String> {
@@ -105,21 +112,70 @@ struct JsonRecovery {
     reason: String,
 }
 
-#[derive(Serialize)]
-struct JsonOut {
-    packets: Vec<JsonPacket>,
-    summary: Summary,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recovery: Option<JsonRecovery>,
+/// Writes the JSON document `{"packets": [...], "summary": ..., "recovery": ...}` one packet
+/// at a time: memory stays bounded by the input, whatever the number of packets.
+fn write_json(
+    out: &mut dyn Write,
+    bytes: &[u8],
+    mode: DecodeMode,
+    summary: &Summary,
+    recovery: Option<&JsonRecovery>,
+) -> std::io::Result<()> {
+    let json = |v: &dyn erased::Json| v.to_json().map_err(std::io::Error::other);
+    writeln!(out, "{{\n  \"packets\": [")?;
+    let mut text = String::with_capacity(128);
+    for (i, item) in Packets::new(bytes, mode).enumerate() {
+        let packet = match item {
+            StreamItem::Packet {
+                offset,
+                bytes,
+                packet,
+            } => {
+                use std::fmt::Write as _;
+                text.clear();
+                let _ = write!(text, "{}", Describe(&packet));
+                JsonPacket {
+                    offset,
+                    bytes: hex::encode(bytes),
+                    text: text.clone(),
+                }
+            }
+            StreamItem::Bad { offset, byte, .. } => JsonPacket {
+                offset,
+                bytes: format!("{byte:02x}"),
+                text: "Bad packet!".into(),
+            },
+        };
+        let sep = if i == 0 { "" } else { ",\n" };
+        write!(out, "{sep}    {}", json(&packet)?)?;
+    }
+    write!(out, "\n  ],\n  \"summary\": {}", json(summary)?)?;
+    if let Some(r) = recovery {
+        write!(out, ",\n  \"recovery\": {}", json(r)?)?;
+    }
+    writeln!(out, "\n}}")
 }
 
-/// Runs the command; returns the exit code (0 decoded, 1 bad input, 2 unreadable).
+/// Serializing a value to one line of JSON, behind a trait object.
+mod erased {
+    pub(super) trait Json {
+        fn to_json(&self) -> serde_json::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<String> {
+            serde_json::to_string(self)
+        }
+    }
+}
+
+/// Runs the command; returns the exit code (0 decoded, 1 bad input, 3 unreadable).
 pub fn run(args: &DecodeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let bytes = match std::fs::read(&args.file) {
+    let bytes = match spe_policy_sim::read_limited(&args.file, args.max_input, "decode input") {
         Ok(b) => b,
         Err(e) => {
-            let _ = writeln!(err, "error: {}: cannot read: {e}", args.file.display());
-            return 2;
+            let code = crate::exit::for_read_error(&e);
+            let _ = writeln!(err, "error: {e} (raise --max-input to read more)");
+            return code;
         }
     };
     if bytes.is_empty() {
@@ -128,7 +184,7 @@ pub fn run(args: &DecodeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             "error: {}: the file is empty; give the raw SPE bytes of an AUX buffer",
             args.file.display()
         );
-        return 1;
+        return crate::exit::INVALID;
     }
     let mode = match args.mode {
         Mode::Arch => DecodeMode::Architecture,
@@ -174,41 +230,15 @@ pub fn run(args: &DecodeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     }
     let written = match args.format {
         Format::Perf => write_perf(out, &bytes, mode, &summary, recovery.as_ref()),
-        Format::Json => {
-            let packets = Packets::new(&bytes, mode)
-                .map(|item| match item {
-                    StreamItem::Packet {
-                        offset,
-                        bytes,
-                        packet,
-                    } => JsonPacket {
-                        offset,
-                        bytes: hex::encode(bytes),
-                        text: Describe(&packet).to_string(),
-                    },
-                    StreamItem::Bad { offset, byte, .. } => JsonPacket {
-                        offset,
-                        bytes: format!("{byte:02x}"),
-                        text: "Bad packet!".into(),
-                    },
-                })
-                .collect();
-            let doc = JsonOut {
-                packets,
-                summary,
-                recovery,
-            };
-            serde_json::to_writer_pretty(&mut *out, &doc)
-                .map_err(std::io::Error::other)
-                .and_then(|()| writeln!(out))
-        }
+        Format::Json => write_json(out, &bytes, mode, &summary, recovery.as_ref()),
     };
-    match written {
-        Ok(()) => 0,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => crate::exit::OK,
+        // `decode BIG | head`: the reader went away; end quietly, as coreutils tools do.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => crate::exit::OK,
         Err(e) => {
             let _ = writeln!(err, "error: writing the output: {e}");
-            1
+            crate::exit::IO
         }
     }
 }

@@ -23,9 +23,9 @@ pub enum Format {
 /// Arguments of `errata`.
 #[derive(clap::Args, Debug)]
 pub struct ErrataArgs {
-    /// Only this strategy (pin-all, pin-buffer, fault-translate, shadow-buffer).
-    #[arg(long)]
-    pub strategy: Option<String>,
+    /// Only this strategy.
+    #[arg(long, value_enum)]
+    pub strategy: Option<crate::commands::compare::StrategyArg>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -122,7 +122,7 @@ fn measured() -> Result<std::collections::HashMap<&'static str, String>, String>
     Ok(out)
 }
 
-/// Runs the command: 0 ok, 1 stale documents or unknown strategy, 2 I/O error.
+/// Runs the command: 0 ok, 1 stale documents or a measurement missing, 3 I/O error.
 pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let figures = if args.write.is_some() || args.check.is_some() || args.format == Format::Md {
         match measured() {
@@ -139,13 +139,13 @@ pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     if let Some(dir) = &args.write {
         if let Err(e) = std::fs::create_dir_all(dir) {
             let _ = writeln!(err, "error: {}: {e}", dir.display());
-            return 2;
+            return crate::exit::IO;
         }
         for (name, text) in errata_doc::all_pages(&impact) {
             let path = dir.join(&name);
             if let Err(e) = std::fs::write(&path, text) {
                 let _ = writeln!(err, "error: {}: {e}", path.display());
-                return 2;
+                return crate::exit::IO;
             }
             let _ = writeln!(out, "wrote {}", path.display());
         }
@@ -168,20 +168,11 @@ pub fn run(args: &ErrataArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         return i32::from(stale > 0);
     }
     let all = Policy::all_defaults();
-    let chosen: Vec<&Policy> = match &args.strategy {
+    let chosen: Vec<&Policy> = match args.strategy {
         None => all.iter().collect(),
-        Some(name) => {
-            let found: Vec<&Policy> = all.iter().filter(|p| p.name() == name).collect();
-            if found.is_empty() {
-                let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
-                let _ = writeln!(
-                    err,
-                    "error: --strategy {name:?} is not a strategy; choose one of {}",
-                    names.join(", ")
-                );
-                return 1;
-            }
-            found
+        Some(s) => {
+            let name = spe_policy::config::StrategyName::from(s).as_str();
+            all.iter().filter(|p| p.name() == name).collect()
         }
     };
     let r = match args.format {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use spe_policy::arch::walk::{FaultCause, Stage1Regs, Translation, WalkError, Walker};
+use spe_policy::arch::walk::{FaultCause, Stage1Regs, Translation, WalkError, WalkOptions, Walker};
 use spe_policy::{Granule, Gva, Ipa};
 
 use crate::hexnum::{hex, parse_u64};
@@ -20,13 +20,35 @@ pub struct TranslateArgs {
     /// A VA to translate (hex). Repeat for several.
     #[arg(long, value_name = "VA", required = true, value_parser = parse_u64)]
     pub va: Vec<u64>,
-    /// Translate every page of `VA..VA+LEN` instead of one address (hex or decimal with 0x).
-    #[arg(long, value_name = "LEN", value_parser = parse_u64)]
+    /// Translate every page of `VA..VA+LEN` instead of one address (decimal, or hex with 0x).
+    #[arg(long, value_name = "LEN", value_parser = parse_len)]
     pub len: Option<u64>,
+    /// Follow table descriptors that point back at a table of the same walk (recursive
+    /// mappings are legal; by default they are refused as a likely loop).
+    #[arg(long)]
+    pub allow_recursive_tables: bool,
+    /// The largest image read; a larger one is refused.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub max_input: u64,
     /// Add a "reason" key to faults: the rule of the walk that fired (the default output keeps
     /// exactly the keys of the documented format).
     #[arg(long)]
     pub explain: bool,
+}
+
+/// A length: decimal, or hex with a `0x` prefix (VAs are hex, lengths are not).
+fn parse_len(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with("0x") || t.starts_with("0X") {
+        return parse_u64(t);
+    }
+    t.replace('_', "").parse().map_err(|_| {
+        format!("{s:?} is not a length (decimal, e.g. 4096, or hex with 0x, e.g. 0x1000)")
+    })
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<spe_policy::config::ByteSize>().map(|b| b.bytes())
 }
 
 #[derive(Serialize)]
@@ -55,19 +77,24 @@ fn pages(ts: &[Ipa]) -> Vec<String> {
 /// Most VAs one `--len` expands to.
 const MAX_PAGES: u64 = 1 << 20;
 
-/// Runs the command; returns the process exit code (0 ok, 1 error, 3 a VA outside every range).
+/// Runs the command; returns the process exit code (0 translated or faulted, 1 invalid input
+/// or a VA outside both TTBR ranges, 3 unreadable).
 pub fn run(args: &TranslateArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let img = match image::load(&args.image) {
+    let img = match image::load(&args.image, args.max_input) {
         Ok(img) => img,
-        Err(e) => {
+        Err((code, e)) => {
             let _ = writeln!(err, "error: {e}");
-            return 1;
+            return code;
         }
     };
     for key in &img.ignored_keys {
         let _ = writeln!(err, "warning: image key `{key}` is not used by translate");
     }
-    let walker = Walker::new(img.regs, &img.ram);
+    let options = WalkOptions {
+        allow_recursive_tables: args.allow_recursive_tables,
+        ..WalkOptions::default()
+    };
+    let walker = Walker::with_options(img.regs, options, &img.ram);
     let mut code = 0;
     for &start in &args.va {
         let vas = match expand(&img.regs, start, args.len) {
@@ -88,7 +115,7 @@ pub fn run(args: &TranslateArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
                             hex(va),
                             img.regs.tcr.into_bits()
                         );
-                        code = 3;
+                        code = crate::exit::INVALID;
                     }
                     serde_json::to_string(&Faulted {
                         va: hex(va),
@@ -142,16 +169,15 @@ fn expand(regs: &Stage1Regs, start: u64, len: Option<u64>) -> Result<Vec<u64>, S
     };
     let end = start.checked_add(len).ok_or_else(|| {
         format!(
-            "--va {} --len {}: the range wraps past the top of the address space",
-            hex(start),
-            hex(len)
+            "--va {} --len {len}: the range wraps past the top of the address space",
+            hex(start)
         )
     })?;
     let count = (end - 1) / granule.size() - start / granule.size() + 1;
     if count > MAX_PAGES {
         return Err(format!(
-            "--len {}: {count} pages of {granule}; at most {MAX_PAGES} per run",
-            hex(len)
+            "--va {} --len {len}: {count} pages of {granule}; at most {MAX_PAGES} per --va",
+            hex(start)
         ));
     }
     let mut vas = vec![start];

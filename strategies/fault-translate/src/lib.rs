@@ -267,9 +267,9 @@ impl FaultTranslate {
         let safe = st.vcpus.get(&vcpu).map_or(va, |v| v.last_safe);
         let r = recover_buffer(&walker, safe, va, data_loss, &cfg.recovery);
         if r.parsed {
-            st.stats.bytes_lost_rewind += r.lost_bytes;
+            st.stats.bytes_lost_rewind = st.stats.bytes_lost_rewind.saturating_add(r.lost_bytes);
         } else {
-            st.stats.bytes_lost_discard += r.lost_bytes;
+            st.stats.bytes_lost_discard = st.stats.bytes_lost_discard.saturating_add(r.lost_bytes);
         }
         st.vcpus.entry(vcpu).or_default().last_safe = r.resume_at;
         Ok(Outcome::ResumeAt {

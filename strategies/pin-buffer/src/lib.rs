@@ -158,7 +158,7 @@ struct VcpuPins {
     tables: BTreeSet<Ipa>,
     active: bool,
     /// PMBPTR at the last enable or resume: a record boundary.
-    last_safe: Gva,
+    last_safe: Option<Gva>,
 }
 
 impl VcpuPins {
@@ -676,7 +676,7 @@ impl PinBuffer {
             Ok(EnableResult::Pinned) => {
                 let v = st.vcpus.entry(vcpu).or_default();
                 v.active = true;
-                v.last_safe = start;
+                v.last_safe = Some(start);
                 Ok(Outcome::Resume)
             }
             Ok(EnableResult::OverCap) | Err(HostError::LockLimit { .. }) => {
@@ -688,8 +688,11 @@ impl PinBuffer {
                     pmbptr: start,
                 })
             }
-            Err(HostError::NotInMemslot(_)) => {
-                // PB-07: the buffer (or a table) is outside RAM; the SPU will fault on it.
+            Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {
+                // PB-07: a buffer or table page the host cannot back (outside RAM, or gone):
+                // nothing is pinned (the ledger rolled back), and the SPU's fault on it reaches
+                // the guest as it does at a fault (`on_buffer_management`): a guest-visible
+                // outcome either way, never a host failure.
                 Ok(Outcome::Resume)
             }
             Err(e) => Err(err("pinning the buffer")(e)),
@@ -746,16 +749,18 @@ impl PinBuffer {
             }
             Err(e) => return Err(err("pinning a remapped buffer page")(e)),
         }
-        let safe = st.vcpus.get(&vcpu).map_or(va, |v| v.last_safe);
+        // No enable seen for this buffer (or it was disabled since): no record boundary is
+        // known before the fault, so nothing before it is judged.
+        let safe = st.vcpus.get(&vcpu).and_then(|v| v.last_safe).unwrap_or(va);
         let walker = Walker::new(stage1, guest);
         let r = recover_buffer(&walker, safe, va, ev.data_loss, &cfg.recovery);
         if r.parsed {
-            st.stats.bytes_lost_rewind += r.lost_bytes;
+            st.stats.bytes_lost_rewind = st.stats.bytes_lost_rewind.saturating_add(r.lost_bytes);
         } else {
-            st.stats.bytes_lost_discard += r.lost_bytes;
+            st.stats.bytes_lost_discard = st.stats.bytes_lost_discard.saturating_add(r.lost_bytes);
         }
         if let Some(v) = st.vcpus.get_mut(&vcpu) {
-            v.last_safe = r.resume_at;
+            v.last_safe = Some(r.resume_at);
             v.stage1 = Some(stage1);
         }
         Ok(Outcome::ResumeAt {

@@ -213,7 +213,7 @@ pub enum WalkError {
     /// architecturally legal; the walker refuses them unless
     /// [`WalkOptions::allow_recursive_tables`](crate::arch::walk::WalkOptions) is set.
     #[error(
-        "VA {va}: level {level} descriptor points back at table page {table} (a table loop); set allow_recursive_tables if the guest maps its tables recursively on purpose"
+        "VA {va}: level {level} descriptor points back at table page {table} (a table loop); if the guest maps its tables recursively on purpose, walk with WalkOptions::allow_recursive_tables (`translate --allow-recursive-tables`)"
     )]
     TableCycle {
         /// The VA being translated.

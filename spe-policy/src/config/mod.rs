@@ -632,156 +632,35 @@ impl SpeConfig {
     }
 }
 
+impl SpeConfig {
+    /// What is valid but suspicious about the policy on `vm`: guests whose AUX buffer is
+    /// larger than pin-buffer's cap (every enable is refused, PB-01).
+    pub fn warnings_for(&self, vm: &VmSpec) -> Vec<ConfigWarning> {
+        let mut w = Vec::new();
+        let cap = self.pin_buffer.cap_per_vcpu.bytes();
+        if self.strategy == StrategyName::PinBuffer && vm.buffer_per_vcpu.bytes() > cap {
+            w.push(ConfigWarning {
+                key: "spe.pin_buffer.cap_per_vcpu".into(),
+                message: format!(
+                    "{} is smaller than the guests' {} AUX buffers (vm.buffer_per_vcpu): every enable of such a buffer is refused with BSC size-too-large (PB-01); raise the cap",
+                    self.pin_buffer.cap_per_vcpu, vm.buffer_per_vcpu
+                ),
+                location: None,
+            });
+        }
+        w
+    }
+}
+
 /// The largest pin-buffer cap accepted: 1 GiB per vCPU (a guest controls what is pinned up to
 /// the cap; an unbounded cap is no cap).
 pub const PIN_BUFFER_CAP_MAX: u64 = 1 << 30;
 
-/// 1-based line and column of byte `offset` in `src`.
-pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let before = &src[..offset.min(src.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |n| before.len() - n - 1)
-        + 1;
-    (line, col)
-}
+mod load;
 
-/// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.75)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
-
-/// The backticked names in a serde message ("unknown field `x`, expected one of `a`, `b`").
-fn backticked(msg: &str) -> Vec<&str> {
-    msg.split('`').skip(1).step_by(2).collect()
-}
-
-/// A fix for a serde error message.
-fn serde_fix(msg: &str) -> String {
-    let names = backticked(msg);
-    if msg.starts_with("unknown field") || msg.starts_with("unknown variant") {
-        let what = if msg.starts_with("unknown field") {
-            "key"
-        } else {
-            "value"
-        };
-        if let Some((bad, valid)) = names.split_first() {
-            return match did_you_mean(bad, valid.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("valid {what}s: {}", valid.join(", ")),
-            };
-        }
-    }
-    "see `spe-policy config --defaults` for every key with its default value".into()
-}
-
-/// Finds the line and column of `key` (dotted, e.g. `spe.pin_buffer.cap_per_vcpu`) in TOML
-/// source: the `name =` line inside its table, or the table header.
-pub fn locate_key(src: &str, key: &str) -> Option<(usize, usize)> {
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let name = parts.pop()?;
-    let table = parts.join(".");
-    let mut in_table = table.is_empty();
-    let mut offset = 0;
-    for line in src.split_inclusive('\n') {
-        let t = line.trim_start();
-        if let Some(h) = t.strip_prefix('[') {
-            let header = h.trim_end().trim_end_matches(']').trim();
-            in_table = header == table;
-            if header == key {
-                return Some(line_col(src, offset));
-            }
-        } else if in_table {
-            let lhs = t.split('=').next().unwrap_or("").trim();
-            if t.contains('=') && lhs == name {
-                return Some(line_col(src, offset + (line.len() - t.len())));
-            }
-        }
-        offset += line.len();
-    }
-    None
-}
-
-/// Loads the `[spe]` table from TOML source (other tables are the VMM's and are ignored),
-/// then validates it. Every error names the key, the value, the reason, the fix and where.
+pub use load::{ConfigWarning, Loaded, did_you_mean, line_col, locate_key};
 #[cfg(feature = "toml")]
-pub fn load_toml(src: &str) -> Result<SpeConfig, ConfigErrors> {
-    let one = |e: ConfigError| ConfigErrors(vec![e]);
-    let de = toml::de::Deserializer::parse(src).map_err(|e| {
-        one(ConfigError {
-            key: "(syntax)".into(),
-            value: String::new(),
-            reason: e.message().trim().to_string(),
-            fix: "fix the TOML syntax at that position".into(),
-            location: e.span().map(|s| line_col(src, s.start)),
-        })
-    })?;
-    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.message().trim().to_string();
-        let span = inner.span();
-        // The span covers the offending value, or the key itself for an unknown key.
-        let value = if msg.starts_with("unknown field") {
-            String::new()
-        } else {
-            span.clone()
-                .and_then(|s| src.get(s))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        one(ConfigError {
-            key: path,
-            value,
-            reason: msg.lines().next().unwrap_or("").to_string(),
-            fix: serde_fix(&msg),
-            location: span.map(|s| line_col(src, s.start)),
-        })
-    })?;
-    file.spe.validate().map_err(|mut errs| {
-        for e in &mut errs.0 {
-            e.location = locate_key(src, &e.key);
-        }
-        errs
-    })?;
-    Ok(file.spe)
-}
-
-/// The dotted keys under `spe` that TOML source sets explicitly (the rest are defaults).
-#[cfg(feature = "toml")]
-pub fn explicit_keys(src: &str) -> Vec<String> {
-    fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
-        for (k, v) in t {
-            let key = format!("{prefix}.{k}");
-            match v {
-                toml::Value::Table(sub) => walk(&key, sub, out),
-                _ => out.push(key),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(doc) = src.parse::<toml::Table>() {
-        if let Some(toml::Value::Table(spe)) = doc.get("spe") {
-            walk("spe", spe, &mut out);
-        }
-    }
-    out
-}
-
-/// The config as TOML, with every key (for `spe-policy config --defaults` and `check`).
-#[cfg(feature = "toml")]
-pub fn to_toml(config: &SpeConfig) -> String {
-    toml::to_string(&ConfigFile { spe: *config }).unwrap_or_default()
-}
+pub use load::{explicit_keys, load_toml, to_toml};
 
 #[cfg(test)]
 mod tests {
