@@ -57,6 +57,7 @@ fn copy_half(c: &mut Criterion) {
     let s = ShadowBuffer::new(ShadowBufferConfig {
         host_buffer_bytes: HOST_BUFFER,
         max_record_bytes: 64,
+        ..ShadowBufferConfig::default()
     });
     let slots = g.memslots();
     s.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &g.ram)

@@ -29,6 +29,10 @@ struct RegsFile {
     hw_af: bool,
     #[serde(default)]
     hw_dbm: bool,
+    /// ID_AA64MMFR0_EL1: its PARange field [3:0] is the PE's PA size (PAMax); absent,
+    /// 0b0101 (48 bits, no FEAT_LPA).
+    #[serde(default)]
+    id_aa64mmfr0_el1: Option<HexU64>,
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
 }
@@ -48,6 +52,19 @@ pub struct Image {
     pub ram: GuestRam,
     /// Keys the image has that this tool does not use.
     pub ignored_keys: Vec<String>,
+    /// PAMax in bits, from `regs.id_aa64mmfr0_el1` (48 when absent).
+    pub pa_bits: u8,
+}
+
+/// ID_AA64MMFR0_EL1.PARange [3:0] as a PA size in bits (Arm ARM D24.2: 0b0000 32 .. 0b0110
+/// 52; the rest are reserved).
+fn pa_range_bits(mmfr0: u64) -> Result<u8, String> {
+    let pa = (mmfr0 & 0xf) as usize;
+    spe_policy::vm::PA_SIZES.get(pa).copied().ok_or_else(|| {
+        format!(
+            "invalid image field `regs.id_aa64mmfr0_el1`: PARange (bits [3:0]) = {pa:#06b} is reserved; 0b0000 (32 bits) to 0b0110 (52 bits) are defined"
+        )
+    })
 }
 
 /// Reads and validates an image file of at most `limit` bytes. The error is one line naming
@@ -109,6 +126,10 @@ pub fn parse(text: &str) -> Result<Image, String> {
     // Sorted and merged once: O(n log n) whatever order the pages are listed in.
     let ram = GuestRam::from_regions(regions)
         .map_err(|(i, e)| format!("invalid image field `memory[{i}]`: {e}"))?;
+    let pa_bits = match file.regs.id_aa64mmfr0_el1 {
+        Some(v) => pa_range_bits(v.0)?,
+        None => spe_policy::vm::defaults::PA_BITS,
+    };
     let mut ignored_keys: Vec<String> = file.extra.keys().cloned().collect();
     ignored_keys.extend(file.regs.extra.keys().map(|k| format!("regs.{k}")));
     let r = &file.regs;
@@ -123,6 +144,7 @@ pub fn parse(text: &str) -> Result<Image, String> {
         },
         ram,
         ignored_keys,
+        pa_bits,
     })
 }
 

@@ -239,3 +239,53 @@ fn len_is_decimal_unless_0x_and_images_are_loaded_in_any_order_and_capped() {
     assert_eq!(code, 1);
     assert!(err.contains("remove what follows"), "{err}");
 }
+
+#[test]
+fn the_images_id_aa64mmfr0_el1_sets_pamax_for_the_walk() {
+    // Stage 1 off: the IPA is the VA, which must fit PAMax (AArch64.S1DisabledOutput).
+    let dir = tempfile::tempdir().expect("tmp");
+    let image = |mmfr0: Option<&str>| {
+        let f = dir
+            .path()
+            .join(format!("img-{}.json", mmfr0.unwrap_or("none")));
+        let extra = mmfr0.map_or(String::new(), |v| format!(r#","id_aa64mmfr0_el1":"{v}""#));
+        std::fs::write(
+            &f,
+            format!(
+                r#"{{"regs":{{"tcr_el1":"0x0","ttbr0_el1":"0x0","ttbr1_el1":"0x0","sctlr_el1":"0x0"{extra}}},"memory":[]}}"#
+            ),
+        )
+        .expect("write");
+        f
+    };
+    let walk = |f: &std::path::Path| {
+        let (code, out, err) = run(&[
+            "translate",
+            "--image",
+            f.to_str().expect("utf8"),
+            "--va",
+            "0x10000000000",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        v
+    };
+    // PARange 0b0010: 40 bits, and 2^40 does not fit.
+    let v = walk(&image(Some("0x2")));
+    assert_eq!(
+        (v["fault"].as_str(), v["level"].as_i64()),
+        (Some("address_size"), Some(0))
+    );
+    // Absent: 48 bits, as most deployed cores.
+    let v = walk(&image(None));
+    assert_eq!(v["ipa"], "0x10000000000");
+    let (code, _, err) = run(&[
+        "translate",
+        "--image",
+        image(Some("0x7")).to_str().expect("utf8"),
+        "--va",
+        "0x0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("PARange") && err.contains("reserved"), "{err}");
+}

@@ -643,3 +643,32 @@ fn collisions_reach_the_guest_as_pmbsr_coll_whoever_owns_the_buffer() {
         "shadow-buffer hands the host SPU's COLL to the guest exactly"
     );
 }
+
+#[test]
+fn scenarios_whose_work_has_no_bound_are_refused_before_they_run() {
+    // Issue 18: 20,000 swap-outs ran past 600 s. More than 10,000 events is refused at parse
+    // time; fewer that would invalidate more chunks than a run delivers are refused at run.
+    let many: String = (0..20_000)
+        .map(|i| format!("[[events]]\nat_ms = {}.0\nkind = \"swap-out\"\n", i % 2000))
+        .collect();
+    let text = format!("name = \"x\"\ndescription = \"d\"\nduration_ms = 2000.0\n{many}");
+    let e = Scenario::from_toml("x.toml", &text).expect_err("too many events");
+    assert!(e.to_string().contains("at most 10000"), "{e}");
+    let heavy: String = (0..5_000)
+        .map(|i| format!("[[events]]\nat_ms = {}.0\nkind = \"swap-out\"\n", i % 2000))
+        .collect();
+    let text = format!("name = \"y\"\ndescription = \"d\"\nduration_ms = 2000.0\n{heavy}");
+    let sc = Scenario::from_toml("y.toml", &text).expect("parses");
+    let e = spe_policy_sim::run_one(
+        &SpeConfig::default(),
+        None,
+        &sc,
+        spe_policy::config::StrategyName::PinBuffer,
+        RunOptions::default(),
+    )
+    .expect_err("unbounded work");
+    assert!(
+        e.contains("chunks") && e.contains("fewer or smaller"),
+        "{e}"
+    );
+}

@@ -6,6 +6,7 @@
 //! [`all_errata`].
 #![deny(missing_docs)]
 
+use spe_policy::arch::walk::WalkOptions;
 use spe_policy::buffer_recovery::{RecoveryMode, RecoverySettings};
 use spe_policy::config::{
     ConfigError, ConfigErrors, DirtyLogHandling, MigrationPolicy, PinAtName, RecoveryName,
@@ -162,8 +163,13 @@ impl StrategyConfig {
             },
             ..RecoverySettings::default()
         };
+        // The SPU's walk on this VM's implementation: its PAMax (vm.pa_bits).
+        let walk = WalkOptions {
+            pa_bits: vm.pa_bits,
+            ..WalkOptions::default()
+        };
         // Unused when only pin-all is compiled in.
-        let _ = &recovery;
+        let _ = (&recovery, &walk);
         match c.strategy {
             #[cfg(feature = "pin-all")]
             StrategyName::PinAll => Ok(StrategyConfig::PinAll(PinAllConfig {
@@ -181,18 +187,21 @@ impl StrategyConfig {
                 cap_bytes_per_vcpu: c.pin_buffer.cap_per_vcpu.bytes(),
                 pin_cache: c.pin_buffer.pin_cache,
                 recovery,
+                walk,
             })),
             #[cfg(feature = "fault-translate")]
             StrategyName::FaultTranslate => {
                 Ok(StrategyConfig::FaultTranslate(FaultTranslateConfig {
                     recovery,
                     exempt_learned_pages: c.dirty_log == DirtyLogHandling::KeepBufferDirty,
+                    walk,
                 }))
             }
             #[cfg(feature = "shadow-buffer")]
             StrategyName::ShadowBuffer => Ok(StrategyConfig::ShadowBuffer(ShadowBufferConfig {
                 host_buffer_bytes: c.shadow_buffer.host_buffer.bytes(),
                 max_record_bytes: vm.max_record.bytes(),
+                walk,
             })),
             #[allow(unreachable_patterns)]
             other => Err(ConfigErrors(vec![ConfigError {

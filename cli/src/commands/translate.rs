@@ -92,6 +92,7 @@ pub fn run(args: &TranslateArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
     }
     let options = WalkOptions {
         allow_recursive_tables: args.allow_recursive_tables,
+        pa_bits: img.pa_bits,
         ..WalkOptions::default()
     };
     let walker = Walker::with_options(img.regs, options, &img.ram);

@@ -31,7 +31,7 @@ mod sim_host;
 use spe_host_model::{Absence, Stage2Model};
 use spe_policies::{PinAt, Policy, ShadowBuffer, Spu, SpuWrite};
 use spe_policy::arch::walk::builder::LEAF_RW;
-use spe_policy::arch::walk::{TablesTouched, Walker};
+use spe_policy::arch::walk::{TablesTouched, WalkOptions, Walker};
 use spe_policy::arch::{
     BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmbidr, Pmblimitr, Pmbptr, Pmbsr,
     Stage,
@@ -431,6 +431,8 @@ struct Sim<'a> {
     hotplug: Memslot,
     /// `[tasks]`: run and away ranges in ticks.
     tasks: Option<[(u64, u64); 2]>,
+    /// The SPU's walk on this VM (its PAMax).
+    walk: WalkOptions,
 }
 
 /// Refuses what the simulator cannot simulate, naming the limit.
@@ -629,6 +631,10 @@ pub fn run(
             range: IpaRange::new(Ipa(ram.end()), 16 << 20),
         },
         tasks,
+        walk: WalkOptions {
+            pa_bits: vm.pa_bits,
+            ..WalkOptions::default()
+        },
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
     let before = sim.host.model.counters();
@@ -792,8 +798,9 @@ impl Sim<'_> {
     fn translate(&mut self, v: u32, va: u64) -> (Ipa, TablesTouched) {
         let page = va & !0xfff;
         let guest = &self.guest;
+        let walk_options = self.walk;
         let walk = || {
-            Walker::new(guest.stage1, &guest.ram)
+            Walker::with_options(guest.stage1, walk_options, &guest.ram)
                 .translate(Gva(page))
                 .map_or((Ipa(0), TablesTouched::default()), |t| {
                     (t.ipa, t.tables_touched)
@@ -1640,7 +1647,7 @@ impl Sim<'_> {
             return;
         };
         let va = Gva(BUFFER_VA + (nth - 1) * 4096);
-        let walker = Walker::new(self.guest.stage1, &self.guest.ram);
+        let walker = Walker::with_options(self.guest.stage1, self.walk, &self.guest.ram);
         let Some(desc) = walker.translate(va).ok().and_then(|t| t.leaf_descriptor) else {
             return;
         };

@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use parking_lot::Mutex;
-use spe_policy::arch::walk::{Stage1Regs, WalkError, Walker};
+use spe_policy::arch::walk::{Stage1Regs, WalkError, WalkOptions, Walker};
 use spe_policy::arch::{BufferEvent, BufferEventKind, Stage};
 use spe_policy::buffer_recovery::{RecoverySettings, recover_buffer};
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
@@ -36,6 +36,8 @@ pub struct FaultTranslateConfig {
     /// Exempt learned buffer and table pages from dirty-log write protection (pre-copy keeps
     /// them dirty until the vCPU stops).
     pub exempt_learned_pages: bool,
+    /// The implementation the walks model (PAMax, features), as the SPU's walk does.
+    pub walk: WalkOptions,
 }
 
 impl Default for FaultTranslateConfig {
@@ -43,6 +45,7 @@ impl Default for FaultTranslateConfig {
         FaultTranslateConfig {
             recovery: RecoverySettings::default(),
             exempt_learned_pages: true,
+            walk: WalkOptions::default(),
         }
     }
 }
@@ -217,7 +220,7 @@ impl FaultTranslate {
             pmbsr: regs.pmbsr,
             pmbptr: va,
         };
-        let walker = Walker::new(stage1, guest);
+        let walker = Walker::with_options(stage1, cfg.walk, guest);
         // The walk reads the tables through the VMM (which faults them in on the host side);
         // each table page must also be present at stage 2 for the SPU's own walk.
         let (tables, ipa) = match walker.translate(va) {

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use parking_lot::Mutex;
-use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, Walker};
+use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, WalkOptions, Walker};
 use spe_policy::arch::{BufferEvent, BufferEventKind, Pmbidr, Stage};
 use spe_policy::buffer_recovery::{RecoverySettings, recover_buffer};
 use spe_policy::config::defaults;
@@ -40,6 +40,8 @@ pub struct PinBufferConfig {
     pub pin_cache: bool,
     /// Recovery after an unexpected stage 2 fault with DL=1.
     pub recovery: RecoverySettings,
+    /// The implementation the walks model (PAMax, features), as the SPU's walk does.
+    pub walk: WalkOptions,
 }
 
 impl Default for PinBufferConfig {
@@ -48,6 +50,7 @@ impl Default for PinBufferConfig {
             cap_bytes_per_vcpu: defaults::PIN_BUFFER_CAP,
             pin_cache: defaults::PIN_CACHE,
             recovery: RecoverySettings::default(),
+            walk: WalkOptions::default(),
         }
     }
 }
@@ -384,7 +387,7 @@ impl State {
             return Ok(EnableResult::Pinned);
         }
         self.stats.walks += 1;
-        let walker = Walker::new(stage1, guest);
+        let walker = Walker::with_options(stage1, cfg.walk, guest);
         let limits = RangeLimits {
             max_steps: window_pages + 1,
         };
@@ -727,7 +730,7 @@ impl PinBuffer {
         // PB-03: a stage 2 fault on a pinned buffer means the guest remapped it. Repair.
         let granule = host.granule();
         let va = regs.pmbptr.address();
-        let walker = Walker::new(stage1, guest);
+        let walker = Walker::with_options(stage1, cfg.walk, guest);
         let Ok(t) = walker.translate(va) else {
             st.stats.injected += 1;
             return Ok(pass);
@@ -752,7 +755,7 @@ impl PinBuffer {
         // No enable seen for this buffer (or it was disabled since): no record boundary is
         // known before the fault, so nothing before it is judged.
         let safe = st.vcpus.get(&vcpu).and_then(|v| v.last_safe).unwrap_or(va);
-        let walker = Walker::new(stage1, guest);
+        let walker = Walker::with_options(stage1, cfg.walk, guest);
         let r = recover_buffer(&walker, safe, va, ev.data_loss, &cfg.recovery);
         if r.parsed {
             st.stats.bytes_lost_rewind = st.stats.bytes_lost_rewind.saturating_add(r.lost_bytes);

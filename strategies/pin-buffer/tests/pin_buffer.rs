@@ -334,3 +334,18 @@ fn many_threads_of_mixed_events_leave_nothing_pinned_and_finish() {
     assert!(st.pin_ops > 0 && st.unpin_ops > 0);
     let _ = RAM;
 }
+
+#[test]
+fn a_buffer_page_the_host_cannot_back_at_enable_is_a_guest_visible_outcome_not_a_host_error() {
+    // Issue 18: the same condition was a PolicyError at enable and a guest-visible outcome
+    // at a fault. Now both leave it to the SPU's fault, which reaches the guest (PB-07).
+    let (g, host, s) = setup(8);
+    host.make_unavailable(g.buffer_pages[3]);
+    let out = s
+        .on_event(&g.enable(0, 0, 8 * 0x1000), &g.ram, &host)
+        .expect("not a host failure");
+    assert_eq!(out, Outcome::Resume);
+    assert_eq!(host.pinned_bytes(), 0, "nothing stays half pinned");
+    s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}

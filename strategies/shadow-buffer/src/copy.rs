@@ -69,6 +69,7 @@ pub(crate) fn copy_to_guest<G, H>(
     bytes: &[u8],
     to: Gva,
     stage1: Stage1Regs,
+    walk: WalkOptions,
     guest: &G,
     host: &H,
 ) -> Result<Copied, HostError>
@@ -80,7 +81,7 @@ where
     // is for the host's own safety elsewhere.
     let options = WalkOptions {
         allow_recursive_tables: true,
-        ..WalkOptions::default()
+        ..walk
     };
     let walker = Walker::with_options(stage1, options, guest);
     let mut walks = 0;

@@ -61,6 +61,8 @@ pub struct ShadowBufferConfig {
     pub host_buffer_bytes: u64,
     /// The SPU's largest record, 2^PMSIDR_EL1.MaxSize.
     pub max_record_bytes: u64,
+    /// The implementation the copy's walks model (PAMax, features), as the SPU's walk would.
+    pub walk: spe_policy::arch::walk::WalkOptions,
 }
 
 impl Default for ShadowBufferConfig {
@@ -68,6 +70,7 @@ impl Default for ShadowBufferConfig {
         ShadowBufferConfig {
             host_buffer_bytes: spe_policy::config::defaults::SHADOW_HOST_BUFFER,
             max_record_bytes: spe_policy::config::defaults::MAX_RECORD,
+            walk: spe_policy::arch::walk::WalkOptions::default(),
         }
     }
 }
@@ -199,6 +202,7 @@ impl ShadowBuffer {
             config: ShadowBufferConfig {
                 host_buffer_bytes: config.host_buffer_bytes.max(4 * max_record),
                 max_record_bytes: max_record,
+                walk: config.walk,
             },
             vcpus: Mutex::new(HashMap::new()),
             shared: Mutex::new(Shared::default()),
@@ -281,7 +285,7 @@ impl ShadowBuffer {
             return Ok(None);
         };
         let to = v.pmbptr.address();
-        let copied = copy_to_guest(pending, to, stage1, guest, host)
+        let copied = copy_to_guest(pending, to, stage1, self.config.walk, guest, host)
             .map_err(err("copying records into the guest's buffer"))?;
         let total = pending.len();
         let mut shared = self.shared.lock();
@@ -426,7 +430,8 @@ impl ShadowBuffer {
                 }
                 _ => (start, len),
             };
-            let walker = spe_policy::arch::walk::Walker::new(stage1, guest);
+            let walker =
+                spe_policy::arch::walk::Walker::with_options(stage1, self.config.walk, guest);
             let limits = spe_policy::arch::walk::RangeLimits {
                 max_steps: SEND_LIMIT,
             };

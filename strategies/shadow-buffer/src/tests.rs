@@ -24,6 +24,7 @@ fn strategy(host_buffer: u64) -> ShadowBuffer {
     ShadowBuffer::new(ShadowBufferConfig {
         host_buffer_bytes: host_buffer,
         max_record_bytes: 64,
+        ..ShadowBufferConfig::default()
     })
 }
 

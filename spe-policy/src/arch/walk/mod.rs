@@ -191,14 +191,10 @@ impl<M: GuestMemoryRead> Walker<M> {
     }
 
     /// Stage 1 disabled (SCTLR_EL1.M = 0): the IPA is the VA, which must fit the implemented
-    /// physical address size (pseudocode AArch64.S1DisabledOutput), else a level 0 address
-    /// size fault.
+    /// physical address size, PAMax (pseudocode AArch64.S1DisabledOutput), else a level 0
+    /// address size fault.
     pub(crate) fn flat(&self, va: Gva) -> Result<Translation, WalkError> {
-        let pa_bits: u32 = if self.options.feat_lpa || self.options.feat_lpa2 {
-            52
-        } else {
-            48
-        };
+        let pa_bits = u32::from(self.options.pa_bits.clamp(32, 52));
         if va.0 >> pa_bits != 0 {
             return Err(WalkError::Fault(Stage1Fault {
                 va,

@@ -42,8 +42,14 @@ pub enum TxSzOutOfRange {
 pub struct WalkOptions {
     /// FEAT_LPA2: TCR_EL1.DS is honoured (52-bit VA/OA with 4KB/16KB). Without it DS reads as 0.
     pub feat_lpa2: bool,
-    /// FEAT_LPA: 52-bit output addresses and level 1 blocks with the 64KB granule.
+    /// FEAT_LPA: 52-bit output addresses with the 64KB granule (effective only with a 52-bit
+    /// PAMax).
     pub feat_lpa: bool,
+    /// PAMax, the implemented physical address size in bits (ID_AA64MMFR0_EL1.PARange: 32, 36,
+    /// 40, 42, 44, 48 or 52). It caps the output address size (pseudocode
+    /// `AArch64.PhysicalAddressSize`: `Min(IPS, PAMax())`) and decides whether the 64KB
+    /// granule has level 1 blocks (`AArch64.BlockDescSupported`: only when `PAMax() == 52`).
+    pub pa_bits: u8,
     /// FEAT_LVA: TnSZ down to 12 with the 64KB granule.
     pub feat_lva: bool,
     /// FEAT_TTST: TnSZ up to 48 (4KB/16KB) or 47 (64KB).
@@ -57,11 +63,13 @@ pub struct WalkOptions {
 }
 
 impl Default for WalkOptions {
-    /// A current Armv9 core: LPA, LPA2 and LVA implemented, no TTST.
+    /// A 48-bit PA machine (PARange 0b0101, what most deployed cores are) with LPA2 and LVA
+    /// decoding, LPA (which needs a 52-bit PAMax to matter), no TTST.
     fn default() -> Self {
         WalkOptions {
             feat_lpa2: true,
             feat_lpa: true,
+            pa_bits: 48,
             feat_lva: true,
             feat_ttst: false,
             txsz_out_of_range: TxSzOutOfRange::Fault,
@@ -102,7 +110,8 @@ pub(crate) struct HalfParams {
     pub hw_af: bool,
     pub hw_dirty: bool,
     pub ds: bool,
-    pub feat_lpa: bool,
+    /// PAMax is 52 bits (64KB level 1 blocks exist).
+    pub pamax_52: bool,
     /// The root table's base, aligned as the architecture aligns it.
     pub root: u64,
 }
@@ -232,11 +241,14 @@ impl Stage1Regs {
         let levels = (ia_bits - granule.shift()).div_ceil(stride);
         let start_level = 4 - levels as FaultLevel;
 
-        // Output address size (pseudocode AArch64.PhysicalAddressSize): 52 bits only with the
-        // 64KB granule and FEAT_LPA, or with DS = 1; otherwise at most 48.
+        // Output address size (pseudocode AArch64.PhysicalAddressSize): Min(IPS, PAMax()),
+        // and 52 bits only with the 64KB granule and FEAT_LPA, or with DS = 1; otherwise at
+        // most 48.
         let ips = tcr.ips_bits();
-        let wide = ds || (granule == Granule::K64 && opt.feat_lpa);
-        let oa_bits = ips.min(if wide { 52 } else { 48 });
+        let pamax = u32::from(opt.pa_bits.clamp(32, 52));
+        let lpa = opt.feat_lpa && pamax == 52;
+        let wide = ds || (granule == Granule::K64 && lpa);
+        let oa_bits = ips.min(if wide { 52 } else { 48 }).min(pamax);
         let layout = match (ds, wide && oa_bits == 52) {
             (true, _) => OaLayout::Lpa2,
             (false, true) => OaLayout::Lpa64k,
@@ -286,7 +298,7 @@ impl Stage1Regs {
             hw_af,
             hw_dirty: hw_af && self.hw_dbm && tcr.hd(),
             ds,
-            feat_lpa: opt.feat_lpa,
+            pamax_52: pamax == 52,
             root: base,
         })
     }
@@ -299,7 +311,8 @@ impl HalfParams {
         match self.granule {
             Granule::K4 => level == 1 || level == 2 || (level == 0 && self.ds),
             Granule::K16 => level == 2 || (level == 1 && self.ds),
-            Granule::K64 => level == 2 || (level == 1 && self.feat_lpa),
+            // `AArch64.BlockDescSupported`: `level == 1 && AArch64.PAMax() == 52`.
+            Granule::K64 => level == 2 || (level == 1 && self.pamax_52),
         }
     }
 

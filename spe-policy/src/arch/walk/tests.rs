@@ -127,11 +127,17 @@ fn blocks_translate_at_the_sizes_each_granule_allows() {
         (Granule::K64, 2, 512 << 20),
         (Granule::K64, 1, 4 << 40),
     ];
+    // A 52-bit PAMax: the 64KB granule's 4 TB level 1 block exists only there.
+    let pa52 = WalkOptions {
+        pa_bits: 52,
+        ..WalkOptions::default()
+    };
     for (granule, level, size) in cases {
-        let (mut b, r) = lower(granule, 16);
+        let (mut b, mut r) = lower(granule, 16);
+        r.tcr = r.tcr.with_ips(0b110);
         let va = Gva(size * 3);
         b.map(va, Ipa(size), level, LEAF_RW).expect("map");
-        let t = Walker::new(r, b.ram())
+        let t = Walker::with_options(r, pa52, b.ram())
             .translate(Gva(va.0 + size - 1))
             .expect("walk");
         assert_eq!(t.ipa, Ipa(2 * size - 1), "{granule} L{level}");
@@ -141,18 +147,22 @@ fn blocks_translate_at_the_sizes_each_granule_allows() {
 
 #[test]
 fn blocks_where_the_granule_allows_none_are_translation_faults_at_that_level() {
-    // 4K L0 and 16K L1 need DS=1; 64K L1 needs FEAT_LPA.
-    for (granule, level, ds, lpa) in [
-        (Granule::K4, 0, false, true),
-        (Granule::K16, 1, false, true),
-        (Granule::K64, 1, false, false),
+    // 4K L0 and 16K L1 need DS=1; 64K L1 needs PAMax = 52 (AArch64.BlockDescSupported):
+    // FEAT_LPA alone on a 48-bit PA machine is not enough.
+    for (granule, level, ds, lpa, pa_bits) in [
+        (Granule::K4, 0, false, true, 52),
+        (Granule::K16, 1, false, true, 52),
+        (Granule::K64, 1, false, false, 48),
+        (Granule::K64, 1, false, true, 48),
+        (Granule::K64, 1, false, true, 44),
     ] {
         let (mut b, mut r) = lower(granule, 16);
-        r.tcr = r.tcr.with_ds(ds);
+        r.tcr = r.tcr.with_ds(ds).with_ips(0b110);
         let at = b.descriptor_ipa(Gva(0), level, 0).expect("desc");
         b.write_descriptor(at, 0x1 | LEAF_RW).expect("write");
         let opts = WalkOptions {
             feat_lpa: lpa,
+            pa_bits,
             ..WalkOptions::default()
         };
         let f = fault_of(Walker::with_options(r, opts, b.ram()).translate(Gva(0)));
@@ -493,14 +503,18 @@ fn a_64k_granule_with_52_bit_output_takes_oa_51_48_from_bits_15_12() {
     let at = b.descriptor_ipa(Gva(0x3_0000), 3, 0).expect("desc");
     b.write_descriptor(at, 0x0000_1234_5678_0000 | (0xa << 12) | 0b11 | LEAF_RW)
         .expect("write");
-    let t = Walker::new(r, b.ram())
+    let pa52 = WalkOptions {
+        pa_bits: 52,
+        ..WalkOptions::default()
+    };
+    let t = Walker::with_options(r, pa52, b.ram())
         .translate(Gva(0x3_0040))
         .expect("walk");
     assert_eq!(t.ipa, Ipa(0x000a_1234_5678_0040));
     // Without FEAT_LPA, the output is 48 bits and bits [15:12] are not address bits.
     let opts = WalkOptions {
         feat_lpa: false,
-        ..WalkOptions::default()
+        ..pa52
     };
     let t = Walker::with_options(r, opts, b.ram())
         .translate(Gva(0x3_0040))
@@ -527,13 +541,22 @@ fn ds_1_with_4k_starts_at_level_minus_1_and_reads_oa_51_50_from_bits_9_8() {
         POOL,
         Ipa(0),
     );
-    let tr = Walker::new(r, &ram).translate(Gva(va + 4)).expect("walk");
+    let pa52 = WalkOptions {
+        pa_bits: 52,
+        ..WalkOptions::default()
+    };
+    let tr = Walker::with_options(r, pa52, &ram)
+        .translate(Gva(va + 4))
+        .expect("walk");
     assert_eq!(tr.ipa, Ipa(0x000b_0000_8000_0004));
     assert_eq!(tr.tables_touched.as_slice().len(), 5);
+    // On a 48-bit PA machine the same output is an address size fault at the leaf.
+    let f = fault_of(Walker::new(r, &ram).translate(Gva(va + 4)));
+    assert_eq!(f.fsc(), FaultStatusCode::AddressSize(3));
     // Without FEAT_LPA2, DS is ignored and T0SZ=12 is out of range.
     let opts = WalkOptions {
         feat_lpa2: false,
-        ..WalkOptions::default()
+        ..pa52
     };
     let f = fault_of(Walker::with_options(r, opts, &ram).translate(Gva(va)));
     assert!(matches!(f.cause, FaultCause::TxSzOutOfRange { .. }));
@@ -640,4 +663,34 @@ fn a_huge_guest_range_is_refused_by_the_step_limit() {
         .translate_range(Gva(0), u64::MAX, RangeLimits { max_steps: 64 })
         .expect_err("too large");
     assert!(matches!(err, WalkError::RangeTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn the_output_address_limit_is_the_smaller_of_ips_and_pamax() {
+    // Issue 15: the limit was min(IPS, 48|52), so a 40- or 44-bit PA machine could not be
+    // modelled. IPS says 48 bits; PAMax 40 refuses an output at 2^40 with an address size
+    // fault at the leaf (pseudocode AArch64.PhysicalAddressSize: Min(IPS, PAMax())).
+    let (mut b, mut r) = lower(Granule::K4, 16);
+    r.tcr = r.tcr.with_ips(0b101);
+    b.map(Gva(0x1000), Ipa(1 << 40), 3, LEAF_RW).expect("map");
+    b.map(Gva(0x2000), Ipa((1 << 40) - 0x1000), 3, LEAF_RW)
+        .expect("map");
+    for (pa_bits, above) in [(40u8, false), (44, true), (48, true)] {
+        let opts = WalkOptions {
+            pa_bits,
+            ..WalkOptions::default()
+        };
+        let w = Walker::with_options(r, opts, b.ram());
+        match w.translate(Gva(0x1000)) {
+            Ok(t) => assert!(above, "{pa_bits} bits: {t:?}"),
+            Err(e) => {
+                assert!(!above, "{pa_bits} bits: {e:?}");
+                assert_eq!(fault_of(Err(e)).fsc(), FaultStatusCode::AddressSize(3));
+            }
+        }
+        assert_eq!(
+            w.translate(Gva(0x2000)).expect("below 2^40").ipa,
+            Ipa((1 << 40) - 0x1000)
+        );
+    }
 }
