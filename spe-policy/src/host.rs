@@ -180,8 +180,10 @@ pub trait HostBacking: Sync {
     /// Writes guest memory through the VMM's ordinary path (may sleep; marks pages dirty).
     fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError>;
 
-    /// Injects a buffer management event into `vcpu` (another vCPU than the one whose event is
-    /// being handled; for the current one, return [`crate::event::Outcome::Inject`]).
+    /// Injects a buffer management event into `vcpu`: another vCPU than the one whose event is
+    /// being handled, or that one when the event's outcome must be a value (a trapped read that
+    /// found the buffer faulted: the read returns the new PMBSR and the interrupt is raised
+    /// here). Otherwise, for the current vCPU, return [`crate::event::Outcome::Inject`].
     fn inject(&self, vcpu: VcpuId, pmbsr: Pmbsr, pmbptr: Pmbptr) -> Result<(), HostError>;
 
     /// Disables SPE for `vcpu` (another vCPU than the current one).

@@ -64,7 +64,38 @@ fn fault(stage: Stage, fsc: FaultStatusCode, bytes: &[u8], offset: usize) -> Cop
 /// translation fault at the last level (the host maps guest RAM with pages).
 const STAGE2_NO_MEMORY: FaultStatusCode = FaultStatusCode::Translation(3);
 
-/// Copies `bytes` (complete records) to the guest VA `to`.
+/// The translations one copy has used: a leaf's VA block and the IPA block it maps, so a copy
+/// walks once per block, not once per page. They live for one copy only: the host does not
+/// see the guest's TLB maintenance unless it traps it, so a translation kept longer could
+/// outlive a remap the hardware's TLB would have dropped.
+#[derive(Debug, Default)]
+struct Tlb {
+    /// `(VA block base, IPA block base, block size)`, most recent last.
+    entries: Vec<(u64, u64, u64)>,
+}
+
+impl Tlb {
+    /// At most this many entries (4 MiB of 4 KiB pages): bounded whatever the guest maps.
+    const CAPACITY: usize = 1024;
+
+    fn lookup(&self, va: u64) -> Option<(u64, u64)> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(base, _, size)| va.wrapping_sub(*base) < *size)
+            .map(|(base, ipa, size)| (ipa + (va - base), size - (va - base)))
+    }
+
+    fn insert(&mut self, va: u64, ipa: u64, size: u64) {
+        if self.entries.len() == Self::CAPACITY {
+            self.entries.clear();
+        }
+        let base = va & !(size - 1);
+        self.entries.push((base, ipa - (va - base), size));
+    }
+}
+
+/// Copies `bytes` (complete records) to the guest VA `to`, walking once per leaf block.
 pub(crate) fn copy_to_guest<G, H>(
     bytes: &[u8],
     to: Gva,
@@ -84,30 +115,39 @@ where
         ..walk
     };
     let walker = Walker::with_options(stage1, options, guest);
+    let mut tlb = Tlb::default();
     let mut walks = 0;
     let mut done = 0usize;
     while done < bytes.len() {
         let va = Gva(to.0.wrapping_add(done as u64));
-        walks += 1;
-        let t = match walker.translate(va) {
-            Ok(t) => t,
-            Err(WalkError::Fault(f)) => {
-                let end = fault(Stage::One, f.fsc(), bytes, done);
-                return Ok(Copied { end, walks });
+        let (ipa, in_block) = match tlb.lookup(va.0) {
+            Some(hit) => hit,
+            None => {
+                walks += 1;
+                let t = match walker.translate(va) {
+                    Ok(t) => t,
+                    Err(WalkError::Fault(f)) => {
+                        let end = fault(Stage::One, f.fsc(), bytes, done);
+                        return Ok(Copied { end, walks });
+                    }
+                    // A table outside guest RAM: the SPU's walk takes a stage 2 fault.
+                    Err(WalkError::TableUnreadable { .. }) => {
+                        let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);
+                        return Ok(Copied { end, walks });
+                    }
+                    Err(e) => {
+                        return Err(HostError::Other(format!("walking the guest buffer: {e}")));
+                    }
+                };
+                tlb.insert(va.0, t.ipa.0, t.block_size);
+                // The leaf maps `block_size` bytes: copy up to its end at once.
+                (t.ipa.0, t.block_size - (va.0 & (t.block_size - 1)))
             }
-            // A table outside guest RAM: the SPU's walk takes a stage 2 fault.
-            Err(WalkError::TableUnreadable { .. }) => {
-                let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);
-                return Ok(Copied { end, walks });
-            }
-            Err(e) => return Err(HostError::Other(format!("walking the guest buffer: {e}"))),
         };
-        // The leaf maps `block_size` bytes: copy up to its end at once.
-        let in_block = t.block_size - (va.0 & (t.block_size - 1));
         let n = usize::try_from(in_block)
             .unwrap_or(usize::MAX)
             .min(bytes.len() - done);
-        match host.write_guest(Ipa(t.ipa.0), &bytes[done..done + n]) {
+        match host.write_guest(Ipa(ipa), &bytes[done..done + n]) {
             Ok(()) => done += n,
             Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {
                 let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);

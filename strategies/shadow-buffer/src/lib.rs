@@ -285,6 +285,13 @@ impl ShadowBuffer {
             return Ok(None);
         };
         let to = v.pmbptr.address();
+        // The guest reads PMBIDR_EL1.F = 0 (see `on_read`): the copy does no hardware Access
+        // flag or dirty update, as an SPU without them would not.
+        let stage1 = Stage1Regs {
+            hw_af: false,
+            hw_dbm: false,
+            ..stage1
+        };
         let copied = copy_to_guest(pending, to, stage1, self.config.walk, guest, host)
             .map_err(err("copying records into the guest's buffer"))?;
         let total = pending.len();
@@ -302,7 +309,12 @@ impl ShadowBuffer {
                 shared.shadow.bytes_dropped += (total - offset) as u64;
                 shared.stats.injected += 1;
                 let at = to.0.wrapping_add(offset as u64);
-                let pmbsr = pmbsr.with_coll(v.pmbsr.coll());
+                // §1.11 rule 5 (`DebugWriteFault`): S, EC and the FSC are set; DL is set when
+                // the fault is mid-record and otherwise unchanged; COLL and EA are unchanged.
+                let pmbsr = pmbsr
+                    .with_dl(pmbsr.dl() || v.pmbsr.dl())
+                    .with_ea(v.pmbsr.ea())
+                    .with_coll(v.pmbsr.coll());
                 v.pmbptr = Pmbptr::from_bits(at);
                 v.pmbsr = pmbsr;
                 v.host.park();
@@ -388,17 +400,27 @@ impl ShadowBuffer {
         if hardware.pmbsr.coll() {
             v.pmbsr.set_coll(true);
         }
-        if reg == BufferReg::Pmbptr {
-            // An exact pointer: copy what is in flight first.
-            if self.drain(&mut v, guest, host)?.is_none() {
-                self.rearm(&mut v);
+        if matches!(reg, BufferReg::Pmbptr | BufferReg::Pmbsr) {
+            // An exact pointer and status: copy what is in flight first. Where the SPU would
+            // have faulted on those records, the guest reads the fault (S = 1) and its
+            // interrupt is raised now: the read's outcome is the value, so the interrupt goes
+            // through the host (counted once, in `drain`).
+            match self.drain(&mut v, guest, host)? {
+                None => self.rearm(&mut v),
+                Some(Outcome::Inject { pmbsr, pmbptr }) => host
+                    .inject(vcpu, pmbsr, Pmbptr::from_bits(pmbptr.0))
+                    .map_err(err("raising the buffer interrupt a read discovered"))?,
+                Some(_) => {}
             }
         }
         Ok(Outcome::Emulated(match reg {
             BufferReg::Pmbptr => v.pmbptr.into_bits(),
             BufferReg::Pmblimitr => v.pmblimitr.into_bits(),
             BufferReg::Pmbsr => v.pmbsr.into_bits(),
-            BufferReg::Pmbidr => pmbidr.into_bits(),
+            // F = 0: hardware Access flag and dirty updates are not done for the guest's
+            // buffer (the copy is software and does not do them; spec sheet §3.6). The guest
+            // must keep its buffer's AF set and pages writable, as Linux's vmap does.
+            BufferReg::Pmbidr => pmbidr.with_f(false).into_bits(),
         }))
     }
 
@@ -490,10 +512,13 @@ impl ShadowBuffer {
         let ptr = v.pmbptr.ptr();
         let limit = v.pmblimitr.limit_address().0;
         if ptr > limit.saturating_sub(self.config.max_record_bytes) {
-            // §1.11 rule 4, on the guest's buffer: the same record fills it as on hardware.
-            // COLL stays as it was (rule 13: the event leaves other fields unchanged).
-            v.pmbsr = BufferEvent::buffer_full()
-                .encode()
+            // §1.11 rule 4 (`SPEBufferIsFull`), on the guest's buffer: the same record fills
+            // it as on hardware. S, EC = 0 and BSC = buffer full are set; DL, EA and COLL are
+            // left as they were.
+            let full = BufferEvent::buffer_full().encode();
+            v.pmbsr = full
+                .with_dl(v.pmbsr.dl())
+                .with_ea(v.pmbsr.ea())
                 .with_coll(v.pmbsr.coll());
             v.host.park();
             self.shared.lock().stats.injected += 1;
@@ -606,10 +631,23 @@ impl BackingStrategy for ShadowBuffer {
                 Ok(Outcome::Resume)
             }
             Event::GuestStage1Remap { vcpu, stage1 } => {
-                if let Some(v) = self.vcpus.lock().get(&vcpu) {
-                    v.lock().stage1 = Some(stage1);
+                let Some(v) = self.vcpus.lock().get(&vcpu).cloned() else {
+                    return Ok(Outcome::Resume);
+                };
+                let mut v = v.lock();
+                // Records the SPU took before the remap belong to the stage 1 registers they
+                // were taken under (a new TTBR comes with this event): copy them with those
+                // first. Descriptors the guest rewrote in place are read as they are now,
+                // which the architecture allows between the write and the TLB invalidation.
+                let fault = self.drain(&mut v, guest, host)?;
+                v.stage1 = Some(stage1);
+                match fault {
+                    Some(inject) => Ok(inject),
+                    None => {
+                        self.rearm(&mut v);
+                        Ok(Outcome::Resume)
+                    }
                 }
-                Ok(Outcome::Resume)
             }
         }
     }

@@ -529,3 +529,109 @@ fn a_burst_of_spu_writes_ends_where_single_writes_would_with_the_same_bytes() {
     );
     assert_eq!(run(true), single);
 }
+
+#[test]
+fn a_pmbsr_read_alone_reports_the_fault_the_spu_would_have_taken_and_raises_it_once() {
+    // Issue 15: a PMBSR read did not drain, so the guest read S = 0 after the point where the
+    // SPU would have faulted; a PMBPTR read that found the fault dropped the interrupt.
+    let f = GuestFixture::new(4);
+    let host = RamHost::new(&f);
+    host.model.remove_memslot(0);
+    host.model.add_memslot(Memslot {
+        slot: 1,
+        range: IpaRange::new(spe_strategy_testkit::RAM.start, 8 << 20),
+    });
+    let s = strategy(64 << 10);
+    enable(&s, &f, &host, 0, 0, 4 * 4096);
+    assert_eq!(s.spu_write(VcpuId(0), records()[1]), SpuWrite::Written);
+    let pmbsr = Pmbsr::from_bits(read(&s, &f, &host, BufferReg::Pmbsr));
+    assert!(
+        pmbsr.s(),
+        "S = 1 at the first read after the fault point: {pmbsr:?}"
+    );
+    assert!(matches!(
+        BufferEvent::decode(pmbsr).kind,
+        BufferEventKind::Fault {
+            stage: Stage::Two,
+            ..
+        }
+    ));
+    // The interrupt is raised once, and counted once, however many reads follow.
+    let _ = read(&s, &f, &host, BufferReg::Pmbptr);
+    let _ = read(&s, &f, &host, BufferReg::Pmbsr);
+    assert_eq!(
+        host.model.injected().len(),
+        1,
+        "{:?}",
+        host.model.injected()
+    );
+    assert_eq!(s.stats().injected, 1);
+}
+
+#[test]
+fn pmbidr_reads_f_0_because_the_copy_does_no_hardware_access_flag_or_dirty_update() {
+    let f = GuestFixture::new(4);
+    let host = RamHost::new(&f);
+    let s = strategy(64 << 10);
+    let ev = Event::BufferRead {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmbidr,
+        regs: BufferRegs::default(),
+        pmbidr: Pmbidr::new().with_f(true).with_align(0),
+    };
+    let Ok(Outcome::Emulated(v)) = s.on_event(&ev, &f.ram, &host) else {
+        panic!("emulated");
+    };
+    assert!(!Pmbidr::from_bits(v).f());
+}
+
+#[test]
+fn a_buffer_full_keeps_dl_and_ea_as_the_rules_say() {
+    // §1.11 rule 4: buffer full sets S, EC = 0 and BSC; DL and EA are unchanged.
+    let f = GuestFixture::new(8);
+    let host = RamHost::new(&f);
+    let s = strategy(2048);
+    enable(&s, &f, &host, 0, 0, 4096);
+    // The guest left DL set (it does not clear PMBSR fields it does not handle).
+    let dl = Event::BufferWrite {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmbsr,
+        regs: BufferRegs {
+            pmbsr: Pmbsr::new().with_dl(true),
+            ..window_regs(Gva(BUFFER_VA.0), Gva(BUFFER_VA.0 + 4096), true)
+        },
+        stage1: f.stage1,
+    };
+    s.on_event(&dl, &f.ram, &host).expect("write");
+    let recs: Vec<&[u8]> = (0..200).map(|i| records()[i % 4]).collect();
+    let (event, _) = drive(&s, &f, &host, &recs);
+    let Some(Outcome::Inject { pmbsr, .. }) = event else {
+        panic!("no buffer-full: {event:?}");
+    };
+    assert_eq!(BufferEvent::decode(pmbsr).kind, BufferEventKind::BufferFull);
+    assert!(pmbsr.dl(), "DL kept: {pmbsr:?}");
+}
+
+#[test]
+fn a_remap_with_new_stage_1_registers_copies_the_records_in_flight_through_the_old_ones() {
+    let f = GuestFixture::new(8);
+    let host = RamHost::new(&f);
+    let s = strategy(64 << 10);
+    enable(&s, &f, &host, 0, 0, 4 * 4096);
+    let rec = records()[1];
+    assert_eq!(s.spu_write(VcpuId(0), rec), SpuWrite::Written);
+    // The guest switches to tables that map nothing (TTBR1 at an empty page), and the host
+    // traps the TLB invalidation.
+    let mut empty = f.stage1;
+    empty.ttbr1 = spe_policy::arch::Ttbr::from_bits(spe_strategy_testkit::RAM.start.0 + (8 << 20));
+    let remap = Event::GuestStage1Remap {
+        vcpu: VcpuId(0),
+        stage1: empty,
+    };
+    assert_eq!(s.on_event(&remap, &f.ram, &host), Ok(Outcome::Resume));
+    assert_eq!(
+        host.buffer_bytes(&f, 0, 64),
+        rec,
+        "copied through the tables it was written under"
+    );
+}
