@@ -8,7 +8,7 @@ use spe_host_model::{Absence, Stage2Model};
 use spe_policies::Policy;
 use spe_policy::config::defaults;
 use spe_policy::event::{Event, InvalidationCause, MigrationMode, Outcome};
-use spe_policy::{BackingStrategy, HostBacking, Ipa, IpaRange, Memslot};
+use spe_policy::{BackingStrategy, Granule, HostBacking, Ipa, IpaRange, Memslot};
 use spe_strategy_testkit::{GuestFixture, RAM, memslots};
 
 /// Two hot-pluggable slots above RAM.
@@ -97,11 +97,13 @@ fn apply(p: &Policy, g: &GuestFixture, host: &Stage2Model, s: Step) -> Result<()
         }
         Step::Fault { vcpu, page, dl } => {
             if !matches!(p, Policy::ShadowBuffer(_)) {
-                on(&g.stage2_fault(vcpu, page * 0x1000, 16 * 0x1000, dl))?;
+                let gp = g.granule.size();
+                on(&g.stage2_fault(vcpu, page * gp, 16 * gp, dl))?;
             }
         }
         Step::Invalidate { page, ksm } => {
-            let range = IpaRange::new(Ipa(RAM.start.0 + page * 0x1000), 0x1000);
+            let hp = host.granule().size();
+            let range = IpaRange::new(Ipa(RAM.start.0 + (page * hp) % RAM.len), hp);
             let cause = if ksm {
                 InvalidationCause::KsmMerge
             } else {
@@ -156,11 +158,15 @@ proptest! {
 
     #[test]
     fn any_event_sequence_leaves_nothing_pinned_after_vm_stop_and_stays_within_the_bound(
-        steps in prop::collection::vec(step(), 0..60)
+        steps in prop::collection::vec(step(), 0..60),
+        guest_granule in 0..3usize,
+        host_page in 0..3usize,
     ) {
-        let g = GuestFixture::new(16);
+        // Any guest granule on any host page size.
+        let granules = [Granule::K4, Granule::K16, Granule::K64];
+        let g = GuestFixture::with_granule(granules[guest_granule], 16);
         for p in Policy::all_defaults() {
-            let host = g.host();
+            let host = g.host_with(granules[host_page]);
             let slots = memslots();
             p.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &host)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -234,8 +234,22 @@ impl FaultTranslate {
                 return Ok(inject);
             }
         };
+        // Table pages are guest-granule pages; the SPU's walk reads descriptors anywhere in
+        // them, so every host page of each must be present (a 64 KiB guest table is sixteen
+        // 4 KiB host pages).
+        let granule = host.granule();
+        let unit = if spe_policy::arch::walk::Stage1Regs::ttbr_index(va) == 1 {
+            stage1.tcr.granule1()
+        } else {
+            stage1.tcr.granule0()
+        }
+        .size();
+        let table_pages: Vec<Ipa> = tables
+            .iter()
+            .flat_map(|t| IpaRange::new(Ipa(t.0 & !(unit - 1)), unit).pages(granule))
+            .collect();
         let mut table_fault = false;
-        for t in &tables {
+        for t in &table_pages {
             match host.fault_in(*t) {
                 Ok(FaultIn::MadePresent) => table_fault = true,
                 Ok(FaultIn::AlreadyPresent) => {}

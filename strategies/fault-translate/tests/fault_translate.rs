@@ -244,3 +244,37 @@ fn many_threads_of_mixed_events_finish_and_pin_nothing() {
     assert_eq!(host.pinned_bytes(), 0);
     assert!(s.stats().walks > 0);
 }
+
+#[test]
+fn a_64k_guest_on_4k_host_pages_faults_in_the_page_of_the_descriptor_the_spu_reads() {
+    // Issue 15: only the first 4 KiB of a 64 KiB table page was faulted in, so the SPU's walk
+    // faulted again on the descriptor's page and fault-translate resumed at the same PMBPTR
+    // forever.
+    let g = GuestFixture::with_granule(spe_policy::Granule::K64, 4);
+    let host = g.host();
+    let s = FaultTranslate::new(FaultTranslateConfig::default());
+    let slots = memslots();
+    s.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &host)
+        .expect("start");
+    s.on_event(&g.enable(0, 0, 4 * (64 << 10)), &g.ram, &host)
+        .expect("enable");
+    let desc = g.leaf_descriptor(2);
+    assert!(
+        desc.0 % (64 << 10) >= 4096,
+        "the descriptor lies past the table's first 4 KiB"
+    );
+    host.unmap(IpaRange::new(desc, 4096), Absence::Swapped);
+    assert!(!host.page_state(desc).present);
+    let out = s
+        .on_event(
+            &g.stage2_fault(0, 2 * (64 << 10), 4 * (64 << 10), false),
+            &g.ram,
+            &host,
+        )
+        .expect("fault");
+    assert!(matches!(out, Outcome::ResumeAt { .. }), "{out:?}");
+    assert!(
+        host.page_state(desc).present,
+        "the descriptor's host page is back: the SPU's walk will not fault again"
+    );
+}

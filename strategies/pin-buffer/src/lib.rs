@@ -148,44 +148,82 @@ pub const PROFILE: Profile = Profile {
     why: "Only the buffer and its tables are pinned, so stage 2 never faults for a correct guest, but every new buffer costs a walk and pins on the enable path.",
 };
 
+/// The host pages a guest page of `unit` bytes at `ipa` lies on: several when the guest
+/// granule is larger than the host page (16 or 64 KiB on 4 KiB), one (shared with its
+/// neighbours) when it is smaller.
+fn host_pages(ipa: Ipa, unit: u64, host: Granule) -> impl Iterator<Item = Ipa> {
+    IpaRange::new(Ipa(ipa.0 & !(unit - 1)), unit).pages(host)
+}
+
 /// One vCPU's pins and buffer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct VcpuPins {
     stage1: Option<Stage1Regs>,
-    /// Buffer pages held, by VA page.
+    /// The guest's page size for the buffer (its stage 1 granule): `pages` is keyed by it.
+    unit: u64,
+    /// Buffer pages held: guest VA page -> guest IPA page (each holds the host pages it lies
+    /// on).
     pages: BTreeMap<Gva, Ipa>,
-    /// How many of `pages` map to each IPA: an invalidation asks "is this IPA held" in
-    /// constant time, not by scanning every vCPU's pages.
+    /// How many of `pages` lie on each host page: an invalidation asks "is this host page
+    /// held" in constant time, not by scanning every vCPU's pages.
     by_ipa: HashMap<Ipa, u32>,
-    /// Table pages held.
+    /// Host pages of the stage 1 tables held (a guest table larger than a host page is held
+    /// whole: the descriptors the SPU reads lie anywhere in it).
     tables: BTreeSet<Ipa>,
     active: bool,
     /// PMBPTR at the last enable or resume: a record boundary.
     last_safe: Option<Gva>,
 }
 
+impl Default for VcpuPins {
+    fn default() -> Self {
+        VcpuPins {
+            stage1: None,
+            unit: 4096,
+            pages: BTreeMap::new(),
+            by_ipa: HashMap::new(),
+            tables: BTreeSet::new(),
+            active: false,
+            last_safe: None,
+        }
+    }
+}
+
 impl VcpuPins {
-    fn held_bytes(&self, granule: Granule) -> u64 {
-        (self.pages.len() + self.tables.len()) as u64 * granule.size()
+    /// Bytes of host pages held (distinct pages).
+    fn held_bytes(&self, host: Granule) -> u64 {
+        (self.by_ipa.len() + self.tables.len()) as u64 * host.size()
     }
 
-    /// Records `va -> ipa`; returns the IPA it replaces.
-    fn insert_page(&mut self, va: Gva, ipa: Ipa) -> Option<Ipa> {
-        *self.by_ipa.entry(ipa).or_insert(0) += 1;
+    /// Records `va -> ipa` (guest pages); returns the guest page it replaces.
+    fn insert_page(&mut self, va: Gva, ipa: Ipa, host: Granule) -> Option<Ipa> {
+        for p in host_pages(ipa, self.unit, host) {
+            *self.by_ipa.entry(p).or_insert(0) += 1;
+        }
         let old = self.pages.insert(va, ipa);
         if let Some(o) = old {
-            self.forget_ipa(o);
+            self.forget_page(o, host);
         }
         old
     }
 
-    fn forget_ipa(&mut self, ipa: Ipa) {
-        if let Some(n) = self.by_ipa.get_mut(&ipa) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_ipa.remove(&ipa);
+    fn forget_page(&mut self, ipa: Ipa, host: Granule) {
+        for p in host_pages(ipa, self.unit, host) {
+            if let Some(n) = self.by_ipa.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_ipa.remove(&p);
+                }
             }
         }
+    }
+
+    /// The host pages the buffer pages hold, one entry per reference.
+    fn page_refs(&self, host: Granule) -> Vec<Ipa> {
+        self.pages
+            .values()
+            .flat_map(|i| host_pages(*i, self.unit, host))
+            .collect()
     }
 
     /// Whether the vCPU holds `ipa` as a buffer or table page.
@@ -283,7 +321,7 @@ impl State {
         let held: BTreeSet<Ipa> = self
             .vcpus
             .values()
-            .flat_map(|v| v.pages.values().chain(v.tables.iter()).copied())
+            .flat_map(|v| v.by_ipa.keys().chain(v.tables.iter()).copied())
             .collect();
         held.into_iter().collect()
     }
@@ -295,18 +333,20 @@ impl State {
         gone: impl Fn(Ipa) -> bool,
     ) -> Result<(), HostError> {
         let mut release = Vec::new();
+        let granule = host.granule();
         for v in self.vcpus.values_mut() {
             let mut dropped = Vec::new();
+            let unit = v.unit;
             v.pages.retain(|_, ipa| {
-                let hit = gone(*ipa);
+                let hit = host_pages(*ipa, unit, granule).any(&gone);
                 if hit {
                     dropped.push(*ipa);
                 }
                 !hit
             });
             for ipa in dropped {
-                v.forget_ipa(ipa);
-                release.push(ipa);
+                v.forget_page(ipa, granule);
+                release.extend(host_pages(ipa, unit, granule));
             }
             v.tables.retain(|t| {
                 let hit = gone(*t);
@@ -339,7 +379,7 @@ impl State {
         let Some(v) = self.vcpus.get_mut(&vcpu) else {
             return Ok(());
         };
-        let mut held: Vec<Ipa> = v.pages.values().copied().collect();
+        let mut held = v.page_refs(host.granule());
         held.extend(v.tables.iter().copied());
         v.pages.clear();
         v.by_ipa.clear();
@@ -363,11 +403,19 @@ impl State {
         H: HostBacking + ?Sized,
     {
         let granule = host.granule();
-        let page = |va: u64| Gva(va & !(granule.size() - 1));
+        // The guest's page size for the buffer: the cache is keyed by it and the walk steps by
+        // it, whatever the host's page size.
+        let unit = if Stage1Regs::ttbr_index(start) == 1 {
+            stage1.tcr.granule1()
+        } else {
+            stage1.tcr.granule0()
+        }
+        .size();
+        let page = |va: u64| Gva(va & !(unit - 1));
         let first = page(start.0).0;
         let end = start.0.saturating_add(len);
-        let window_pages = (end - first).div_ceil(granule.size());
-        if window_pages.saturating_mul(granule.size()) > cfg.cap_bytes_per_vcpu {
+        let window_pages = (end - first).div_ceil(unit);
+        if end - start.0 > cfg.cap_bytes_per_vcpu {
             return Ok(EnableResult::OverCap);
         }
         // A different stage 1 invalidates the cache.
@@ -378,10 +426,13 @@ impl State {
         {
             self.release_vcpu(host, vcpu)?;
         }
+        if self.vcpus.get(&vcpu).is_some_and(|v| v.unit != unit) {
+            self.release_vcpu(host, vcpu)?;
+        }
         let v = self.vcpus.entry(vcpu).or_default();
         v.stage1 = Some(stage1);
-        let cached =
-            (0..window_pages).all(|i| v.pages.contains_key(&Gva(first + i * granule.size())));
+        v.unit = unit;
+        let cached = (0..window_pages).all(|i| v.pages.contains_key(&Gva(first + i * unit)));
         if cached {
             self.stats.cache_hits += 1;
             return Ok(EnableResult::Pinned);
@@ -404,41 +455,58 @@ impl State {
                 return Ok(EnableResult::OverCap);
             }
         };
-        // The walk's pages, by VA page.
+        // The walk's pages, by guest VA page. A run maps VA to IPA contiguously and keeps the
+        // offset within a guest page, so a guest page's IPA is the run's at its VA.
         let mut new_pages: Vec<(Gva, Ipa)> = Vec::new();
         for run in &walk.runs {
             let mut va = page(run.va.0).0;
             while va < run.va.0 + run.len {
-                let ipa = Ipa(run.ipa.0.wrapping_add(va.wrapping_sub(run.va.0))).page_base(granule);
+                let ipa = Ipa(run.ipa.0.wrapping_add(va.wrapping_sub(run.va.0)) & !(unit - 1));
                 new_pages.push((Gva(va), ipa));
-                va += granule.size();
+                va += unit;
             }
         }
+        // What pinning this window alone takes: the distinct host pages of its buffer pages
+        // and of its table pages (what the cap bounds).
+        let window_host: BTreeSet<Ipa> = new_pages
+            .iter()
+            .flat_map(|(_, i)| host_pages(*i, unit, granule))
+            .chain(
+                walk.tables_touched
+                    .iter()
+                    .flat_map(|t| host_pages(*t, unit, granule)),
+            )
+            .collect();
         let v = self.vcpus.entry(vcpu).or_default();
         let fresh_pages: Vec<(Gva, Ipa)> = new_pages
             .iter()
             .filter(|(va, ipa)| v.pages.get(va) != Some(ipa))
             .copied()
             .collect();
-        let fresh_tables: Vec<Ipa> = walk
-            .tables_touched
+        let fresh_host: BTreeSet<Ipa> = fresh_pages
             .iter()
-            .map(|t| t.page_base(granule))
-            .filter(|t| !v.tables.contains(t))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
+            .flat_map(|(_, i)| host_pages(*i, unit, granule))
+            .chain(
+                walk.tables_touched
+                    .iter()
+                    .flat_map(|t| host_pages(*t, unit, granule)),
+            )
+            .filter(|p| !v.by_ipa.contains_key(p) && !v.tables.contains(p))
             .collect();
-        let added = (fresh_pages.len() + fresh_tables.len()) as u64 * granule.size();
+        let added = fresh_host.len() as u64 * granule.size();
         if v.held_bytes(granule) + added > cfg.cap_bytes_per_vcpu {
             // Evict the cache and start again from this window alone.
             self.release_vcpu(host, vcpu)?;
-            let needed = (new_pages.len() + walk.tables_touched.len()) as u64 * granule.size();
-            if needed > cfg.cap_bytes_per_vcpu {
+            if window_host.len() as u64 * granule.size() > cfg.cap_bytes_per_vcpu {
                 return Ok(EnableResult::OverCap);
+            }
+            if let Some(v) = self.vcpus.get_mut(&vcpu) {
+                v.unit = unit;
+                v.stage1 = Some(stage1);
             }
             return self.acquire_for(host, vcpu, &new_pages, &walk.tables_touched);
         }
-        self.acquire_for(host, vcpu, &fresh_pages, &fresh_tables)
+        self.acquire_for(host, vcpu, &fresh_pages, &walk.tables_touched)
     }
 
     /// Takes references for `vcpu` on `pages` (replacing stale VA->IPA entries) and `tables`.
@@ -450,11 +518,16 @@ impl State {
         tables: &[Ipa],
     ) -> Result<EnableResult, HostError> {
         let granule = host.granule();
-        let mut want: Vec<Ipa> = pages.iter().map(|(_, i)| *i).collect();
         let v = self.vcpus.entry(vcpu).or_default();
+        let unit = v.unit;
+        let mut want: Vec<Ipa> = pages
+            .iter()
+            .flat_map(|(_, i)| host_pages(*i, unit, granule))
+            .collect();
+        // Table pages are guest-granule pages: every host page of each is held.
         let new_tables: Vec<Ipa> = tables
             .iter()
-            .map(|t| t.page_base(granule))
+            .flat_map(|t| host_pages(*t, unit, granule))
             .filter(|t| !v.tables.contains(t))
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -464,8 +537,8 @@ impl State {
         let v = self.vcpus.entry(vcpu).or_default();
         let mut stale = Vec::new();
         for (va, ipa) in pages {
-            if let Some(old) = v.insert_page(*va, *ipa) {
-                stale.push(old);
+            if let Some(old) = v.insert_page(*va, *ipa, granule) {
+                stale.extend(host_pages(old, unit, granule));
             }
         }
         v.tables.extend(new_tables);
@@ -736,13 +809,17 @@ impl PinBuffer {
             return Ok(pass);
         };
         let tables: Vec<Ipa> = t.tables_touched.as_slice().to_vec();
-        let on_table = tables.iter().any(|p| !host.page_state(*p).writable());
+        let unit = st.vcpus.get(&vcpu).map_or(4096, |v| v.unit);
+        // The SPU's walk reads the tables: a table host page that is not present faulted.
+        let on_table = tables
+            .iter()
+            .any(|t| host_pages(*t, unit, granule).any(|p| !host.page_state(p).present));
         if on_table {
             st.stats.stage2_faults_table += 1;
         } else {
             st.stats.stage2_faults_buffer += 1;
         }
-        let page = (Gva(va.0 & !(granule.size() - 1)), t.ipa.page_base(granule));
+        let page = (Gva(va.0 & !(unit - 1)), Ipa(t.ipa.0 & !(unit - 1)));
         match st.acquire_for(host, vcpu, &[page], &tables) {
             Ok(_) => {}
             Err(HostError::NotInMemslot(_)) | Err(HostError::Unavailable { .. }) => {

@@ -349,3 +349,69 @@ fn a_buffer_page_the_host_cannot_back_at_enable_is_a_guest_visible_outcome_not_a
     s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
     assert_eq!(host.pinned_bytes(), 0);
 }
+
+#[test]
+fn a_64k_guest_on_4k_host_pages_pins_the_host_page_of_every_descriptor_the_spu_reads() {
+    // Issue 15: table pages were aligned down to the host page, so only the first 4 KiB of a
+    // 64 KiB table was pinned while the leaf descriptor usually lies elsewhere in it.
+    let g = GuestFixture::with_granule(spe_policy::Granule::K64, 8);
+    let host = g.host();
+    let s = PinBuffer::new(PinBufferConfig::default());
+    let slots = memslots();
+    s.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &host)
+        .expect("start");
+    let len = 8 * (64 << 10);
+    assert_eq!(
+        s.on_event(&g.enable(0, 0, len), &g.ram, &host)
+            .expect("enable"),
+        Outcome::Resume
+    );
+    for n in 0..8 {
+        let desc = g.leaf_descriptor(n);
+        assert!(
+            desc.0 % (64 << 10) >= 4096,
+            "the descriptor lies past the table's first 4 KiB"
+        );
+        assert!(
+            host.is_pinned(desc),
+            "page {n}: descriptor at {desc} is not pinned"
+        );
+        // All 16 host pages of the guest page are pinned.
+        let page = g.buffer_pages[n as usize];
+        for k in 0..16 {
+            assert!(
+                host.is_pinned(Ipa(page.0 + k * 4096)),
+                "page {n} host page {k}"
+            );
+        }
+    }
+    s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}
+
+#[test]
+fn a_4k_guest_on_64k_host_pages_pins_a_small_buffer_under_the_cap() {
+    // Issue 15: the walk budget was counted in host pages while the walk steps per guest page,
+    // so a 128 KiB buffer under a 16 MiB cap was refused as "size too large".
+    let g = GuestFixture::new(32);
+    let host = g.host_with(spe_policy::Granule::K64);
+    let s = PinBuffer::new(PinBufferConfig::default());
+    let slots = memslots();
+    s.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &host)
+        .expect("start");
+    let out = s
+        .on_event(&g.enable(0, 0, 32 * 4096), &g.ram, &host)
+        .expect("enable");
+    assert_eq!(out, Outcome::Resume, "not refused");
+    for (n, page) in g.buffer_pages.iter().enumerate() {
+        assert!(host.is_pinned(*page), "buffer page {n} at {page}");
+    }
+    assert!(host.is_pinned(g.leaf_descriptor(0)));
+    // A re-enable of the same buffer is a cache hit.
+    let before = s.stats().cache_hits;
+    s.on_event(&g.enable(0, 0, 32 * 4096), &g.ram, &host)
+        .expect("re-enable");
+    assert_eq!(s.stats().cache_hits, before + 1);
+    s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}

@@ -39,32 +39,56 @@ pub struct GuestFixture {
     pub stage1: Stage1Regs,
     /// The IPA of each buffer page, in VA order.
     pub buffer_pages: Vec<Ipa>,
+    /// The guest's stage 1 granule (its page size).
+    pub granule: Granule,
+    /// Where the buffer starts: [`BUFFER_VA`] with 4 KiB pages; with larger granules 1000
+    /// pages further, so its leaf descriptors lie past the first 4 KiB of their table (where
+    /// a host that aligns a 16 or 64 KiB table down to a 4 KiB page would miss them).
+    pub va: Gva,
 }
 
 impl GuestFixture {
-    /// The fixture with a buffer of `pages` pages (at most 1024).
+    /// The fixture with a buffer of `pages` 4 KiB pages (at most 1024).
     pub fn new(pages: u64) -> Self {
+        Self::with_granule(Granule::K4, pages)
+    }
+
+    /// The fixture with a `granule` stage 1 (4, 16 or 64 KiB, TTBR1 with 48-bit VAs) and a
+    /// buffer of `pages` guest pages scattered over the upper 8 MiB of RAM (at most 8 MiB /
+    /// (2 x granule) pages).
+    pub fn with_granule(granule: Granule, pages: u64) -> Self {
         let mut ram = GuestRam::new();
         ram.insert(RAM.start, vec![0; RAM.len as usize])
             .expect("RAM");
         // The table pool lives inside RAM: build the tables in a scratch memory, then copy.
-        let mut b = TableBuilder::new(GuestRam::new(), Granule::K4, 16, TABLES, 0x10_0000, false)
+        let mut b = TableBuilder::new(GuestRam::new(), granule, 16, TABLES, 0x10_0000, false)
             .expect("tables");
+        let slots = (8 << 20) / (2 * granule.size());
         let buffer_pages: Vec<Ipa> = (0..pages)
-            .map(|i| Ipa(BUFFER_POOL.0 + ((i * 37) % 1024) * 0x2000))
+            .map(|i| Ipa(BUFFER_POOL.0 + ((i * 37) % slots) * 2 * granule.size()))
             .collect();
-        b.map_pages(BUFFER_VA, buffer_pages.iter().copied(), LEAF_RW)
+        let va = if granule == Granule::K4 {
+            BUFFER_VA
+        } else {
+            Gva(BUFFER_VA.0 + 1000 * granule.size())
+        };
+        b.map_pages(va, buffer_pages.iter().copied(), LEAF_RW)
             .expect("map");
         let tables = b.into_ram();
         for (base, len) in tables.regions() {
             let bytes = tables.slice(base, len as usize).expect("tables").to_vec();
             ram.write(base, &bytes).expect("copy tables");
         }
-        let stage1 = Stage1Regs::linux_kernel_4k(TABLES);
+        let mut stage1 = Stage1Regs::linux_kernel_4k(TABLES);
+        stage1.tcr = stage1
+            .tcr
+            .with_tg1(spe_policy::arch::Tcr::tg1_bits(granule));
         GuestFixture {
             ram,
             stage1,
             buffer_pages,
+            granule,
+            va,
         }
     }
 
@@ -73,12 +97,28 @@ impl GuestFixture {
         Stage2Model::new(Granule::K4, &memslots())
     }
 
+    /// The stage 2 model with host pages of `granule`.
+    pub fn host_with(&self, granule: Granule) -> Stage2Model {
+        Stage2Model::new(granule, &memslots())
+    }
+
+    /// The IPA of the leaf descriptor that maps buffer page `n` (what the SPU's walk reads
+    /// last).
+    pub fn leaf_descriptor(&self, n: u64) -> Ipa {
+        use spe_policy::arch::walk::Walker;
+        Walker::new(self.stage1, &self.ram)
+            .translate(Gva(self.va.0 + n * self.granule.size()))
+            .expect("walk")
+            .leaf_descriptor
+            .expect("a leaf")
+    }
+
     /// The IPAs of the table pages that translate the buffer (root first).
     pub fn table_pages(&self) -> Vec<Ipa> {
         use spe_policy::arch::walk::{RangeLimits, Walker};
         let len = self.buffer_pages.len() as u64 * 0x1000;
         Walker::new(self.stage1, &self.ram)
-            .translate_range(BUFFER_VA, len, RangeLimits::default())
+            .translate_range(self.va, len, RangeLimits::default())
             .expect("walk")
             .tables_touched
     }
@@ -89,11 +129,7 @@ impl GuestFixture {
         Event::BufferWrite {
             vcpu: VcpuId(vcpu),
             reg: BufferReg::Pmblimitr,
-            regs: window_regs(
-                Gva(BUFFER_VA.0 + offset),
-                Gva(BUFFER_VA.0 + offset + len),
-                true,
-            ),
+            regs: window_regs(Gva(self.va.0 + offset), Gva(self.va.0 + offset + len), true),
             stage1: self.stage1,
         }
     }
@@ -118,7 +154,7 @@ impl GuestFixture {
     ) -> Event<'static> {
         let pmbsr =
             BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode();
-        let mut regs = window_regs(Gva(BUFFER_VA.0 + offset), Gva(BUFFER_VA.0 + limit), true);
+        let mut regs = window_regs(Gva(self.va.0 + offset), Gva(self.va.0 + limit), true);
         regs.pmbsr = pmbsr;
         Event::BufferManagement {
             vcpu: VcpuId(vcpu),
