@@ -238,7 +238,7 @@ impl FaultTranslate {
         // them, so every host page of each must be present (a 64 KiB guest table is sixteen
         // 4 KiB host pages).
         let granule = host.granule();
-        let unit = if spe_policy::arch::walk::Stage1Regs::ttbr_index(va) == 1 {
+        let unit = if Stage1Regs::ttbr_index(va) == 1 {
             stage1.tcr.granule1()
         } else {
             stage1.tcr.granule0()
