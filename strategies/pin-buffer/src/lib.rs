@@ -173,6 +173,8 @@ struct VcpuPins {
     active: bool,
     /// PMBPTR at the last enable or resume: a record boundary.
     last_safe: Option<Gva>,
+    /// The window of the last enable, `PMBPTR..LIMIT`, while active.
+    window: Option<(Gva, u64)>,
 }
 
 impl Default for VcpuPins {
@@ -185,6 +187,7 @@ impl Default for VcpuPins {
             tables: BTreeSet::new(),
             active: false,
             last_safe: None,
+            window: None,
         }
     }
 }
@@ -272,6 +275,27 @@ pub fn max_buff_size_field(cap: u64) -> u16 {
         }
     }
     best
+}
+
+/// The largest buffer that always fits under `cap` pinned bytes, whatever its pages: a guest
+/// page of `guest` bytes pins `max(guest, host)` bytes of host pages, and its stage 1 tables
+/// (a level 3 table per `guest * guest / 8` bytes of buffer, one more where it is not aligned,
+/// and up to four above) pin as many pages again. PMBIDR_EL1.MaxBuffSize reports the largest
+/// encodable size not above it, so a buffer of exactly MaxBuffSize is never refused.
+pub fn max_buffer_bytes(cap: u64, guest: u64, host: u64) -> u64 {
+    let guest = guest.max(1);
+    let per_page = guest.max(host);
+    let table_reach = guest.saturating_mul(guest / 8).max(1);
+    let fixed = 5 * per_page;
+    let Some(room) = cap.checked_sub(fixed) else {
+        return 0;
+    };
+    // room >= B * per_page / guest + B / table_reach * per_page, so
+    // B <= room / (per_page / guest + per_page / table_reach), in integers:
+    let scale = 1u128 << 20;
+    let cost = u128::from(per_page) * scale / u128::from(guest)
+        + u128::from(per_page) * scale / u128::from(table_reach);
+    u64::try_from(u128::from(room) * scale / cost.max(1)).unwrap_or(u64::MAX)
 }
 
 fn field_bytes(field: u16) -> u64 {
@@ -647,12 +671,21 @@ impl BackingStrategy for PinBuffer {
             Event::BufferWrite {
                 vcpu, regs, stage1, ..
             } => self.on_buffer_write(&mut st, vcpu, regs, stage1, guest, host)?,
-            Event::BufferRead { reg, pmbidr, .. } => match reg {
-                BufferReg::Pmbidr => Outcome::Emulated(
-                    pmbidr
-                        .with_max_buff_size(max_buff_size_field(cfg.cap_bytes_per_vcpu))
-                        .into_bits(),
-                ),
+            Event::BufferRead {
+                vcpu, reg, pmbidr, ..
+            } => match reg {
+                BufferReg::Pmbidr => {
+                    // The guest's page size: its buffer's, once it enabled one; 4 KiB before
+                    // (Linux reads PMBIDR_EL1 at probe, with 4 KiB pages by default).
+                    let guest = st.vcpus.get(&vcpu).map_or(4096, |v| v.unit);
+                    let max =
+                        max_buffer_bytes(cfg.cap_bytes_per_vcpu, guest, host.granule().size());
+                    Outcome::Emulated(
+                        pmbidr
+                            .with_max_buff_size(max_buff_size_field(max))
+                            .into_bits(),
+                    )
+                }
                 _ => Outcome::Resume,
             },
             Event::BufferManagement { vcpu, regs, stage1 } => {
@@ -696,15 +729,20 @@ impl BackingStrategy for PinBuffer {
                 }
                 Outcome::Resume
             }
-            Event::GuestStage1Remap { vcpu, .. } => {
-                // The mapping changed: drop this vCPU's cache; an active buffer is re-pinned at
-                // its next enable, or repaired on a fault (PB-03).
-                let active = st.vcpus.get(&vcpu).is_some_and(|v| v.active);
-                if !active {
-                    st.release_vcpu(host, vcpu)
-                        .map_err(err("dropping a stale pin cache"))?;
-                } else if let Some(v) = st.vcpus.get_mut(&vcpu) {
-                    v.stage1 = None;
+            Event::GuestStage1Remap { vcpu, stage1 } => {
+                // The mapping changed (the VMM trapped the guest's TLB maintenance). An idle
+                // cache is dropped; an active buffer is re-walked and its new pages and tables
+                // pinned before the guest resumes (PB-03's mitigation), then what it no longer
+                // maps is unpinned. A window that no longer fits is left to the fault repair.
+                let active = st
+                    .vcpus
+                    .get(&vcpu)
+                    .and_then(|v| v.window.filter(|_| v.active));
+                match active {
+                    None => st
+                        .release_vcpu(host, vcpu)
+                        .map_err(err("dropping a stale pin cache"))?,
+                    Some(window) => self.repin(&mut st, vcpu, stage1, window, guest, host)?,
                 }
                 Outcome::Resume
             }
@@ -723,6 +761,45 @@ impl BackingStrategy for PinBuffer {
 }
 
 impl PinBuffer {
+    /// Re-pins an active buffer after a remap: the new walk's pages are pinned first, then the
+    /// old pins are dropped, so pages mapped before and after stay pinned throughout.
+    fn repin<G, H>(
+        &self,
+        st: &mut State,
+        vcpu: VcpuId,
+        stage1: Stage1Regs,
+        window: (Gva, u64),
+        guest: &G,
+        host: &H,
+    ) -> Result<(), PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let granule = host.granule();
+        let Some(v) = st.vcpus.get_mut(&vcpu) else {
+            return Ok(());
+        };
+        let mut old = v.page_refs(granule);
+        old.extend(v.tables.iter().copied());
+        let unit = v.unit;
+        *v = VcpuPins {
+            unit,
+            active: true,
+            last_safe: v.last_safe,
+            window: v.window,
+            ..VcpuPins::default()
+        };
+        let pinned = st.pin_window(&self.config, vcpu, stage1, window, guest, host);
+        let released = st.ledger(host).release(host, &old);
+        match pinned {
+            Ok(_) | Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {}
+            Err(HostError::LockLimit { .. }) => st.stats.refused += 1,
+            Err(e) => return Err(err("re-pinning a remapped buffer")(e)),
+        }
+        released.map_err(err("unpinning pages a remap left behind"))
+    }
+
     fn on_buffer_write<G, H>(
         &self,
         st: &mut State,
@@ -753,6 +830,7 @@ impl PinBuffer {
                 let v = st.vcpus.entry(vcpu).or_default();
                 v.active = true;
                 v.last_safe = Some(start);
+                v.window = Some((start, len));
                 Ok(Outcome::Resume)
             }
             Ok(EnableResult::OverCap) | Err(HostError::LockLimit { .. }) => {

@@ -105,7 +105,8 @@ fn a_window_over_the_cap_is_refused_with_size_too_large_and_nothing_pinned() {
         panic!("PMBIDR must be emulated")
     };
     let idr = Pmbidr::from_bits(v);
-    assert_eq!(idr.max_buffer_bytes(), Some(16 * 4096));
+    // The cap less what the tables may take: a buffer of MaxBuffSize always fits.
+    assert_eq!(idr.max_buffer_bytes(), Some(10 * 4096));
     assert_eq!(
         (idr.align(), idr.f()),
         (6, true),
@@ -414,4 +415,80 @@ fn a_4k_guest_on_64k_host_pages_pins_a_small_buffer_under_the_cap() {
     assert_eq!(s.stats().cache_hits, before + 1);
     s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
     assert_eq!(host.pinned_bytes(), 0);
+}
+
+#[test]
+fn a_remap_of_an_active_buffer_is_followed_by_pins_of_the_new_page_before_the_guest_resumes() {
+    // Issue 15 (PB-03's mitigation): a trapped TLB invalidation re-walks and re-pins the
+    // active window, and unpins the page it no longer maps.
+    let (mut g, host, s) = setup(8);
+    s.on_event(&g.enable(0, 0, 8 * 4096), &g.ram, &host)
+        .expect("enable");
+    let old = g.buffer_pages[0];
+    let new = Ipa(RAM.start.0 + (12 << 20));
+    assert!(host.is_pinned(old) && !host.is_pinned(new));
+    let desc = g.leaf_descriptor(0);
+    g.ram
+        .write_u64(
+            desc,
+            new.0 | 0b11 | spe_policy::arch::walk::builder::LEAF_RW,
+            false,
+        )
+        .expect("remap");
+    let remap = Event::GuestStage1Remap {
+        vcpu: VcpuId(0),
+        stage1: g.stage1,
+    };
+    assert_eq!(s.on_event(&remap, &g.ram, &host), Ok(Outcome::Resume));
+    assert!(
+        host.is_pinned(new),
+        "the new page is pinned before the SPU writes it"
+    );
+    assert!(
+        !host.is_pinned(old),
+        "the page no longer mapped is unpinned"
+    );
+    for p in &g.buffer_pages[1..] {
+        assert!(host.is_pinned(*p), "the rest stays pinned");
+    }
+    s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}
+
+#[test]
+fn a_buffer_of_exactly_max_buff_size_is_accepted() {
+    // Issue 15: MaxBuffSize reported the cap while the enforced cap also counts table pages,
+    // so a buffer of exactly MaxBuffSize was refused (BSC size too large).
+    for cap in [64u64 << 10, 1 << 20, 16 << 20] {
+        let g = GuestFixture::new(1024);
+        let host = g.host();
+        let s = PinBuffer::new(PinBufferConfig {
+            cap_bytes_per_vcpu: cap,
+            ..PinBufferConfig::default()
+        });
+        let slots = memslots();
+        s.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &host)
+            .expect("start");
+        let read = Event::BufferRead {
+            vcpu: VcpuId(0),
+            reg: BufferReg::Pmbidr,
+            regs: BufferRegs::default(),
+            pmbidr: Pmbidr::new(),
+        };
+        let Ok(Outcome::Emulated(v)) = s.on_event(&read, &g.ram, &host) else {
+            panic!("emulated");
+        };
+        let max = Pmbidr::from_bits(v).max_buffer_bytes().expect("a size");
+        assert!(max <= cap && max * 2 > cap / 2, "cap {cap:#x}: {max:#x}");
+        let len = max.min(1024 * 4096);
+        let out = s
+            .on_event(&g.enable(0, 0, len), &g.ram, &host)
+            .expect("enable");
+        assert_eq!(
+            out,
+            Outcome::Resume,
+            "cap {cap:#x}: a {len:#x} buffer is refused"
+        );
+        s.on_event(&Event::VmStop, &g.ram, &host).expect("stop");
+    }
 }
