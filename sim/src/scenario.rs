@@ -56,6 +56,10 @@ pub enum HostEventKind {
     /// A hostile or broken guest maps a page of vCPU 0's buffer ahead of the SPU (60 KiB in)
     /// to an IPA outside its RAM (a device region) and re-arms the buffer.
     GuestMapOutsideRam,
+    /// A broken guest clears the stage 1 entry of a page of vCPU 2's enabled buffer ahead of
+    /// the SPU (60 KiB in): the SPU's walk takes a stage 1 Translation fault (EC 0x24), which
+    /// every strategy hands to the guest, whose driver stops the session.
+    GuestUnmapBuffer,
     /// A broken guest re-programs vCPU 1's buffer against the enable rules (spec sheet §1.11
     /// rule 3): PMBPTR 32 bytes below LIMIT, less than one largest record. CONSTRAINED
     /// UNPREDICTABLE; the model takes the permitted "nothing is written" and the guest's

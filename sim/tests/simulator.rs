@@ -672,3 +672,35 @@ fn scenarios_whose_work_has_no_bound_are_refused_before_they_run() {
         "{e}"
     );
 }
+
+#[test]
+fn write_protection_faults_are_permission_faults_and_a_cleared_stage_1_entry_is_a_stage_1_fault() {
+    // Issue 15: every stage 2 fault was Translation L3, and a failed stage 1 walk became IPA 0
+    // reported as EC 0x25 outside RAM.
+    let r = results();
+    for s in ["ksm", "pre-copy"] {
+        let m = get(r, s, "fault-translate");
+        assert!(
+            m.stage2_permission_faults > 0,
+            "{s}: dirty logging and KSM map pages read-only: {m:?}"
+        );
+    }
+    let swap = get(r, "swap-storm", "fault-translate");
+    assert_eq!(
+        swap.stage2_permission_faults, 0,
+        "swapped pages are unmapped, not read-only"
+    );
+    assert!(swap.stage2_faults > 0);
+    for s in ["pin-all", "pin-buffer", "fault-translate"] {
+        let m = get(r, "hostile-guest", s);
+        assert!(
+            m.stage1_faults >= 1,
+            "{s}: the SPU's walk faults at stage 1: {m:?}"
+        );
+        assert!(m.lost_to(LossCause::GuestError) > 0, "{s}");
+    }
+    // shadow-buffer's copy meets the same stage 1 fault and reports it as the SPU would; the
+    // guest stops that session too.
+    let sb = get(r, "hostile-guest", "shadow-buffer");
+    assert!(sb.fatal_events >= 2, "{sb:?}");
+}

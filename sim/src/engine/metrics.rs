@@ -68,8 +68,12 @@ pub struct Metrics {
     /// One-time host work before the first vCPU runs (pin-all at VM start), ns: not a stall,
     /// the guest has not started.
     pub vm_start_ns: f64,
-    /// Stage 2 faults the SPUs took.
+    /// Stage 2 faults the SPUs took (EC 0x25).
     pub stage2_faults: u64,
+    /// Of those, Permission faults (a page write-protected by dirty logging or KSM).
+    pub stage2_permission_faults: u64,
+    /// Stage 1 faults the SPUs took (EC 0x24: the guest's own mapping).
+    pub stage1_faults: u64,
     /// Faults on buffer pages the guest mapped outside every memslot.
     pub guest_error_faults: u64,
     /// Guest-visible fatal events (injected faults, refusals, SPE disabled).

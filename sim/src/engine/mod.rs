@@ -309,8 +309,8 @@ struct Vcpu {
     /// The vCPU's first buffer enable is behind it (later ones are re-enables).
     enabled_once: bool,
     /// Stage 1 translations of the buffer's pages, by page number: the IPA and the table
-    /// pages read.
-    xlat: Vec<Option<(Ipa, TablesTouched)>>,
+    /// pages read, or the stage 1 fault the SPU's walk takes there.
+    xlat: Vec<Option<Xlat>>,
     /// shadow-buffer: this vCPU's SPU port.
     spu: Option<Spu>,
     /// The guest's registers break the enable rules: the SPU writes nothing.
@@ -324,6 +324,44 @@ struct Vcpu {
     coll_pending: bool,
 }
 
+/// A buffer page's stage 1 translation as the SPU's walk finds it.
+type Xlat = Result<(Ipa, TablesTouched), FaultStatusCode>;
+
+/// Why the SPU cannot write a buffer page (spec sheet §1.11 rule 5, §3.9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpuFault {
+    /// The guest's stage 1 faults (EC 0x24, the walker's FSC): the guest's own mapping.
+    Stage1(FaultStatusCode),
+    /// Stage 2 refuses the write or a table read (EC 0x25): a Translation fault when the page
+    /// is not mapped, a Permission fault when it is write-protected (dirty logging, KSM).
+    Stage2 {
+        fsc: FaultStatusCode,
+        /// The page is outside every memslot (the guest pointed its buffer there).
+        outside_ram: bool,
+    },
+}
+
+impl SpuFault {
+    /// The guest itself is to blame (its stage 1, or a page outside its RAM).
+    fn guest_error(self) -> bool {
+        matches!(
+            self,
+            SpuFault::Stage1(_)
+                | SpuFault::Stage2 {
+                    outside_ram: true,
+                    ..
+                }
+        )
+    }
+
+    fn pmbsr(self, data_loss: bool) -> Pmbsr {
+        match self {
+            SpuFault::Stage1(fsc) => BufferEvent::fault(Stage::One, fsc, data_loss).encode(),
+            SpuFault::Stage2 { fsc, .. } => BufferEvent::fault(Stage::Two, fsc, data_loss).encode(),
+        }
+    }
+}
+
 /// Where stage 2 lets the SPU write one record: the pages it reaches (buffer offset and IPA
 /// of each), and the fault that stops it, if any.
 #[derive(Clone, Copy, Debug)]
@@ -331,10 +369,10 @@ struct WritePlan {
     targets: [(u64, Ipa); 2],
     /// How many of `targets` are writable.
     n: usize,
-    /// The buffer offset of the first byte stage 2 refuses.
+    /// The buffer offset of the first byte the SPU cannot write.
     fault_at: Option<u64>,
-    /// The refused page is outside every memslot.
-    outside_ram: bool,
+    /// What stops it there.
+    fault: Option<SpuFault>,
     /// The host hears of this record: it faults, or the buffer is full after it.
     reaches_host: bool,
 }
@@ -363,10 +401,6 @@ fn regs(ptr: u64, limit: u64, enabled: bool, pmbsr: Pmbsr) -> BufferRegs {
         pmblimitr: Pmblimitr::for_buffer(Gva(limit), enabled, BufferMode::Fill),
         pmbsr,
     }
-}
-
-fn fault_pmbsr(data_loss: bool) -> Pmbsr {
-    BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), data_loss).encode()
 }
 
 /// FNV-1a style over 64-byte blocks in eight independent lanes (so the multiplies pipeline),
@@ -792,19 +826,20 @@ impl Sim<'_> {
         }
     }
 
-    /// The IPA of the buffer page at `va` for vCPU `v` and the table pages that translate it
-    /// (an untranslatable page is left at IPA 0, outside RAM: it faults). Pages of the buffer
-    /// are cached (the SPU's TLB); a page outside it is walked each time.
-    fn translate(&mut self, v: u32, va: u64) -> (Ipa, TablesTouched) {
+    /// The IPA of the buffer page at `va` for vCPU `v` and the table pages that translate it,
+    /// or the stage 1 fault the SPU's walk takes (a table the walk cannot read is a stage 2
+    /// fault on the walk: reported at IPA 0, outside RAM). Pages of the buffer are cached (the
+    /// SPU's TLB); a page outside it is walked each time.
+    fn translate(&mut self, v: u32, va: u64) -> Xlat {
         let page = va & !0xfff;
         let guest = &self.guest;
         let walk_options = self.walk;
-        let walk = || {
-            Walker::with_options(guest.stage1, walk_options, &guest.ram)
-                .translate(Gva(page))
-                .map_or((Ipa(0), TablesTouched::default()), |t| {
-                    (t.ipa, t.tables_touched)
-                })
+        let walk = || match Walker::with_options(guest.stage1, walk_options, &guest.ram)
+            .translate(Gva(page))
+        {
+            Ok(t) => Ok((t.ipa, t.tables_touched)),
+            Err(spe_policy::arch::walk::WalkError::Fault(f)) => Err(f.fsc()),
+            Err(_) => Ok((Ipa(0), TablesTouched::default())),
         };
         let c = &mut self.cpus[v as usize];
         let slot = page
@@ -821,7 +856,7 @@ impl Sim<'_> {
     /// writable), else whether the page is outside RAM. The last page is cached per vCPU while
     /// the host's stage 2 generation is unchanged.
     #[inline(always)]
-    fn writable_page(&mut self, v: u32, page: u64) -> Result<Ipa, bool> {
+    fn writable_page(&mut self, v: u32, page: u64) -> Result<Ipa, SpuFault> {
         let generation = self.host.model.generation();
         match self.cpus[v as usize].last_page {
             Some((p, ipa, g)) if p == page && g == generation => Ok(ipa),
@@ -831,15 +866,26 @@ impl Sim<'_> {
 
     /// [`Self::writable_page`] past its cache: the page's translation and stage 2 states.
     #[inline(never)]
-    fn check_page(&mut self, v: u32, page: u64, generation: u64) -> Result<Ipa, bool> {
-        let (ipa, tables) = self.translate(v, page);
+    fn check_page(&mut self, v: u32, page: u64, generation: u64) -> Result<Ipa, SpuFault> {
+        let (ipa, tables) = self.translate(v, page).map_err(SpuFault::Stage1)?;
         let data = self.page_state(ipa, generation);
         let tables_present = tables
             .as_slice()
             .iter()
             .all(|t| self.page_state(*t, generation).present);
-        if !(tables_present && data.writable()) {
-            return Err(!data.in_memslot);
+        // The host maps guest RAM with last-level (4 KiB) pages at stage 2.
+        if !tables_present || !data.present {
+            return Err(SpuFault::Stage2 {
+                fsc: FaultStatusCode::Translation(3),
+                outside_ram: !data.in_memslot,
+            });
+        }
+        if data.write_protected {
+            // Mapped read-only for dirty logging or KSM: a Permission fault (spec sheet §3.9).
+            return Err(SpuFault::Stage2 {
+                fsc: FaultStatusCode::Permission(3),
+                outside_ram: false,
+            });
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
         // The SPU writes this page from now on (bursts write it without marking it again).
@@ -991,7 +1037,7 @@ impl Sim<'_> {
             targets: [(0, Ipa(0)); 2],
             n: 0,
             fault_at: None,
-            outside_ram: false,
+            fault: None,
             reaches_host: ptr + len + self.max_record > size,
         };
         let mut at = ptr;
@@ -999,8 +1045,8 @@ impl Sim<'_> {
             let page = (base + at) & !0xfff;
             match self.writable_page(v, page) {
                 Ok(ipa) => plan.targets[plan.n] = (at, ipa),
-                Err(outside) => {
-                    plan.outside_ram = outside;
+                Err(fault) => {
+                    plan.fault = Some(fault);
                     plan.fault_at = Some(at);
                     plan.reaches_host = true;
                     break;
@@ -1029,7 +1075,7 @@ impl Sim<'_> {
             targets,
             n,
             fault_at,
-            outside_ram,
+            fault,
             ..
         } = plan;
         // Pages are checked first, then written: a sequential SPU writes every byte before
@@ -1064,7 +1110,13 @@ impl Sim<'_> {
                 c.ptr += len;
                 self.m.records_written += 1;
             }
-            Some(f) => self.stage2_fault(v, now, f, outside_ram)?,
+            Some(f) => {
+                let fault = fault.unwrap_or(SpuFault::Stage2 {
+                    fsc: FaultStatusCode::Translation(3),
+                    outside_ram: false,
+                });
+                self.spu_fault(v, now, f, fault)?
+            }
         }
         // §1.11 rule 4: buffer full once another largest record might not fit; the guest's
         // driver takes the data and re-programs the buffer.
@@ -1076,26 +1128,29 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn stage2_fault(
-        &mut self,
-        v: u32,
-        now: f64,
-        f: u64,
-        outside_ram: bool,
-    ) -> Result<(), SimError> {
+    /// The SPU stops at buffer offset `f` with `fault` (spec sheet §1.11 rule 5): the
+    /// strategy sees the buffer management event first.
+    fn spu_fault(&mut self, v: u32, now: f64, f: u64, fault: SpuFault) -> Result<(), SimError> {
         let (base, size, ptr, safe) = {
             let c = &self.cpus[v as usize];
             (c.base, c.size, c.ptr, c.safe)
         };
-        self.m.stage2_faults += 1;
-        self.m.guest_error_faults += u64::from(outside_ram);
+        match fault {
+            SpuFault::Stage1(_) => self.m.stage1_faults += 1,
+            SpuFault::Stage2 { fsc, outside_ram } => {
+                self.m.stage2_faults += 1;
+                self.m.guest_error_faults += u64::from(outside_ram);
+                self.m.stage2_permission_faults +=
+                    u64::from(matches!(fsc, FaultStatusCode::Permission(_)));
+            }
+        }
         let mid_record = f != ptr;
         let dl = mid_record && self.spu.dl_on_mid_record_fault.0;
         self.m.dl_events += u64::from(dl);
         let before = self.host.model.counters();
         let ev = Event::BufferManagement {
             vcpu: VcpuId(v),
-            regs: regs(base + f, base + size, true, fault_pmbsr(dl)),
+            regs: regs(base + f, base + size, true, fault.pmbsr(dl)),
             stage1: self.guest.stage1,
         };
         let out = self.on_event(&ev)?;
@@ -1139,7 +1194,7 @@ impl Sim<'_> {
                 self.m.lose(LossCause::Recovery, 1, &self.declared);
             }
             Outcome::Inject { pmbsr, pmbptr } => {
-                let cause = if outside_ram {
+                let cause = if fault.guest_error() {
                     LossCause::GuestError
                 } else {
                     LossCause::Fatal
@@ -1258,10 +1313,12 @@ impl Sim<'_> {
             Outcome::Inject { pmbsr, pmbptr } => {
                 // The guest's buffer filled (or faulted) at this copy: its driver handles it.
                 self.stall(v, now, copy, StallKind::Copy);
-                if let BufferEventKind::Fault { .. } = BufferEvent::decode(pmbsr).kind {
+                if let BufferEventKind::Fault { stage, .. } = BufferEvent::decode(pmbsr).kind {
                     let page = pmbptr.0 & !0xfff;
-                    let (ipa, _) = self.translate(v, page);
-                    let outside = !self.host.model.page_state(ipa).in_memslot;
+                    let outside = match self.translate(v, page) {
+                        Ok((ipa, _)) => !self.host.model.page_state(ipa).in_memslot,
+                        Err(_) => true,
+                    } || stage == Stage::One;
                     self.m.guest_error_faults += u64::from(outside);
                     self.cpus[v as usize].fatal_cause = if outside {
                         LossCause::GuestError
@@ -1373,9 +1430,10 @@ impl Sim<'_> {
         let mut at = 0;
         while at < end {
             let n = (0x1000 - (at & 0xfff)).min(end - at);
-            let ipa = self.translate(v, base + at).0;
-            if let Some(bytes) = self.guest.ram.slice(Ipa(ipa.0 + (at & 0xfff)), n as usize) {
-                h = fnv(h, bytes);
+            if let Ok((ipa, _)) = self.translate(v, base + at) {
+                if let Some(bytes) = self.guest.ram.slice(Ipa(ipa.0 + (at & 0xfff)), n as usize) {
+                    h = fnv(h, bytes);
+                }
             }
             at += n;
         }
@@ -1586,6 +1644,13 @@ impl Sim<'_> {
                     self.enable(0, now)?;
                 }
             }
+            HostEventKind::GuestUnmapBuffer => {
+                // vCPU 2's buffer page 16 (60 KiB in, ahead of the SPU) loses its stage 1
+                // entry: the SPU's walk faults at stage 1 (EC 0x24), the guest's own doing.
+                if self.cpus.len() > 2 {
+                    self.remap_page(2, 16, None, false);
+                }
+            }
             HostEventKind::GuestBadLimit => {
                 if let Some(c) = self.cpus.get_mut(1).filter(|c| !c.fatal && !c.disabled) {
                     c.ptr = c.size - 32;
@@ -1638,17 +1703,30 @@ impl Sim<'_> {
     /// The guest points vCPU 0's buffer page number `nth` (1-based) at `to` and updates its
     /// tables; the host does not see the TLB invalidation. `copy` keeps the page's contents.
     fn remap_first_page(&mut self, nth: u64, to: Ipa, copy: bool) {
+        self.remap_page(0, nth, Some(to), copy);
+    }
+
+    /// The guest points vCPU `v`'s buffer page number `nth` (1-based) at `to`, or clears its
+    /// stage 1 entry (`None`: the SPU's walk takes a Translation fault, EC 0x24), behind the
+    /// host's back. `copy` keeps the page's contents.
+    fn remap_page(&mut self, v: u32, nth: u64, to: Option<Ipa>, copy: bool) {
         let Some(old) = self
             .buffers
-            .first()
+            .get(v as usize)
             .and_then(|b| b.get(nth as usize - 1))
             .copied()
         else {
             return;
         };
-        let va = Gva(BUFFER_VA + (nth - 1) * 4096);
+        let va = Gva(BUFFER_VA + u64::from(v) * (1 << 30) + (nth - 1) * 4096);
         let walker = Walker::with_options(self.guest.stage1, self.walk, &self.guest.ram);
         let Some(desc) = walker.translate(va).ok().and_then(|t| t.leaf_descriptor) else {
+            return;
+        };
+        let Some(to) = to else {
+            let _ = self.guest.ram.write_u64(desc, 0, false);
+            self.cpus[v as usize].xlat.fill(None);
+            self.cpus[v as usize].last_page = None;
             return;
         };
         if copy {
@@ -1667,7 +1745,7 @@ impl Sim<'_> {
         }
         let _ = self.guest.ram.write_u64(desc, to.0 | 0b11 | LEAF_RW, false);
         // Stage 1 changed behind the host's back: the SPU's cached translations go.
-        self.cpus[0].xlat.fill(None);
-        self.cpus[0].last_page = None;
+        self.cpus[v as usize].xlat.fill(None);
+        self.cpus[v as usize].last_page = None;
     }
 }
