@@ -15,78 +15,103 @@ pub fn owner(erratum: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether `m` (a run of the erratum's own strategy) shows erratum `id`; `None` when the
-/// simulator has no observable for it yet.
+/// The metrics each erratum's evidence reads: what a run must show, field by field. The
+/// mutation test zeroes them one erratum at a time and checks the predicate then fails, so
+/// no predicate holds by construction.
+pub fn observables(id: &str) -> &'static [&'static str] {
+    match id {
+        "PA-01" => &["invalidations_refused"],
+        "PA-02" => &["first_enable_stall_ns"],
+        "PA-03" => &["migrations_refused"],
+        "PA-04" => &["unplugs_refused"],
+        "PA-05" => &["guest_events"],
+        "PB-01" | "PB-08" => &["guest_events"],
+        "PB-02" => &["first_enable_stall_ns"],
+        "PB-03" | "FT-07" => &["stage2_faults"],
+        "PB-04" => &["pinned_idle_peak_bytes"],
+        "PB-05" => &["untracked_pages_at_stop"],
+        "PB-06" => &["pages_sent_before_switchover"],
+        "PB-07" => &["guest_error_faults"],
+        "FT-01" => &["lost_by_cause"],
+        "FT-02" => &["lost_by_cause"],
+        "FT-03" => &["table_faults"],
+        "FT-04" => &["stage2_permission_faults"],
+        "FT-05" | "SB-05" => &["guest_events"],
+        "FT-06" => &["stall_by_kind"],
+        "SB-01" => &["max_copy_delay_ns"],
+        "SB-02" => &["traps"],
+        "SB-03" => &["bytes_copied"],
+        "SB-04" => &["lost_by_cause"],
+        "SB-06" => &["stall_by_kind", "copy_wait_ns"],
+        _ => &[],
+    }
+}
+
+/// Whether `m` (a run of the erratum's own strategy) shows erratum `id`, on the erratum's own
+/// observable (the BSC the guest received, the EC of the fault it was handed, the stalled
+/// enable, the copy, the cause of the loss); `None` when the simulator has no observable.
 pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
     let charged = |cause: LossCause| m.lost_to(cause) > 0;
+    let saw = |kind: &str| m.guest_events.get(kind).copied().unwrap_or(0) > 0;
+    let stalled = |kind: &str| m.stall_by_kind.get(kind).copied().unwrap_or(0.0);
     Some(match id {
         // No overcommit: the host's reclaim is refused.
         "PA-01" => m.invalidations_refused > 0,
         // Pinning all RAM at the first enable stalls that vCPU (more than a millisecond).
         "PA-02" => m.first_enable_stall_ns > 1e6,
-        // Live migration refused or degraded to stop-and-copy (all RAM sent while stopped).
+        // Live migration refused or degraded to stop-and-copy.
         "PA-03" => m.migrations_refused > 0,
         // Hot-unplug refused while a buffer is enabled.
         "PA-04" => m.unplugs_refused > 0,
-        // The memory cannot be pinned: SPE is disabled (or the VM start refused).
-        "PA-05" => m.fatal_events > 0 && charged(LossCause::Fatal),
-        // A buffer over the cap is refused: the guest's session stops.
-        "PB-01" => m.fatal_events > 0 && charged(LossCause::Fatal),
-        // Enables cost a walk and pins: the first enable stalls beyond a trap.
-        "PB-02" => m.first_enable_stall_ns > cost.trap_ns,
+        // The memory cannot be pinned: the host disables SPE for the vCPU.
+        "PA-05" => saw("spe-disabled"),
+        // A buffer over the cap (or a pin the host refuses) is refused: the guest receives
+        // BSC size too large.
+        "PB-01" | "PB-08" => saw("size-too-large"),
+        // Enables cost a walk and pins: the first enable stalls far beyond a trap.
+        "PB-02" => m.first_enable_stall_ns > 10.0 * cost.trap_ns,
         // A remap behind the host's back faults, and is repaired, not fatal.
-        "PB-03" => m.stage2_faults > 0 && m.fatal_events == 0,
+        "PB-03" | "FT-07" => m.stage2_faults > 0 && m.fatal_events == 0,
         // Pins held while no buffer is enabled.
         "PB-04" => m.pinned_idle_peak_bytes > 0,
         // The pinned buffer cannot be tracked and is sent again at stop-and-copy.
         "PB-05" => m.untracked_pages_at_stop > 0 && m.migration_downtime_ns > 0.0,
         // Post-copy moves the pinned buffer before switch-over.
         "PB-06" => m.pages_sent_before_switchover > 0,
-        // A buffer page outside RAM is not pinned; the SPU's fault on it ends the session.
+        // A buffer page outside RAM is not pinned; the SPU faults on it.
         "PB-07" => m.guest_error_faults > 0 && m.fatal_events > 0,
-        // A pin the host refuses is refused like an over-cap buffer.
-        "PB-08" => m.fatal_events > 0 && charged(LossCause::Fatal),
         // DL / rewind losses.
         "FT-01" => charged(LossCause::Recovery),
-        // The SPU stops at every fault; the service stalls the vCPU (or, in the background,
-        // the guest runs unprofiled).
+        // The SPU stops at every fault, and the service stalls the vCPU (or runs unprofiled
+        // in the background).
         "FT-02" => {
-            charged(LossCause::SpuStopped) && m.stall_by_kind.contains_key("fault-service")
+            charged(LossCause::SpuStopped) && stalled("fault-service") > 0.0
                 || charged(LossCause::BackgroundService)
         }
         // Faults on stage 1 table pages.
         "FT-03" => m.table_faults > 0,
-        // Dirty logging or KSM fault the buffer.
-        "FT-04" => m.stage2_faults > 0,
-        // A page that cannot be made present (or is outside every memslot) ends the session.
-        "FT-05" => {
-            m.fatal_events > 0
-                && (charged(LossCause::Fatal) || m.lost_to(LossCause::GuestError) > 0)
-        }
+        // Dirty logging or KSM write-protect the buffer: Permission faults.
+        "FT-04" => m.stage2_permission_faults > 0,
+        // A page that cannot be made present (or is outside every memslot): the guest is
+        // handed the stage 2 fault (EC 0x25) and ends the session.
+        "FT-05" | "SB-05" => saw("stage2-fault") && m.fatal_events > 0,
         // Post-copy demand fetches: a fault service at least one fetch long.
-        "FT-06" => m.longest_stall_ns >= cost.post_copy_fetch_ns,
-        // A remap is repaired like any fault.
-        "FT-07" => m.stage2_faults > 0 && m.fatal_events == 0,
+        "FT-06" => stalled("fault-service") >= cost.post_copy_fetch_ns,
         // Records wait in the host buffer until a copy.
         "SB-01" => m.max_copy_delay_ns > 0.0,
-        // PMB* accesses trap.
-        "SB-02" => m.stall_by_kind.contains_key("trap") && m.traps > 0,
-        // The host copies the data, at a CPU cost.
-        "SB-03" => m.bytes_copied > 0 && m.copy_ns > 0.0,
+        // Every PMB* access traps: as many traps as accesses.
+        "SB-02" => m.traps > 0 && m.traps == m.pmb_accesses,
+        // The host copies every byte of SPE data the SPU wrote (all but the last records in
+        // flight at the end of the run).
+        "SB-03" => {
+            m.bytes_copied > 0
+                && m.bytes_copied as f64 >= 0.99 * m.spu_bytes as f64
+                && m.copy_ns > 0.0
+        }
         // Host buffer-full interrupts stop the SPU briefly.
-        "SB-04" => m.loss_by_erratum.get("SB-04").is_some_and(|n| *n > 0),
-        // Memory that cannot be brought in: a stage 2 fault for the guest.
-        "SB-05" => {
-            m.fatal_events > 0
-                && (charged(LossCause::Fatal) || m.lost_to(LossCause::GuestError) > 0)
-        }
+        "SB-04" => charged(LossCause::SpuStopped),
         // Copies waiting for paging stall the vCPU (or the SPU, in the background).
-        "SB-06" => {
-            m.copy_wait_ns > 0.0
-                || m.stall_by_kind
-                    .get("copy")
-                    .is_some_and(|ns| *ns >= cost.swap_in_ns)
-        }
+        "SB-06" => m.copy_wait_ns > 0.0 || stalled("copy") >= cost.swap_in_ns,
         _ => return None,
     })
 }

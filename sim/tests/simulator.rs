@@ -704,3 +704,43 @@ fn write_protection_faults_are_permission_faults_and_a_cleared_stage_1_entry_is_
     let sb = get(r, "hostile-guest", "shadow-buffer");
     assert!(sb.fatal_events >= 2, "{sb:?}");
 }
+
+#[test]
+fn each_errata_predicate_fails_when_its_observable_is_removed() {
+    // Issue 15: evidence that holds by construction is no evidence. For every erratum, take
+    // the run that shows it, zero the metrics its predicate reads, and check it then fails.
+    use spe_policies::all_errata;
+    let cost = CostModel::default();
+    for (strategy, errata) in all_errata() {
+        for e in errata {
+            let m = get(results(), e.scenario, strategy);
+            assert_eq!(
+                spe_policy_sim::evidence::reproduced(e.id, m, &cost),
+                Some(true),
+                "{}",
+                e.id
+            );
+            let fields = spe_policy_sim::evidence::observables(e.id);
+            assert!(!fields.is_empty(), "{}: no observable declared", e.id);
+            let mut v = serde_json::to_value(m).expect("json");
+            for f in fields {
+                let slot = v
+                    .get_mut(*f)
+                    .unwrap_or_else(|| panic!("{}: no field {f}", e.id));
+                *slot = match slot {
+                    serde_json::Value::Object(_) => serde_json::json!({}),
+                    serde_json::Value::Array(_) => serde_json::json!([]),
+                    serde_json::Value::Number(n) if n.is_f64() => serde_json::json!(0.0),
+                    _ => serde_json::json!(0),
+                };
+            }
+            let mutated: Metrics = serde_json::from_value(v).expect("metrics");
+            assert_eq!(
+                spe_policy_sim::evidence::reproduced(e.id, &mutated, &cost),
+                Some(false),
+                "{}: the predicate still holds without {fields:?}",
+                e.id
+            );
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// What one run measured.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// The strategy.
     pub strategy: String,
@@ -80,6 +80,14 @@ pub struct Metrics {
     pub fatal_events: u64,
     /// Buffer management interrupts the guest took (buffer full and faults).
     pub guest_interrupts: u64,
+    /// Buffer events the guest received, by what its PMBSR said (`buffer-full`,
+    /// `size-too-large`, `stage1-fault`, `stage2-fault`, `other`), and `spe-disabled` when the
+    /// host disabled SPE for a vCPU.
+    pub guest_events: BTreeMap<String, u64>,
+    /// The guest's accesses to PMB* registers (trapped or not).
+    pub pmb_accesses: u64,
+    /// Bytes of records the SPU wrote (into the guest's buffer, or the host buffer).
+    pub spu_bytes: u64,
     /// Of those, with PMBSR.DL = 1: Linux flags the AUX record TRUNCATED | PARTIAL.
     pub guest_truncated: u64,
     /// Of those, with PMBSR.COLL = 1: Linux flags the AUX record COLLISION.

@@ -1109,6 +1109,7 @@ impl Sim<'_> {
                 c.starts.push(c.ptr as u32);
                 c.ptr += len;
                 self.m.records_written += 1;
+                self.m.spu_bytes += len;
             }
             Some(f) => {
                 let fault = fault.unwrap_or(SpuFault::Stage2 {
@@ -1233,6 +1234,7 @@ impl Sim<'_> {
         match written {
             SpuWrite::Written | SpuWrite::HostBufferFull => {
                 self.m.records_written += 1;
+                self.m.spu_bytes += rec.len() as u64;
                 self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
                 match written {
                     SpuWrite::HostBufferFull if full => self.host_buffer_full(s, v, now)?,
@@ -1349,6 +1351,7 @@ impl Sim<'_> {
             pmbidr: Pmbidr::new(),
         };
         self.m.traps += 1;
+        self.m.pmb_accesses += 1;
         let trap = self.cost.trap_ns;
         self.stall(v, now, trap, StallKind::Trap);
         Ok(match self.on_event(&ev)? {
@@ -1392,6 +1395,7 @@ impl Sim<'_> {
             (pmbsr.with_coll(pmbsr.coll() || coll), pmbptr)
         };
         self.stopped(v, now, cost.guest_irq_handler_ns, LossCause::GuestIrq);
+        self.note_guest_event(pmbsr);
         self.m.guest_interrupts += 1;
         self.m.guest_truncated += u64::from(pmbsr.dl());
         self.m.guest_collisions += u64::from(pmbsr.coll());
@@ -1471,6 +1475,7 @@ impl Sim<'_> {
         let cost = self.cost;
         let traps = if self.traps_writes { writes.len() } else { 0 };
         self.m.traps += traps as u64;
+        self.m.pmb_accesses += writes.len() as u64;
         let walked = (after.walks - before.0.walks) as f64 * ((size - ptr) / 4096) as f64;
         let ns = traps as f64 * cost.trap_ns + walked * cost.walk_page_ns + self.pin_cost(before.1);
         self.stall(v, now, ns, StallKind::Enable);
@@ -1485,11 +1490,43 @@ impl Sim<'_> {
         }
         match out {
             Outcome::Resume | Outcome::ResumeAt { .. } => Ok(()),
+            Outcome::Inject { pmbsr, .. } => {
+                // The SPU raises the event at once (a refused enable: BSC size too large); the
+                // driver reads it as an unknown status and stops the session (§4.3).
+                self.note_guest_event(pmbsr);
+                self.end_session(v, LossCause::Fatal);
+                Ok(())
+            }
+            Outcome::DisableSpe(_) => {
+                *self
+                    .m
+                    .guest_events
+                    .entry("spe-disabled".into())
+                    .or_insert(0) += 1;
+                self.end_session(v, LossCause::Fatal);
+                Ok(())
+            }
             _ => {
                 self.end_session(v, LossCause::Fatal);
                 Ok(())
             }
         }
+    }
+
+    /// Counts a buffer management event the guest received, by what its PMBSR says.
+    fn note_guest_event(&mut self, pmbsr: Pmbsr) {
+        let kind = match BufferEvent::decode(pmbsr).kind {
+            BufferEventKind::BufferFull => "buffer-full",
+            BufferEventKind::SizeTooLarge => "size-too-large",
+            BufferEventKind::Fault {
+                stage: Stage::One, ..
+            } => "stage1-fault",
+            BufferEventKind::Fault {
+                stage: Stage::Two, ..
+            } => "stage2-fault",
+            _ => "other",
+        };
+        *self.m.guest_events.entry(kind.into()).or_insert(0) += 1;
     }
 
     /// The guest's driver disables the buffer (perf stopped, or the profiled task switched
@@ -1503,6 +1540,7 @@ impl Sim<'_> {
             stage1: self.guest.stage1,
         };
         self.on_event(&ev)?;
+        self.m.pmb_accesses += 1;
         if self.traps_writes {
             self.m.traps += 1;
             let trap = self.cost.trap_ns;

@@ -218,6 +218,7 @@ impl super::Sim<'_> {
         }
         let bytes = self.guest.ram.slice_mut(ipa, 0x1000)?;
         let records = &self.records;
+        let start_ptr = c.ptr;
         let mut tick = from;
         while tick < to {
             let mut rng = c.rng;
@@ -243,6 +244,7 @@ impl super::Sim<'_> {
         if taken > 0 {
             self.host.mark_dirty(ipa);
             self.m.records_written += taken;
+            self.m.spu_bytes += c.ptr - start_ptr;
         }
         let _ = now;
         Some((tick, None))
@@ -256,9 +258,14 @@ impl super::Sim<'_> {
         let spu = c.spu.as_ref()?;
         let (records, rng) = (&self.records, &mut c.rng);
         let mut left = to - from;
+        let mut bytes = 0u64;
+        let mut last_len = 0u64;
         let (taken, last) = spu.write_each(|| {
             left = left.checked_sub(1)?;
-            Some(rng.pick(records)) // the draw `sample` makes
+            let r = rng.pick(records); // the draw `sample` makes
+            bytes += r.len() as u64;
+            last_len = r.len() as u64;
+            Some(r)
         });
         let written = taken
             - u64::from(!matches!(
@@ -267,6 +274,11 @@ impl super::Sim<'_> {
             ));
         self.m.records_written += written;
         self.m.unexplained_loss += taken - written;
+        self.m.spu_bytes += if written == taken {
+            bytes
+        } else {
+            bytes - last_len
+        };
         if written > 0 {
             self.cpus[v as usize].oldest_uncopied.get_or_insert(now);
         }
