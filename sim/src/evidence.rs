@@ -43,6 +43,7 @@ pub fn observables(id: &str) -> &'static [&'static str] {
         "SB-03" => &["bytes_copied"],
         "SB-04" => &["lost_by_cause"],
         "SB-06" => &["stall_by_kind", "copy_wait_ns"],
+        "SB-07" => &["bytes_dropped"],
         _ => &[],
     }
 }
@@ -112,6 +113,8 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         "SB-04" => charged(LossCause::SpuStopped),
         // Copies waiting for paging stall the vCPU (or the SPU, in the background).
         "SB-06" => m.copy_wait_ns > 0.0 || stalled("copy") >= cost.swap_in_ns,
+        // A remap met at copy time drops the records the SPU took after the fault point.
+        "SB-07" => m.bytes_dropped > 0 && saw("stage1-fault"),
         _ => return None,
     })
 }

@@ -744,3 +744,54 @@ fn each_errata_predicate_fails_when_its_observable_is_removed() {
         }
     }
 }
+
+#[test]
+fn the_guest_sees_the_same_faults_with_shadow_buffer_as_with_its_own_buffer() {
+    // Issue 15: the differential test skipped every run with a fault, so shadow-buffer's EC,
+    // FSC, DL and PMBPTR at a fault were never compared. A buffer page the guest maps outside
+    // its RAM: the guest must see the same PMBSR, PMBPTR and buffer bytes at every interrupt.
+    let only = |kind: spe_policy_sim::HostEventKind| -> Vec<Scenario> {
+        scenarios()
+            .into_iter()
+            .filter(|s| s.name == "hostile-guest")
+            .map(|mut s| {
+                s.events.retain(|e| e.kind == kind);
+                s
+            })
+            .collect()
+    };
+    // A sequential SPU: an unordered one may leave the bytes before a mid-record fault
+    // unwritten (rule 2), which the guest cannot rely on either way.
+    let vm = "buffer_per_vcpu = \"128KiB\"\nwrite_order = \"sequential\"";
+    let r = compare_on(
+        vm,
+        &only(spe_policy_sim::HostEventKind::GuestMapOutsideRam),
+        FREE_WITH_DIGEST,
+    );
+    let pa = get(&r, "hostile-guest", "pin-all");
+    let sb = get(&r, "hostile-guest", "shadow-buffer");
+    assert_eq!(
+        pa.guest_events.get("stage2-fault"),
+        Some(&1),
+        "{:?}",
+        pa.guest_events
+    );
+    assert_eq!(
+        (&sb.guest_events, sb.guest_digest, sb.guest_interrupts),
+        (&pa.guest_events, pa.guest_digest, pa.guest_interrupts),
+        "shadow-buffer reports the stage 2 fault exactly as the SPU does"
+    );
+    // A stage 1 entry cleared behind the host's back: the same event, but the copy meets the
+    // change at its next copy point, not when the SPU wrote (SB-07): the fault is reported
+    // at the first record on the page and the records after it are dropped.
+    let r = compare_on(
+        vm,
+        &only(spe_policy_sim::HostEventKind::GuestUnmapBuffer),
+        FREE_WITH_DIGEST,
+    );
+    let pa = get(&r, "hostile-guest", "pin-all");
+    let sb = get(&r, "hostile-guest", "shadow-buffer");
+    assert_eq!(pa.guest_events.get("stage1-fault"), Some(&1));
+    assert_eq!(sb.guest_events, pa.guest_events);
+    assert!(sb.bytes_dropped > 0, "{sb:?}");
+}

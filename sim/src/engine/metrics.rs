@@ -134,6 +134,9 @@ pub struct Metrics {
     pub traps: u64,
     /// Bytes the host copied into guest buffers (shadow-buffer).
     pub bytes_copied: u64,
+    /// Bytes the SPU wrote into the host buffer that never reached the guest's (shadow-buffer:
+    /// a fault found at copy time drops the records after it).
+    pub bytes_dropped: u64,
     /// Host CPU time spent copying (bytes and walks, not the waits for swap-in or a post-copy
     /// fetch), ns (shadow-buffer).
     pub copy_ns: f64,

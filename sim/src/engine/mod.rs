@@ -769,6 +769,7 @@ impl Sim<'_> {
         if let Some(s) = self.shadow {
             let st = s.shadow_stats();
             m.bytes_copied = st.bytes_copied;
+            m.bytes_dropped = st.bytes_dropped;
         }
         self.on_event(&Event::VmStop)?;
         self.m.pinned_after_stop =
@@ -1426,6 +1427,7 @@ impl Sim<'_> {
 
     fn digest(&mut self, v: u32, pmbsr: Pmbsr, pmbptr: u64) {
         let base = self.cpus[v as usize].base;
+
         let mut h = self.m.guest_digest.unwrap_or_default();
         h = fnv(h, &v.to_le_bytes());
         h = fnv(h, &pmbsr.into_bits().to_le_bytes());

@@ -4,7 +4,7 @@ use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::guest_notice::bits;
 
 /// The errata of shadow-buffer.
-pub static ERRATA: [Erratum; 6] = [
+pub static ERRATA: [Erratum; 7] = [
     Erratum {
         id: "SB-01",
         title: "Records reach guest memory only when the host copies them",
@@ -64,6 +64,16 @@ pub static ERRATA: [Erratum; 6] = [
         mitigation: "A larger host buffer gives slow copies more time. Before post-copy switch-over the strategy sends each vCPU's buffer (from the lowest PMBPTR programmed with the current limit) and its table pages, so only pages the guest maps later are fetched at copy time.",
         guest_told: GuestTold::NoticeBit(bits::BLACKOUT),
         scenario: "swap-heavy",
+    },
+    Erratum {
+        id: "SB-07",
+        title: "A guest remap of its buffer is seen at the next copy, not when the SPU wrote",
+        trigger: "The guest changes the stage 1 mapping of its enabled buffer while records it took are still in the host buffer (the host copies at host buffer-fulls, PMB* accesses and vCPU stops).",
+        guest_visible: "Records the SPU took before the change are copied through the new mapping; where it no longer maps, the stage 1 fault is reported at the first record on that page (not at the record the hardware would have stopped at) and the records after it are dropped.",
+        host_visible: "The copy meets the new tables; the bytes dropped are counted.",
+        mitigation: "Guests do not remap an enabled buffer (Linux's vmap'd AUX buffer is stable while perf runs). Trapping TLB maintenance (GuestStage1Remap) makes the copy drain before new stage 1 registers are taken; a smaller host buffer shortens the window.",
+        guest_told: GuestTold::NoticeBit(bits::STAGE1_REMAP),
+        scenario: "hostile-guest",
     },
 ];
 
