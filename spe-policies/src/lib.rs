@@ -164,8 +164,11 @@ impl StrategyConfig {
             ..RecoverySettings::default()
         };
         // The SPU's walk on this VM's implementation: its PAMax (vm.pa_bits).
+        // Recursive mappings are legal and the SPU follows them; a walk reads at most five
+        // descriptors, so following them cannot loop (shadow-buffer's copy always did).
         let walk = WalkOptions {
             pa_bits: vm.pa_bits,
+            allow_recursive_tables: true,
             ..WalkOptions::default()
         };
         // Unused when only pin-all is compiled in.

@@ -28,6 +28,9 @@ pub struct RecoverySettings {
     pub write_order: WriteOrder,
     /// Most bytes of guest buffer read for one recovery; a longer region is discarded.
     pub max_scan_bytes: u64,
+    /// 2^PMBIDR_EL1.Align: records are padded to a multiple of it and PMBPTR must stay
+    /// aligned to it (spec sheet §1.11 rules 3 and 4); 1 when Align = 0.
+    pub align_bytes: u64,
 }
 
 impl Default for RecoverySettings {
@@ -39,6 +42,7 @@ impl Default for RecoverySettings {
             max_record_bytes: crate::config::defaults::MAX_RECORD as usize,
             write_order: WriteOrder::Unordered,
             max_scan_bytes: crate::config::defaults::MAX_SCAN,
+            align_bytes: 1,
         }
     }
 }
@@ -72,6 +76,7 @@ pub fn recover_buffer<G: GuestMemoryRead + ?Sized>(
         max_record_bytes,
         write_order,
         max_scan_bytes: max_scan,
+        align_bytes,
     } = *settings;
     let len = pmbptr.0.wrapping_sub(safe.0);
     let discard = BufferRecovery {
@@ -102,9 +107,19 @@ pub fn recover_buffer<G: GuestMemoryRead + ?Sized>(
         write_order,
     });
     let parsed = !matches!(scan.verdict, Verdict::Discard(_));
+    // A record ends at its TS or END packet, but with PMBIDR_EL1.Align > 0 its padding is part
+    // of it (rule 4: PMBPTR follows the padding) and PMBPTR must stay aligned (rule 3): resume
+    // after the padding. Padding that was not all written leaves that record incomplete, and
+    // the region is discarded (the scanner cannot name the record before it).
+    let align = align_bytes.max(1);
+    let end = scan.resume_offset as u64;
+    let aligned = end.div_ceil(align).saturating_mul(align);
+    if aligned > len {
+        return discard;
+    }
     BufferRecovery {
-        resume_at: Gva(safe.0 + scan.resume_offset as u64),
-        lost_bytes: scan.lost_bytes as u64,
+        resume_at: Gva(safe.0 + aligned),
+        lost_bytes: len - aligned,
         parsed,
         scan: Some(scan),
     }
@@ -145,4 +160,59 @@ pub fn read_va_range<G: GuestMemoryRead + ?Sized>(
         at += n;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::walk::Stage1Regs;
+    use crate::arch::{Sctlr, Tcr, Ttbr};
+    use crate::guest_memory::GuestRam;
+    use crate::{Gva, Ipa};
+
+    #[test]
+    fn with_align_the_rewind_resumes_after_the_records_padding_not_at_its_end_packet() {
+        // Issue 15: with PMBIDR_EL1.Align > 0 a record is padded to the alignment and PMBPTR
+        // must stay aligned; the scanner's offset is the end of the TS/END packet.
+        let rec: &[u8] = &include_bytes!("../tests/data/kunpeng_branch_2021_a.bin")[..44];
+        let mut bytes = rec.to_vec();
+        bytes.resize(64, 0); // padding to 2^Align = 64
+        bytes.extend_from_slice(&rec[..20]); // the partial record the fault hit
+        let mut ram = GuestRam::new();
+        ram.insert(Ipa(0x1000), {
+            let mut page = bytes.clone();
+            page.resize(0x1000, 0);
+            page
+        })
+        .expect("ram");
+        // Stage 1 off: VA = IPA.
+        let regs = Stage1Regs {
+            tcr: Tcr::new(),
+            ttbr0: Ttbr::new(),
+            ttbr1: Ttbr::new(),
+            sctlr: Sctlr::new(),
+            hw_af: false,
+            hw_dbm: false,
+        };
+        let walker = Walker::new(regs, &ram);
+        let settings = |align_bytes| RecoverySettings {
+            write_order: crate::spe::WriteOrder::Sequential,
+            align_bytes,
+            ..RecoverySettings::default()
+        };
+        let end = Gva(0x1000 + bytes.len() as u64);
+        let r = recover_buffer(&walker, Gva(0x1000), end, true, &settings(64));
+        assert_eq!(r.resume_at, Gva(0x1040), "after the padding, aligned");
+        assert_eq!(r.lost_bytes, 20);
+        let r = recover_buffer(&walker, Gva(0x1000), end, true, &settings(1));
+        assert_eq!(
+            r.resume_at,
+            Gva(0x1000 + 44),
+            "Align = 0: at the END packet"
+        );
+        // Padding not all written: that record is not complete.
+        let short = Gva(0x1000 + 50);
+        let r = recover_buffer(&walker, Gva(0x1000), short, true, &settings(64));
+        assert_eq!(r.resume_at, Gva(0x1000));
+    }
 }

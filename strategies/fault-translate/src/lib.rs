@@ -45,7 +45,11 @@ impl Default for FaultTranslateConfig {
         FaultTranslateConfig {
             recovery: RecoverySettings::default(),
             exempt_learned_pages: true,
-            walk: WalkOptions::default(),
+            // Recursive mappings are legal and the SPU follows them (bounded: five reads).
+            walk: WalkOptions {
+                allow_recursive_tables: true,
+                ..WalkOptions::default()
+            },
         }
     }
 }

@@ -217,21 +217,33 @@ fn post_copy_demands_a_left_behind_buffer_page_on_the_fault() {
 }
 
 #[test]
-fn hostile_tables_end_in_an_injected_fault_never_a_panic() {
+fn hostile_tables_end_in_a_guest_visible_outcome_never_a_panic_and_recursive_ones_are_followed() {
     let mut g = GuestFixture::new(2);
     let host: Stage2Model = g.host();
     let s = FaultTranslate::new(FaultTranslateConfig::default());
     let root = spe_strategy_testkit::TABLES;
     let idx = (BUFFER_VA.0 >> 39) & 0x1ff;
-    for desc in [0x9_0000_0000 | 0b11, root.0 | 0b11] {
-        g.ram
-            .write_u64(Ipa(root.0 + idx * 8), desc, false)
-            .expect("w");
-        let out = s
-            .on_event(&g.stage2_fault(0, 0, 4096, true), &g.ram, &host)
-            .expect("no host error");
-        assert!(matches!(out, Outcome::Inject { .. }), "{out:?}");
-    }
+    // A table outside RAM cannot be repaired: the guest gets its fault.
+    g.ram
+        .write_u64(Ipa(root.0 + idx * 8), 0x9_0000_0000 | 0b11, false)
+        .expect("w");
+    let out = s
+        .on_event(&g.stage2_fault(0, 0, 4096, true), &g.ram, &host)
+        .expect("no host error");
+    assert!(matches!(out, Outcome::Inject { .. }), "{out:?}");
+    // A recursive mapping (the root pointing at itself) is legal and the SPU follows it, as
+    // shadow-buffer's copy does: the walk ends within five reads and is repaired like any
+    // fault, never a loop or a host error.
+    g.ram
+        .write_u64(Ipa(root.0 + idx * 8), root.0 | 0b11, false)
+        .expect("w");
+    let out = s
+        .on_event(&g.stage2_fault(0, 0, 4096, true), &g.ram, &host)
+        .expect("no host error");
+    assert!(
+        matches!(out, Outcome::Inject { .. } | Outcome::ResumeAt { .. }),
+        "{out:?}"
+    );
     let _ = memslots();
 }
 

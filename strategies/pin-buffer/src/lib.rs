@@ -50,7 +50,11 @@ impl Default for PinBufferConfig {
             cap_bytes_per_vcpu: defaults::PIN_BUFFER_CAP,
             pin_cache: defaults::PIN_CACHE,
             recovery: RecoverySettings::default(),
-            walk: WalkOptions::default(),
+            // Recursive mappings are legal and the SPU follows them (bounded: five reads).
+            walk: WalkOptions {
+                allow_recursive_tables: true,
+                ..WalkOptions::default()
+            },
         }
     }
 }
