@@ -196,7 +196,7 @@ mod tests {
         };
         let walker = Walker::new(regs, &ram);
         let settings = |align_bytes| RecoverySettings {
-            write_order: crate::spe::WriteOrder::Sequential,
+            write_order: WriteOrder::Sequential,
             align_bytes,
             ..RecoverySettings::default()
         };
