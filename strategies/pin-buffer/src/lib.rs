@@ -174,6 +174,10 @@ struct VcpuPins {
     /// Host pages of the stage 1 tables held (a guest table larger than a host page is held
     /// whole: the descriptors the SPU reads lie anywhere in it).
     tables: BTreeSet<Ipa>,
+    /// The VA ranges `pages` covers, `start -> end`, coalesced: a cached re-enable asks "is
+    /// this window inside one range" in O(log n), whatever the buffer's size (Linux re-enables
+    /// at every context switch and AUX start).
+    ranges: BTreeMap<u64, u64>,
     active: bool,
     /// PMBPTR at the last enable or resume: a record boundary.
     last_safe: Option<Gva>,
@@ -189,6 +193,7 @@ impl Default for VcpuPins {
             pages: BTreeMap::new(),
             by_ipa: HashMap::new(),
             tables: BTreeSet::new(),
+            ranges: BTreeMap::new(),
             active: false,
             last_safe: None,
             window: None,
@@ -223,6 +228,33 @@ impl VcpuPins {
                 }
             }
         }
+    }
+
+    /// Recomputes `ranges` from `pages` (after the pages changed: at a walk, not a re-enable).
+    fn rebuild_ranges(&mut self) {
+        self.ranges.clear();
+        let mut run: Option<(u64, u64)> = None;
+        for va in self.pages.keys() {
+            run = match run {
+                Some((s, e)) if e == va.0 => Some((s, e + self.unit)),
+                Some((s, e)) => {
+                    self.ranges.insert(s, e);
+                    Some((va.0, va.0 + self.unit))
+                }
+                None => Some((va.0, va.0.saturating_add(self.unit))),
+            };
+        }
+        if let Some((s, e)) = run {
+            self.ranges.insert(s, e);
+        }
+    }
+
+    /// Whether every page of `first..end` is cached.
+    fn covers(&self, first: u64, end: u64) -> bool {
+        self.ranges
+            .range(..=first)
+            .next_back()
+            .is_some_and(|(_, e)| *e >= end)
     }
 
     /// The host pages the buffer pages hold, one entry per reference.
@@ -337,9 +369,13 @@ impl PinBuffer {
     }
 }
 
-/// Why an enable was refused.
+/// How an enable went.
 enum EnableResult {
+    /// The window's pages are pinned.
     Pinned,
+    /// They were pinned already (the cache), and the vCPU's buffer is recorded as active.
+    Cached,
+    /// The window is over the cap.
     OverCap,
 }
 
@@ -372,9 +408,13 @@ impl State {
                 }
                 !hit
             });
+            let changed = !dropped.is_empty();
             for ipa in dropped {
                 v.forget_page(ipa, granule);
                 release.extend(host_pages(ipa, unit, granule));
+            }
+            if changed {
+                v.rebuild_ranges();
             }
             v.tables.retain(|t| {
                 let hit = gone(*t);
@@ -412,6 +452,7 @@ impl State {
         v.pages.clear();
         v.by_ipa.clear();
         v.tables.clear();
+        v.ranges.clear();
         v.active = false;
         self.ledger(host).release(host, &held)
     }
@@ -446,6 +487,18 @@ impl State {
         if end - start.0 > cfg.cap_bytes_per_vcpu {
             return Ok(EnableResult::OverCap);
         }
+        // The path Linux takes at every context switch and AUX start: the same stage 1 and a
+        // window inside the cached pages. One map lookup and one range lookup.
+        let cover_end = first.saturating_add(window_pages.saturating_mul(unit));
+        if let Some(v) = self.vcpus.get_mut(&vcpu) {
+            if v.stage1 == Some(stage1) && v.unit == unit && v.covers(first, cover_end) {
+                self.stats.cache_hits += 1;
+                v.active = true;
+                v.last_safe = Some(start);
+                v.window = Some((start, len));
+                return Ok(EnableResult::Cached);
+            }
+        }
         // A different stage 1 invalidates the cache.
         if self
             .vcpus
@@ -460,7 +513,7 @@ impl State {
         let v = self.vcpus.entry(vcpu).or_default();
         v.stage1 = Some(stage1);
         v.unit = unit;
-        let cached = (0..window_pages).all(|i| v.pages.contains_key(&Gva(first + i * unit)));
+        let cached = v.covers(first, cover_end);
         if cached {
             self.stats.cache_hits += 1;
             return Ok(EnableResult::Pinned);
@@ -568,6 +621,9 @@ impl State {
             if let Some(old) = v.insert_page(*va, *ipa, granule) {
                 stale.extend(host_pages(old, unit, granule));
             }
+        }
+        if !pages.is_empty() {
+            v.rebuild_ranges();
         }
         v.tables.extend(new_tables);
         if !stale.is_empty() {
@@ -830,6 +886,7 @@ impl PinBuffer {
             return Ok(Outcome::Resume);
         };
         match st.pin_window(cfg, vcpu, stage1, (start, len), guest, host) {
+            Ok(EnableResult::Cached) => Ok(Outcome::Resume),
             Ok(EnableResult::Pinned) => {
                 let v = st.vcpus.entry(vcpu).or_default();
                 v.active = true;
