@@ -401,3 +401,39 @@ fn check_reads_json_configs_with_the_same_rules() {
     assert_eq!(code, 1);
     assert!(err.contains("spe.strategy") && err.contains(":2:"), "{err}");
 }
+
+#[test]
+fn check_prints_the_guest_notice_as_a_device_tree_the_guest_reader_decodes_to_the_same_notice() {
+    for config in [
+        "configs/default.toml",
+        "configs/profiling-first.toml",
+        "configs/overcommitted-host.toml",
+        "configs/migration-heavy-cloud.toml",
+    ] {
+        let (code, text, _) = run(&["check", config]);
+        assert_eq!(code, 0, "{config}");
+        let told = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# guest notice: "))
+            .expect("check prints the notice");
+        let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+            .args(["check", config, "--device-tree", "dtb"])
+            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(0), "{config}");
+        let notice = spe_policy::device_tree::read_dtb(&out.stdout)
+            .expect("a well-formed device tree")
+            .expect("holding the notice node");
+        assert_eq!(notice.to_string(), told, "{config}");
+        let (code, dts, _) = run(&["check", config, "--device-tree", "dts"]);
+        assert_eq!(code, 0);
+        let cells: Vec<String> = notice
+            .cells()
+            .iter()
+            .map(|c| format!("{c:#010x}"))
+            .collect();
+        assert!(dts.contains(&cells.join(" ")), "{dts}");
+        assert!(dts.contains(spe_policy::device_tree::COMPATIBLE));
+    }
+}

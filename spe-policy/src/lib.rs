@@ -26,6 +26,7 @@ pub mod addr;
 pub mod arch;
 pub mod buffer_recovery;
 pub mod config;
+pub mod device_tree;
 pub mod errata;
 pub mod event;
 pub mod guest_memory;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use spe_policies::Policy;
 use spe_policy::config::{ConfigError, ConfigWarning, Loaded, SpeConfig, to_toml};
 use spe_policy::errata::{Erratum, Profile};
-use spe_policy::{BackingStrategy, VmSpec};
+use spe_policy::{BackingStrategy, VmSpec, device_tree};
 
 use crate::exit;
 
@@ -32,6 +32,46 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Print, instead of the report, the guest notice as a device-tree node for the guest
+    /// kernel: `dts` (source to paste under the SPE PMU node) or `dtb` (a whole flattened tree
+    /// with an SPE PMU node holding it).
+    #[arg(long, value_enum, value_name = "FORM")]
+    pub device_tree: Option<DeviceTreeForm>,
+}
+
+/// The form `check --device-tree` prints the guest notice in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceTreeForm {
+    /// DTS source of the notice node.
+    Dts,
+    /// A flattened device tree (binary) with an SPE PMU node holding the notice.
+    Dtb,
+}
+
+/// Prints the notice in the device-tree form asked for.
+fn print_device_tree(
+    form: DeviceTreeForm,
+    notice: &spe_policy::guest_notice::GuestNotice,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let r = match form {
+        DeviceTreeForm::Dts => out.write_all(device_tree::dts(notice).as_bytes()),
+        DeviceTreeForm::Dtb => match device_tree::dtb_with_notice(notice) {
+            Ok(blob) => out.write_all(&blob),
+            Err(e) => {
+                let _ = writeln!(err, "error: building the device tree: {e}");
+                return exit::IO;
+            }
+        },
+    };
+    match r {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let _ = writeln!(err, "error: writing the output: {e}");
+            exit::IO
+        }
+    }
 }
 
 /// Arguments of `config`.
@@ -248,6 +288,12 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         Err(errs) => return invalid(args, &errs.0, &warnings, out, err),
     };
     let prof = policy.profile();
+    if let Some(form) = args.device_tree {
+        for w in &warnings {
+            let _ = writeln!(err, "warning: {path}:{w}");
+        }
+        return print_device_tree(form, &policy.guest_notice(), out, err);
+    }
     if args.format == Format::Json {
         let doc = CheckJson {
             file: path.to_string(),
