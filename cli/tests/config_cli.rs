@@ -437,3 +437,66 @@ fn check_prints_the_guest_notice_as_a_device_tree_the_guest_reader_decodes_to_th
         assert!(dts.contains(spe_policy::device_tree::COMPATIBLE));
     }
 }
+
+#[test]
+fn a_configs_compare_table_names_scenarios_and_vm_relative_to_the_config_not_the_cwd() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(dir.path().join("mine")).expect("mkdir");
+    std::fs::copy(
+        repo.join("configs/scenarios/steady.toml"),
+        dir.path().join("mine/steady.toml"),
+    )
+    .expect("copy");
+    std::fs::copy(
+        repo.join("configs/scenarios/ksm.toml"),
+        dir.path().join("ksm.toml"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("vm.toml"),
+        "[vm]\nvcpus = 3\nram = \"6GiB\"\n",
+    )
+    .expect("vm");
+    std::fs::write(
+        dir.path().join("vmm.toml"),
+        "[spe]\nstrategy = \"pin-buffer\"\n[compare]\nscenarios = [\"mine/\", \"ksm.toml\"]\nvm = \"vm.toml\"\n",
+    )
+    .expect("config");
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(["compare", "--format", "json"])
+        .arg(dir.path().join("vmm.toml"))
+        .current_dir(elsewhere.path())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let runs = doc["runs"].as_array().expect("runs");
+    let mut names: Vec<&str> = runs.iter().filter_map(|r| r["scenario"].as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names, ["ksm", "steady"]);
+    assert!(
+        runs.iter().all(|r| r["vcpus"] == 3),
+        "the [compare] vm is used"
+    );
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[spe]\nstrategy = \"pin-all\"\n[compare]\nscenarios = \"mine/\"\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(["compare"])
+        .arg(dir.path().join("bad.toml"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("compare.scenarios") && err.contains("list of paths"),
+        "{err}"
+    );
+}

@@ -143,6 +143,71 @@ fn load_vm(path: Option<&Path>) -> Result<Option<toml::Table>, Failure> {
     .transpose()
 }
 
+/// A config file's optional `[compare]` table: what `compare CONFIG` runs when the command
+/// line names no scenarios or VM. Paths are relative to the config file, so a config and its
+/// scenarios move together.
+#[derive(Default)]
+struct CompareTable {
+    scenarios: Vec<PathBuf>,
+    vm: Option<PathBuf>,
+}
+
+/// Reads `[compare] scenarios = ["file.toml", "dir/"]` and `vm = "file.toml"`, resolved against
+/// the config's directory.
+fn compare_table(config: &Path, src: &str) -> Result<CompareTable, Failure> {
+    let Ok(doc) = src.parse::<toml::Table>() else {
+        // load_config reports the syntax error with its line.
+        return Ok(CompareTable::default());
+    };
+    let Some(t) = doc.get("compare") else {
+        return Ok(CompareTable::default());
+    };
+    let name = config.display();
+    let bad = |key: &str, what: String| {
+        Failure(
+            1,
+            format!(
+                "{name}: compare.{key} = {what}; write paths relative to the config, e.g. scenarios = [\"scenarios/\"], vm = \"vms/large.toml\""
+            ),
+        )
+    };
+    let toml::Value::Table(t) = t else {
+        return Err(bad("", format!("{t}: [compare] must be a table")));
+    };
+    let base = config.parent().unwrap_or(Path::new(""));
+    let mut out = CompareTable::default();
+    for (k, v) in t {
+        match (k.as_str(), v) {
+            ("scenarios", toml::Value::Array(items)) => {
+                for item in items {
+                    let toml::Value::String(p) = item else {
+                        return Err(bad(
+                            "scenarios",
+                            format!("{item}: each entry must be a path string"),
+                        ));
+                    };
+                    out.scenarios.push(base.join(p));
+                }
+            }
+            ("scenarios", other) => {
+                return Err(bad(
+                    "scenarios",
+                    format!("{other}: must be a list of paths"),
+                ));
+            }
+            ("vm", toml::Value::String(p)) => out.vm = Some(base.join(p)),
+            ("vm", other) => return Err(bad("vm", format!("{other}: must be a path string"))),
+            (other, _) => {
+                return Err(bad(
+                    other,
+                    "unknown key: [compare] takes scenarios and vm".to_string(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Sorts the inputs into one config and the scenarios.
 fn inputs(args: &CompareArgs) -> Result<Inputs, Failure> {
     let mut config = None;
@@ -165,26 +230,40 @@ fn inputs(args: &CompareArgs) -> Result<Inputs, Failure> {
             ));
         } else {
             let name = path.display().to_string();
-            config = Some((load_config(&name, &src)?, name));
+            let table = compare_table(path, &src)?;
+            config = Some((load_config(&name, &src)?, name, table));
         }
     }
-    let (config, config_name) = match config {
+    let (config, config_name, table) = match config {
         Some(c) => c,
         None => (
             load_config("(built-in default)", DEFAULT_CONFIG)?,
             "the built-in default config".to_string(),
+            CompareTable::default(),
         ),
     };
     if scenarios.is_empty() {
-        scenarios = match &args.scenarios {
-            Some(dir) => load_scenarios(dir).map_err(|e| Failure(1, e))?,
-            None => builtin().map_err(|e| Failure(1, e))?,
+        // The command line first, then the config's [compare] table, then the built-in set.
+        scenarios = match (&args.scenarios, table.scenarios.is_empty()) {
+            (Some(dir), _) => load_scenarios(dir).map_err(|e| Failure(1, e))?,
+            (None, false) => {
+                let mut all = Vec::new();
+                for p in &table.scenarios {
+                    if p.is_dir() {
+                        all.extend(load_scenarios(p).map_err(|e| Failure(1, e))?);
+                    } else {
+                        all.push(load_scenario(p, &read(p)?)?);
+                    }
+                }
+                all
+            }
+            (None, true) => builtin().map_err(|e| Failure(1, e))?,
         };
         if scenarios.is_empty() {
             return Err(Failure(1, "no *.toml scenarios to run".into()));
         }
     }
-    let vm = load_vm(args.vm.as_deref())?;
+    let vm = load_vm(args.vm.as_deref().or(table.vm.as_deref()))?;
     // Every scenario's VM is checked before anything runs.
     for s in &scenarios {
         vm_for(s, vm.as_ref()).map_err(|e| Failure(1, e))?;
