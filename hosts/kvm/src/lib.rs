@@ -1,0 +1,323 @@
+//! A real KVM stage 2 for spe-policy.
+//!
+//! The SPU is arm64 and stays modelled, but the part of the problem that is KVM's generic MMU —
+//! memslots, the stage 2 mappings (shadow paging under `kvm_pvm`), MMU-notifier zaps, dirty
+//! logging — is the real kernel here. A vCPU storing to the buffer's IPAs takes a stage 2 fault
+//! exactly where an SPU writing the same IPAs would have stopped, so [`KvmVm::write_pass`] is
+//! the SPU stand-in: one store per 64-byte record over a range, then a port-I/O exit.
+//!
+//! The guest runs in 64-bit user mode (CPL3): at CPL0 `kvm_pvm` emulates every instruction and
+//! never takes a stage 2 fault. The kernel's own counters ([`Stats`], from `KVM_GET_STATS_FD`)
+//! say how many faults a pass took and how many mappings a host event zapped.
+//!
+//! What is here: the VM, an anonymous memslot, the writer vCPU, the counters, host events
+//! (`MADV_DONTNEED`) and classic dirty logging. Not yet: the `HostBacking` implementation,
+//! long-term pins, manual-protect dirty logging, the dirty ring, userfaultfd, guest_memfd.
+
+mod guest;
+mod stats;
+
+use std::os::fd::AsRawFd;
+
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+pub use stats::Stats;
+
+/// The host page size the crate assumes (x86_64).
+pub const PAGE: u64 = 4096;
+/// The bytes one SPE record takes in the stand-in's writes (one store per record).
+pub const RECORD: u64 = 64;
+/// The port the guest writes to when a pass ends.
+const DONE_PORT: u16 = 0x10;
+
+/// Why a KVM operation failed: the call, the errno and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// `/dev/kvm` cannot be opened.
+    #[error("/dev/kvm: {0}; run as root or join the kvm group, and load kvm (or kvm_pvm)")]
+    Unavailable(std::io::Error),
+    /// An ioctl or system call failed.
+    #[error("{call}: {err}; {fix}")]
+    Call {
+        /// The call and its argument.
+        call: &'static str,
+        /// What the kernel said.
+        err: std::io::Error,
+        /// What to do about it.
+        fix: &'static str,
+    },
+    /// The guest stopped for a reason other than the end of a pass.
+    #[error("the writer vCPU exited with {0} instead of its end-of-pass port write")]
+    UnexpectedExit(String),
+    /// A layout argument is out of range.
+    #[error("{what} = {value:#x}: {fix}")]
+    Layout {
+        /// The argument.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The range it must be in.
+        fix: &'static str,
+    },
+}
+
+impl KvmError {
+    fn call(call: &'static str, err: impl Into<std::io::Error>, fix: &'static str) -> Self {
+        KvmError::Call {
+            call,
+            err: err.into(),
+            fix,
+        }
+    }
+}
+
+/// Whether `/dev/kvm` can be used here, and if not, why.
+pub fn usable() -> Result<(), KvmError> {
+    Kvm::new()
+        .map(drop)
+        .map_err(|e| KvmError::Unavailable(e.into()))
+}
+
+/// Anonymous host memory backing the guest RAM; unmapped on drop.
+#[derive(Debug)]
+struct HostMemory {
+    addr: *mut u8,
+    len: usize,
+}
+
+impl HostMemory {
+    fn new(len: usize) -> Result<Self, KvmError> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(KvmError::call(
+                "mmap(guest RAM)",
+                std::io::Error::last_os_error(),
+                "lower the RAM size or raise the address-space limit",
+            ));
+        }
+        // 4 KiB host pages, so one zapped page is one mapping (THP would make it 512). Failure
+        // only means THP stays as configured; the counters still relate.
+        // SAFETY: advice on the mapping made above.
+        unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+        Ok(HostMemory {
+            addr: addr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the VM holding it is dropped first
+        // (field order in `KvmVm`).
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// A KVM VM with one memslot over anonymous memory and one vCPU that writes like the SPU.
+#[derive(Debug)]
+pub struct KvmVm {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    _kvm: Kvm,
+    // Dropped after the VM and vCPU (fields drop in order), so KVM never maps freed memory.
+    memory: HostMemory,
+    vcpu_stats: Stats,
+    vm_stats: Stats,
+    dirty_logging: bool,
+}
+
+// SAFETY: the raw pointer is to a mapping the VM owns for its whole life; every access goes
+// through `&self`/`&mut self` methods that take the VM's own borrow rules.
+unsafe impl Send for KvmVm {}
+
+impl KvmVm {
+    /// A VM with `ram` bytes of guest RAM at IPA 0 (a multiple of 2 MiB, 4 MiB to 1 GiB).
+    pub fn new(ram: u64) -> Result<Self, KvmError> {
+        if !(4 << 20..=1 << 30).contains(&ram) || ram % (2 << 20) != 0 {
+            return Err(KvmError::Layout {
+                what: "ram",
+                value: ram,
+                fix: "a multiple of 2 MiB from 4 MiB to 1 GiB (the guest's identity map)",
+            });
+        }
+        let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.into()))?;
+        let vm = kvm.create_vm().map_err(|e| {
+            KvmError::call(
+                "KVM_CREATE_VM",
+                e,
+                "check dmesg: the KVM module refused a VM",
+            )
+        })?;
+        let memory = HostMemory::new(ram as usize)?;
+        guest::write_image(&memory, ram);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram,
+            userspace_addr: memory.addr as u64,
+        };
+        // SAFETY: the region is the mapping owned by the returned value, which outlives the VM
+        // (drop order) and is never remapped while the slot exists.
+        unsafe { vm.set_user_memory_region(region) }.map_err(|e| {
+            KvmError::call(
+                "KVM_SET_USER_MEMORY_REGION(slot 0)",
+                e,
+                "the host refused the memslot",
+            )
+        })?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| KvmError::call("KVM_CREATE_VCPU(0)", e, "the host refused a vCPU"))?;
+        guest::set_up_vcpu(&kvm, &vcpu)?;
+        let vcpu_stats = Stats::open(vcpu.as_raw_fd(), "KVM_GET_STATS_FD(vcpu)")?;
+        let vm_stats = Stats::open(vm.as_raw_fd(), "KVM_GET_STATS_FD(vm)")?;
+        Ok(KvmVm {
+            vcpu,
+            vm,
+            _kvm: kvm,
+            memory,
+            vcpu_stats,
+            vm_stats,
+            dirty_logging: false,
+        })
+    }
+
+    /// The guest RAM size.
+    pub fn ram(&self) -> u64 {
+        self.memory.len as u64
+    }
+
+    /// The lowest IPA a buffer may start at (below it: the guest's page tables and code).
+    pub fn first_buffer_ipa(&self) -> u64 {
+        guest::FIRST_FREE
+    }
+
+    /// Runs the writer over `[ipa, ipa + len)`: one 8-byte store per 64-byte record, in
+    /// address order, then the end-of-pass exit. The vCPU is parked again when it returns.
+    pub fn write_pass(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        let end = ipa.saturating_add(len);
+        if ipa < guest::FIRST_FREE || end > self.ram() || len == 0 || ipa % RECORD != 0 {
+            return Err(KvmError::Layout {
+                what: "buffer ipa",
+                value: ipa,
+                fix: "a record-aligned, non-empty range above first_buffer_ipa() and inside RAM",
+            });
+        }
+        guest::start_pass(&self.vcpu, ipa, len / RECORD)?;
+        loop {
+            match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(()),
+                Ok(other) => return Err(KvmError::UnexpectedExit(format!("{other:?}"))),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(KvmError::call("KVM_RUN", e, "see dmesg")),
+            }
+        }
+    }
+
+    /// The vCPU's counter `name` (`pf_fixed`: stage 2 faults that installed a mapping;
+    /// `pf_taken`, `exits`, ...).
+    pub fn vcpu_stat(&self, name: &str) -> Result<u64, KvmError> {
+        self.vcpu_stats.read(name)
+    }
+
+    /// The VM's counter `name` (`pages_4k`: 4 KiB stage 2 mappings present now).
+    pub fn vm_stat(&self, name: &str) -> Result<u64, KvmError> {
+        self.vm_stats.read(name)
+    }
+
+    fn host_range(&self, ipa: u64, len: u64) -> Result<*mut libc::c_void, KvmError> {
+        let end = ipa.saturating_add(len);
+        if ipa % PAGE != 0 || len % PAGE != 0 || end > self.ram() {
+            return Err(KvmError::Layout {
+                what: "host range ipa",
+                value: ipa,
+                fix: "page-aligned and inside RAM",
+            });
+        }
+        // SAFETY: in bounds of the mapping (checked above).
+        Ok(unsafe { self.memory.addr.add(ipa as usize) }.cast())
+    }
+
+    /// The host drops the pages behind `[ipa, ipa + len)` (`MADV_DONTNEED`, as a balloon or
+    /// a VMM's discard does): the MMU notifier zaps their stage 2 mappings.
+    pub fn discard(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        if ipa < guest::FIRST_FREE {
+            return Err(KvmError::Layout {
+                what: "discard ipa",
+                value: ipa,
+                fix: "above first_buffer_ipa(): the guest's code and tables live below",
+            });
+        }
+        let addr = self.host_range(ipa, len)?;
+        // SAFETY: a page-aligned range inside our own anonymous mapping; the guest sees zeros
+        // afterwards, which the writer does not read.
+        if unsafe { libc::madvise(addr, len as usize, libc::MADV_DONTNEED) } != 0 {
+            return Err(KvmError::call(
+                "madvise(MADV_DONTNEED)",
+                std::io::Error::last_os_error(),
+                "the range must be mapped",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns classic dirty logging on or off for the memslot (`KVM_MEM_LOG_DIRTY_PAGES`).
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: 0,
+            memory_size: self.ram(),
+            userspace_addr: self.memory.addr as u64,
+        };
+        // SAFETY: the same region as at creation, only the flags change.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
+            KvmError::call(
+                "KVM_SET_USER_MEMORY_REGION(dirty log)",
+                e,
+                "the host refused dirty logging",
+            )
+        })?;
+        self.dirty_logging = on;
+        Ok(())
+    }
+
+    /// `KVM_GET_DIRTY_LOG`: the pages written since the last call, as page numbers. Without
+    /// manual protection the call write-protects them again, so the next writes fault.
+    pub fn take_dirty_pages(&mut self) -> Result<Vec<u64>, KvmError> {
+        if !self.dirty_logging {
+            return Err(KvmError::Layout {
+                what: "dirty logging",
+                value: 0,
+                fix: "call set_dirty_logging(true) first",
+            });
+        }
+        let bitmap = self
+            .vm
+            .get_dirty_log(0, self.memory.len)
+            .map_err(|e| KvmError::call("KVM_GET_DIRTY_LOG(slot 0)", e, "enable dirty logging"))?;
+        let mut pages = Vec::new();
+        for (word, bits) in bitmap.iter().enumerate() {
+            let mut b = *bits;
+            while b != 0 {
+                let bit = u64::from(b.trailing_zeros());
+                pages.push(word as u64 * 64 + bit);
+                b &= b - 1;
+            }
+        }
+        Ok(pages)
+    }
+}

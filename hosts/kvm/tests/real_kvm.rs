@@ -1,0 +1,127 @@
+//! The real kernel's stage 2 under host events, measured with its own counters. These run
+//! whenever `/dev/kvm` is usable; `SPE_REQUIRE_KVM=1` (set by `.ci/run` when the device is
+//! there) turns "not usable" into a failure instead of a loud skip. They assert relations
+//! measured in the same run, not constants: counts depend on KVM internals (prefetch, zap
+//! granularity) and differ between shadow paging and EPT.
+
+use spe_host_kvm::{KvmVm, PAGE, usable};
+
+const RAM: u64 = 16 << 20;
+const BUFFER: u64 = 4 << 20;
+const BUFFER_IPA: u64 = 4 << 20;
+
+/// A VM with the buffer mapped at stage 2 (two warm-up passes), or None when KVM is not usable.
+fn vm_or_skip(test: &str) -> Option<KvmVm> {
+    if let Err(e) = usable() {
+        assert!(
+            std::env::var_os("SPE_REQUIRE_KVM").is_none(),
+            "{test}: SPE_REQUIRE_KVM is set but KVM is not usable: {e}"
+        );
+        eprintln!("SKIPPED (not passed): {test}: KVM is not usable here: {e}");
+        return None;
+    }
+    // One CPU, so no migration between passes changes what the shadow MMU holds.
+    // SAFETY: a plain cpu_set_t for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    let mut vm = KvmVm::new(RAM).expect("a VM");
+    for _ in 0..2 {
+        vm.write_pass(BUFFER_IPA, BUFFER).expect("warm-up pass");
+    }
+    eprintln!("real KVM test ran: {test}");
+    Some(vm)
+}
+
+fn faults_of_a_pass(vm: &mut KvmVm) -> u64 {
+    let before = vm.vcpu_stat("pf_fixed").expect("pf_fixed");
+    vm.write_pass(BUFFER_IPA, BUFFER).expect("pass");
+    vm.vcpu_stat("pf_fixed").expect("pf_fixed") - before
+}
+
+#[test]
+fn a_warm_buffer_takes_no_stage2_fault_and_the_pass_ends_at_the_port_write() {
+    let Some(mut vm) = vm_or_skip("warm buffer") else {
+        return;
+    };
+    assert_eq!(faults_of_a_pass(&mut vm), 0);
+    assert!(vm.vm_stat("pages_4k").expect("pages_4k") >= BUFFER / PAGE);
+}
+
+#[test]
+fn a_host_discard_zaps_the_discarded_pages_and_the_next_pass_faults_on_each() {
+    let Some(mut vm) = vm_or_skip("discard") else {
+        return;
+    };
+    for pages in [1u64, 37, 256] {
+        let mapped = vm.vm_stat("pages_4k").expect("pages_4k");
+        vm.discard(BUFFER_IPA + PAGE * 8, pages * PAGE)
+            .expect("discard");
+        let zapped = mapped - vm.vm_stat("pages_4k").expect("pages_4k");
+        let faults = faults_of_a_pass(&mut vm);
+        eprintln!("discard {pages} pages: {zapped} zapped, {faults} faults");
+        assert_eq!(
+            zapped, pages,
+            "the MMU notifier zaps exactly the discarded pages"
+        );
+        assert!(
+            (1..=pages).contains(&faults),
+            "each fault installs at least one discarded page again (KVM may prefetch neighbours)"
+        );
+        assert_eq!(
+            faults_of_a_pass(&mut vm),
+            0,
+            "and then the buffer is whole again"
+        );
+    }
+}
+
+#[test]
+fn classic_dirty_logging_write_protects_the_buffer_at_every_get_so_every_pass_faults_on_every_page()
+{
+    let Some(mut vm) = vm_or_skip("dirty log") else {
+        return;
+    };
+    vm.set_dirty_logging(true).expect("dirty logging");
+    let buffer_pages: Vec<u64> = (BUFFER_IPA / PAGE..(BUFFER_IPA + BUFFER) / PAGE).collect();
+    vm.write_pass(BUFFER_IPA, BUFFER).expect("pass");
+    vm.take_dirty_pages().expect("get");
+    for round in 0..2 {
+        let faults = faults_of_a_pass(&mut vm);
+        let dirty = vm.take_dirty_pages().expect("get");
+        eprintln!(
+            "dirty-log round {round}: {faults} faults, {} dirty pages",
+            dirty.len()
+        );
+        assert_eq!(
+            dirty, buffer_pages,
+            "exactly the buffer's pages are reported"
+        );
+        assert_eq!(
+            faults,
+            buffer_pages.len() as u64,
+            "one write-protect fault per page"
+        );
+    }
+    vm.set_dirty_logging(false).expect("off");
+    vm.write_pass(BUFFER_IPA, BUFFER).expect("pass");
+    assert_eq!(
+        faults_of_a_pass(&mut vm),
+        0,
+        "with logging off the buffer stays mapped"
+    );
+}
+
+#[test]
+fn layouts_outside_the_guest_ram_are_refused_with_the_range_they_must_be_in() {
+    let Some(mut vm) = vm_or_skip("layout") else {
+        return;
+    };
+    let e = vm.write_pass(RAM - 64, 128).expect_err("past RAM");
+    assert!(e.to_string().contains("inside RAM"), "{e}");
+    assert!(vm.write_pass(0, PAGE).is_err(), "over the guest's own code");
+    assert!(vm.discard(0, PAGE).is_err());
+    assert!(KvmVm::new(3 << 20).is_err());
+}
