@@ -11,8 +11,9 @@
 //! say how many faults a pass took and how many mappings a host event zapped.
 //!
 //! What is here: the VM, an anonymous memslot, the writer vCPU, the counters, host events
-//! (`MADV_DONTNEED`) and classic dirty logging. Not yet: the `HostBacking` implementation,
-//! long-term pins, manual-protect dirty logging, the dirty ring, userfaultfd, guest_memfd.
+//! (`MADV_DONTNEED`, `mlock`, THP collapse) and dirty logging, classic and manual-protect.
+//! Not yet: the `HostBacking` implementation, long-term pins, the dirty ring, userfaultfd,
+//! guest_memfd.
 
 mod guest;
 mod stats;
@@ -79,39 +80,57 @@ pub fn usable() -> Result<(), KvmError> {
         .map_err(|e| KvmError::Unavailable(e.into()))
 }
 
-/// Anonymous host memory backing the guest RAM; unmapped on drop.
+/// Anonymous host memory backing the guest RAM, 2 MiB aligned so IPA and host huge pages
+/// line up (a THP collapse of a 2 MiB-aligned guest range is one host huge page); unmapped on
+/// drop.
 #[derive(Debug)]
 struct HostMemory {
+    /// Where the mapping starts (what munmap takes).
+    base: *mut u8,
+    /// The mapping's length, with the alignment slack.
+    mapped: usize,
+    /// IPA 0's host address.
     addr: *mut u8,
     len: usize,
 }
 
+const HUGE: usize = 2 << 20;
+
 impl HostMemory {
     fn new(len: usize) -> Result<Self, KvmError> {
+        let mapped = len + HUGE;
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let addr = unsafe {
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                mapped,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if addr == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(KvmError::call(
                 "mmap(guest RAM)",
                 std::io::Error::last_os_error(),
                 "lower the RAM size or raise the address-space limit",
             ));
         }
-        // 4 KiB host pages, so one zapped page is one mapping (THP would make it 512). Failure
-        // only means THP stays as configured; the counters still relate.
+        let base: *mut u8 = base.cast();
+        let slack = (HUGE - (base as usize % HUGE)) % HUGE;
+        // SAFETY: slack < HUGE, so the aligned start and `len` bytes after it are inside the
+        // mapping of len + HUGE bytes.
+        let addr = unsafe { base.add(slack) };
+        // 4 KiB host pages, so one zapped page is one mapping (THP would make it 512); a test
+        // that wants huge pages asks for them on its range. Failure only means THP stays as
+        // configured; the counters still relate.
         // SAFETY: advice on the mapping made above.
-        unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+        unsafe { libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE) };
         Ok(HostMemory {
-            addr: addr.cast(),
+            base,
+            mapped,
+            addr,
             len,
         })
     }
@@ -121,7 +140,7 @@ impl Drop for HostMemory {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once; the VM holding it is dropped first
         // (field order in `KvmVm`).
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
+        unsafe { libc::munmap(self.base.cast(), self.mapped) };
     }
 }
 
@@ -319,5 +338,113 @@ impl KvmVm {
             }
         }
         Ok(pages)
+    }
+
+    /// Turns on `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2` (manual protect, initially set): a GET no
+    /// longer write-protects, [`KvmVm::clear_dirty_log_except`] does, page by page. Call before
+    /// [`KvmVm::set_dirty_logging`].
+    pub fn enable_manual_dirty_protect(&mut self) -> Result<(), KvmError> {
+        let mut cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(
+            kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                | kvm_bindings::KVM_DIRTY_LOG_INITIALLY_SET,
+        );
+        self.vm.enable_cap(&cap).map_err(|e| {
+            KvmError::call(
+                "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
+                e,
+                "needs Linux 5.8 or later",
+            )
+        })
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG` of every page of the memslot except `[ipa, ipa + len)`: the
+    /// cleared pages are write-protected again (their next write faults), the exempt ones stay
+    /// mapped writable and stay reported dirty — the "keep the buffer dirty until the vCPU
+    /// stops" of pre-copy with SPE enabled.
+    pub fn clear_dirty_log_except(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        let pages = self.ram() / PAGE;
+        let mut bitmap = vec![u64::MAX; pages.div_ceil(64) as usize];
+        let exempt = ipa / PAGE..ipa.saturating_add(len).div_ceil(PAGE).min(pages);
+        for p in exempt {
+            bitmap[(p / 64) as usize] &= !(1u64 << (p % 64));
+        }
+        let mut clear = kvm_bindings::kvm_clear_dirty_log {
+            slot: 0,
+            num_pages: pages as u32,
+            first_page: 0,
+            ..Default::default()
+        };
+        clear.__bindgen_anon_1.dirty_bitmap = bitmap.as_mut_ptr().cast();
+        // _IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log): 24 bytes.
+        const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = 0xc018_aec0;
+        // SAFETY: `clear` points at a bitmap of num_pages bits that lives across the call.
+        let r = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_CLEAR_DIRTY_LOG as _, &clear) };
+        if r != 0 {
+            return Err(KvmError::call(
+                "KVM_CLEAR_DIRTY_LOG(slot 0)",
+                std::io::Error::last_os_error(),
+                "enable manual dirty protect and dirty logging first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `mlock` of the host pages behind `[ipa, ipa + len)`: resident, but not a stage 2 pin
+    /// (writeback, THP collapse, compaction and KSM still move or protect the pages).
+    pub fn mlock(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        let addr = self.host_range(ipa, len)?;
+        // SAFETY: locks pages of our own mapping; unlocked by munlock or at munmap.
+        if unsafe { libc::mlock(addr, len as usize) } != 0 {
+            return Err(KvmError::call(
+                "mlock",
+                std::io::Error::last_os_error(),
+                "raise RLIMIT_MEMLOCK (ulimit -l) or run as root",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `munlock` of `[ipa, ipa + len)`.
+    pub fn munlock(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        let addr = self.host_range(ipa, len)?;
+        // SAFETY: unlocks pages of our own mapping.
+        if unsafe { libc::munlock(addr, len as usize) } != 0 {
+            return Err(KvmError::call(
+                "munlock",
+                std::io::Error::last_os_error(),
+                "the range must be mapped",
+            ));
+        }
+        Ok(())
+    }
+
+    /// khugepaged's work done now (`MADV_HUGEPAGE` then `MADV_COLLAPSE`): the 4 KiB pages of a
+    /// 2 MiB-aligned range are copied into huge pages and their stage 2 mappings zapped.
+    pub fn collapse(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        if ipa % HUGE as u64 != 0 || len % HUGE as u64 != 0 {
+            return Err(KvmError::Layout {
+                what: "collapse ipa",
+                value: ipa,
+                fix: "a 2 MiB-aligned range of whole 2 MiB pages",
+            });
+        }
+        let addr = self.host_range(ipa, len)?;
+        // SAFETY: advice on our own mapping; contents are preserved by a collapse.
+        unsafe {
+            if libc::madvise(addr, len as usize, libc::MADV_HUGEPAGE) != 0
+                || libc::madvise(addr, len as usize, libc::MADV_COLLAPSE) != 0
+            {
+                return Err(KvmError::call(
+                    "madvise(MADV_COLLAPSE)",
+                    std::io::Error::last_os_error(),
+                    "needs Linux 6.1 with THP built in; EAGAIN: a long-term pin holds a page",
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -125,3 +125,66 @@ fn layouts_outside_the_guest_ram_are_refused_with_the_range_they_must_be_in() {
     assert!(vm.discard(0, PAGE).is_err());
     assert!(KvmVm::new(3 << 20).is_err());
 }
+
+#[test]
+fn clearing_the_dirty_log_of_all_but_the_buffer_keeps_the_buffer_mapped_and_reported_dirty() {
+    let Some(mut vm) = vm_or_skip("manual dirty protect") else {
+        return;
+    };
+    vm.enable_manual_dirty_protect().expect("manual protect");
+    vm.set_dirty_logging(true).expect("dirty logging");
+    let buffer_pages: Vec<u64> = (BUFFER_IPA / PAGE..(BUFFER_IPA + BUFFER) / PAGE).collect();
+    vm.take_dirty_pages().expect("get");
+    vm.clear_dirty_log_except(BUFFER_IPA, BUFFER)
+        .expect("clear");
+    for round in 0..3 {
+        let faults = faults_of_a_pass(&mut vm);
+        let dirty = vm.take_dirty_pages().expect("get");
+        vm.clear_dirty_log_except(BUFFER_IPA, BUFFER)
+            .expect("clear");
+        eprintln!(
+            "exempt round {round}: {faults} faults, {} dirty",
+            dirty.len()
+        );
+        assert_eq!(faults, 0, "the exempt buffer is never write-protected");
+        assert!(
+            buffer_pages.iter().all(|p| dirty.binary_search(p).is_ok()),
+            "and every buffer page stays reported dirty, so migration sends it at the end"
+        );
+    }
+    // The contrast, measured in the same VM: clearing the buffer too protects every page.
+    vm.clear_dirty_log_except(0, 0).expect("clear all");
+    let faults = faults_of_a_pass(&mut vm);
+    eprintln!("clear everything: {faults} faults");
+    assert_eq!(faults, buffer_pages.len() as u64);
+}
+
+#[test]
+fn mlock_is_not_a_stage2_pin_a_thp_collapse_moves_locked_pages_and_the_buffer_faults_again() {
+    let Some(mut vm) = vm_or_skip("mlock vs collapse") else {
+        return;
+    };
+    vm.mlock(BUFFER_IPA, BUFFER).expect("mlock");
+    faults_of_a_pass(&mut vm);
+    assert_eq!(faults_of_a_pass(&mut vm), 0, "locked and mapped");
+    let mapped = vm.vm_stat("pages_4k").expect("pages_4k");
+    vm.collapse(BUFFER_IPA, BUFFER).expect("collapse");
+    let zapped = mapped.saturating_sub(vm.vm_stat("pages_4k").expect("pages_4k"));
+    let huge = vm.vm_stat("pages_2m").expect("pages_2m");
+    let faults = faults_of_a_pass(&mut vm);
+    let huge_mapped = vm.vm_stat("pages_2m").expect("pages_2m") - huge;
+    eprintln!(
+        "collapse of 4 MiB mlocked: {zapped} zapped, {faults} faults, {huge_mapped} 2 MiB mappings"
+    );
+    assert_eq!(
+        zapped,
+        BUFFER / PAGE,
+        "every locked page's mapping was zapped"
+    );
+    assert!(faults > 0, "and the SPU would have stopped on the buffer");
+    assert_eq!(
+        faults, huge_mapped,
+        "each fault maps one of the new huge pages (the pages moved)"
+    );
+    vm.munlock(BUFFER_IPA, BUFFER).expect("munlock");
+}
