@@ -4,7 +4,7 @@
 //! measured in the same run, not constants: counts depend on KVM internals (prefetch, zap
 //! granularity) and differ between shadow paging and EPT.
 
-use spe_host_kvm::{KvmVm, PAGE, usable};
+use spe_host_kvm::{KvmError, KvmVm, PAGE, usable};
 
 const RAM: u64 = 16 << 20;
 const BUFFER: u64 = 4 << 20;
@@ -187,4 +187,69 @@ fn mlock_is_not_a_stage2_pin_a_thp_collapse_moves_locked_pages_and_the_buffer_fa
         "each fault maps one of the new huge pages (the pages moved)"
     );
     vm.munlock(BUFFER_IPA, BUFFER).expect("munlock");
+}
+
+#[test]
+fn a_long_term_pin_holds_the_buffer_through_a_thp_collapse_and_is_released_at_unpin() {
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut vm) = vm_or_skip("long-term pin vs collapse") else {
+        return;
+    };
+    vm.pin_long_term(BUFFER_IPA, BUFFER).expect("io_uring pin");
+    assert_eq!(vm.long_term_pins(), 1);
+    let mapped = vm.vm_stat("pages_4k").expect("pages_4k");
+    let refused = vm.collapse(BUFFER_IPA, BUFFER);
+    let zapped = mapped.saturating_sub(vm.vm_stat("pages_4k").expect("pages_4k"));
+    let faults = faults_of_a_pass(&mut vm);
+    eprintln!("collapse of 4 MiB long-term pinned: {refused:?}, {zapped} zapped, {faults} faults");
+    assert!(
+        matches!(&refused, Err(KvmError::Call { err, .. }) if err.raw_os_error() == Some(libc::EAGAIN)),
+        "the kernel may not move long-term pinned pages: {refused:?}"
+    );
+    assert_eq!(zapped, 0, "no mapping of the buffer was zapped");
+    assert_eq!(faults, 0, "the SPU would not have stopped");
+    vm.unpin_long_term(BUFFER_IPA, BUFFER).expect("unpin");
+    assert_eq!(vm.long_term_pins(), 0, "nothing stays pinned");
+    assert!(
+        vm.unpin_long_term(BUFFER_IPA, BUFFER).is_err(),
+        "an unpin of nothing is an error"
+    );
+    vm.collapse(BUFFER_IPA, BUFFER)
+        .expect("unpinned, the collapse goes through");
+    assert!(faults_of_a_pass(&mut vm) > 0, "and the buffer faults again");
+}
+
+/// Long-term pins show in the process's `VmPin` (kB); tests that read it run one at a time.
+static PINNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn vm_pin_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPin:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmPin")
+}
+
+#[test]
+fn a_vm_dropped_with_long_term_pins_leaves_nothing_pinned() {
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut vm) = vm_or_skip("drop with pins") else {
+        return;
+    };
+    let before = vm_pin_kb();
+    vm.pin_long_term(BUFFER_IPA, BUFFER / 2).expect("pin");
+    vm.pin_long_term(BUFFER_IPA + BUFFER / 2, BUFFER / 2)
+        .expect("pin");
+    let pinned = vm_pin_kb() - before;
+    eprintln!("VmPin with two pins: +{pinned} kB");
+    assert_eq!(
+        pinned,
+        BUFFER / 1024,
+        "the kernel accounts every pinned page"
+    );
+    assert!(vm.pin_long_term(BUFFER_IPA, 0).is_err());
+    assert!(vm.pin_long_term(RAM - PAGE, 2 * PAGE).is_err(), "past RAM");
+    drop(vm);
+    assert_eq!(vm_pin_kb(), before, "dropping the VM released every pin");
 }
