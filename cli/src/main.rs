@@ -39,6 +39,11 @@ enum Command {
     /// configs/scenarios) on every core: records kept and lost by cause, faults, pins,
     /// blackouts, migration downtime; `--out DIR` adds metrics.json and SVG plots.
     Compare(commands::compare::CompareArgs),
+    /// Run the host model and the real kernel's stage 2 (a KVM VM here) side by side under
+    /// host events and pin kinds. Exit 0 when every difference is explained, 1 when one is
+    /// not, 4 without a usable /dev/kvm.
+    #[command(name = "stage2-check")]
+    Stage2Check(commands::stage2_check::Stage2CheckArgs),
     /// Simulate one scenario with one strategy (`--strategy`) or all, optionally with another
     /// seed.
     Simulate(commands::compare::SimulateArgs),
@@ -59,6 +64,7 @@ fn main() {
         Command::Compare(args) => commands::compare::run(args, &mut out, &mut err),
         Command::Simulate(args) => commands::compare::simulate(args, &mut out, &mut err),
         Command::Errata(args) => commands::errata::run(args, &mut out, &mut err),
+        Command::Stage2Check(args) => commands::stage2_check::run(args, &mut out, &mut err),
     };
     let code = match std::io::Write::flush(&mut out) {
         Ok(()) => code,

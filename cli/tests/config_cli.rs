@@ -500,3 +500,40 @@ fn a_configs_compare_table_names_scenarios_and_vm_relative_to_the_config_not_the
         "{err}"
     );
 }
+
+#[test]
+fn stage2_check_prints_model_and_kernel_side_by_side_or_exits_4_without_kvm() {
+    let (code, out, err) = run(&["stage2-check", "--format", "json"]);
+    if spe_host_kvm::usable().is_err() {
+        assert!(
+            std::env::var_os("SPE_REQUIRE_KVM").is_none(),
+            "KVM required: {err}"
+        );
+        eprintln!("SKIPPED (not passed): stage2-check on the real kernel: {err}");
+        assert_eq!(code, 4, "{err}");
+        assert!(err.contains("/dev/kvm"), "{err}");
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON rows");
+    assert_eq!(rows.len(), 12, "4 events x 3 pin kinds");
+    for r in &rows {
+        for key in [
+            "event",
+            "strategy",
+            "pin",
+            "model_pages",
+            "kvm_pages_zapped",
+            "kvm_faults",
+            "agree",
+            "explanation",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r["event"] == "thp-collapse" && r["pin"] == "mlock" && r["agree"] == false),
+        "the measured difference: mlock is not a stage 2 pin"
+    );
+}

@@ -15,6 +15,7 @@
 //! io_uring pin) and dirty logging, classic and manual-protect. Not yet: the `HostBacking`
 //! implementation, the dirty ring, userfaultfd, guest_memfd.
 
+pub mod check;
 mod guest;
 mod stats;
 
