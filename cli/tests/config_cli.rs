@@ -1,14 +1,20 @@
 //! `spe-policy check`, `config --defaults` and `errata`, run as the built binary.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// The binary's output when run in `dir` (the repository root when `None`).
+fn binary_in<S: AsRef<std::ffi::OsStr>>(dir: Option<&std::path::Path>, args: &[S]) -> Output {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    Command::new(env!("CARGO_BIN_EXE_spe-policy"))
+        .args(args)
+        .current_dir(dir.unwrap_or(&root))
+        .output()
+        .expect("runs")
+}
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
-        .args(args)
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .output()
-        .expect("runs");
+    let out = binary_in(None, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -194,11 +200,7 @@ fn errata_prints_tables_markdown_and_json_and_checks_the_docs() {
 fn compare_runs_the_four_strategies_side_by_side_on_every_scenario_from_any_directory() {
     // From a directory with no configs/: the default config and scenarios are compiled in.
     let elsewhere = tempfile::tempdir().expect("tmp");
-    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
-        .args(["compare", "--format", "json"])
-        .current_dir(elsewhere.path())
-        .output()
-        .expect("runs");
+    let out = binary_in(Some(elsewhere.path()), &["compare", "--format", "json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
@@ -416,11 +418,7 @@ fn check_prints_the_guest_notice_as_a_device_tree_the_guest_reader_decodes_to_th
             .lines()
             .find_map(|l| l.strip_prefix("# guest notice: "))
             .expect("check prints the notice");
-        let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
-            .args(["check", config, "--device-tree", "dtb"])
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .output()
-            .expect("runs");
+        let out = binary_in(None, &["check", config, "--device-tree", "dtb"]);
         assert_eq!(out.status.code(), Some(0), "{config}");
         let notice = spe_policy::device_tree::read_dtb(&out.stdout)
             .expect("a well-formed device tree")
@@ -464,12 +462,16 @@ fn a_configs_compare_table_names_scenarios_and_vm_relative_to_the_config_not_the
     )
     .expect("config");
     let elsewhere = tempfile::tempdir().expect("tmp");
-    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
-        .args(["compare", "--format", "json"])
-        .arg(dir.path().join("vmm.toml"))
-        .current_dir(elsewhere.path())
-        .output()
-        .expect("runs");
+    let config = dir.path().join("vmm.toml");
+    let out = binary_in(
+        Some(elsewhere.path()),
+        &[
+            "compare".as_ref(),
+            "--format".as_ref(),
+            "json".as_ref(),
+            config.as_os_str(),
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -488,11 +490,13 @@ fn a_configs_compare_table_names_scenarios_and_vm_relative_to_the_config_not_the
         "[spe]\nstrategy = \"pin-all\"\n[compare]\nscenarios = \"mine/\"\n",
     )
     .expect("config");
-    let out = Command::new(env!("CARGO_BIN_EXE_spe-policy"))
-        .args(["compare"])
-        .arg(dir.path().join("bad.toml"))
-        .output()
-        .expect("runs");
+    let out = binary_in(
+        None,
+        &[
+            std::ffi::OsStr::new("compare"),
+            dir.path().join("bad.toml").as_os_str(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

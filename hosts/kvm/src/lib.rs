@@ -298,6 +298,23 @@ impl KvmVm {
         Ok(unsafe { self.memory.addr.add(ipa as usize) }.cast())
     }
 
+    /// Runs a memory-management call on the host pages behind `[ipa, ipa + len)`; a non-zero
+    /// return becomes an error naming the call, the errno and `fix`.
+    fn on_host_range(
+        &self,
+        ipa: u64,
+        len: u64,
+        call: &'static str,
+        fix: &'static str,
+        f: impl FnOnce(*mut libc::c_void, usize) -> libc::c_int,
+    ) -> Result<(), KvmError> {
+        let addr = self.host_range(ipa, len)?;
+        if f(addr, len as usize) != 0 {
+            return Err(KvmError::call(call, std::io::Error::last_os_error(), fix));
+        }
+        Ok(())
+    }
+
     /// The host drops the pages behind `[ipa, ipa + len)` (`MADV_DONTNEED`, as a balloon or
     /// a VMM's discard does): the MMU notifier zaps their stage 2 mappings.
     pub fn discard(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
@@ -308,17 +325,15 @@ impl KvmVm {
                 fix: "above first_buffer_ipa(): the guest's code and tables live below",
             });
         }
-        let addr = self.host_range(ipa, len)?;
-        // SAFETY: a page-aligned range inside our own anonymous mapping; the guest sees zeros
-        // afterwards, which the writer does not read.
-        if unsafe { libc::madvise(addr, len as usize, libc::MADV_DONTNEED) } != 0 {
-            return Err(KvmError::call(
-                "madvise(MADV_DONTNEED)",
-                std::io::Error::last_os_error(),
-                "the range must be mapped",
-            ));
-        }
-        Ok(())
+        self.on_host_range(
+            ipa,
+            len,
+            "madvise(MADV_DONTNEED)",
+            "EINVAL: the range is mlocked; unlock it first",
+            // SAFETY: a page-aligned range inside our own anonymous mapping; the guest sees
+            // zeros afterwards, which the writer does not read.
+            |addr, len| unsafe { libc::madvise(addr, len, libc::MADV_DONTNEED) },
+        )
     }
 
     /// Turns classic dirty logging on or off for the memslot (`KVM_MEM_LOG_DIRTY_PAGES`).
@@ -424,30 +439,26 @@ impl KvmVm {
     /// `mlock` of the host pages behind `[ipa, ipa + len)`: resident, but not a stage 2 pin
     /// (writeback, THP collapse, compaction and KSM still move or protect the pages).
     pub fn mlock(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
-        let addr = self.host_range(ipa, len)?;
-        // SAFETY: locks pages of our own mapping; unlocked by munlock or at munmap.
-        if unsafe { libc::mlock(addr, len as usize) } != 0 {
-            return Err(KvmError::call(
-                "mlock",
-                std::io::Error::last_os_error(),
-                "raise RLIMIT_MEMLOCK (ulimit -l) or run as root",
-            ));
-        }
-        Ok(())
+        self.on_host_range(
+            ipa,
+            len,
+            "mlock",
+            "raise RLIMIT_MEMLOCK (ulimit -l) or run as root",
+            // SAFETY: locks pages of our own mapping; unlocked by munlock or at munmap.
+            |addr, len| unsafe { libc::mlock(addr, len) },
+        )
     }
 
     /// `munlock` of `[ipa, ipa + len)`.
     pub fn munlock(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
-        let addr = self.host_range(ipa, len)?;
-        // SAFETY: unlocks pages of our own mapping.
-        if unsafe { libc::munlock(addr, len as usize) } != 0 {
-            return Err(KvmError::call(
-                "munlock",
-                std::io::Error::last_os_error(),
-                "the range must be mapped",
-            ));
-        }
-        Ok(())
+        self.on_host_range(
+            ipa,
+            len,
+            "munlock",
+            "the range must be mapped",
+            // SAFETY: unlocks pages of our own mapping.
+            |addr, len| unsafe { libc::munlock(addr, len) },
+        )
     }
 
     /// khugepaged's work done now (`MADV_HUGEPAGE` then `MADV_COLLAPSE`): the 4 KiB pages of a
@@ -460,20 +471,19 @@ impl KvmVm {
                 fix: "a 2 MiB-aligned range of whole 2 MiB pages",
             });
         }
-        let addr = self.host_range(ipa, len)?;
-        // SAFETY: advice on our own mapping; contents are preserved by a collapse.
-        unsafe {
-            if libc::madvise(addr, len as usize, libc::MADV_HUGEPAGE) != 0
-                || libc::madvise(addr, len as usize, libc::MADV_COLLAPSE) != 0
-            {
-                return Err(KvmError::call(
-                    "madvise(MADV_COLLAPSE)",
-                    std::io::Error::last_os_error(),
-                    "needs Linux 6.1 with THP built in; EAGAIN: a long-term pin holds a page",
-                ));
-            }
-        }
-        Ok(())
+        self.on_host_range(
+            ipa,
+            len,
+            "madvise(MADV_COLLAPSE)",
+            "needs Linux 6.1 with THP built in; EAGAIN: a long-term pin holds a page",
+            // SAFETY: advice on our own mapping; a collapse preserves the contents.
+            |addr, len| unsafe {
+                match libc::madvise(addr, len, libc::MADV_HUGEPAGE) {
+                    0 => libc::madvise(addr, len, libc::MADV_COLLAPSE),
+                    e => e,
+                }
+            },
+        )
     }
 
     /// A long-term pin of `[ipa, ipa + len)` (at most 1 GiB): the range is registered as an
