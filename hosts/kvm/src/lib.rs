@@ -74,11 +74,16 @@ impl KvmError {
     }
 }
 
-/// Whether `/dev/kvm` can be used here, and if not, why.
+/// Whether KVM can be used here (`/dev/kvm` opens and a VM can be created), and if not, why.
 pub fn usable() -> Result<(), KvmError> {
-    Kvm::new()
-        .map(drop)
-        .map_err(|e| KvmError::Unavailable(e.into()))
+    let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.into()))?;
+    kvm.create_vm().map(drop).map_err(|e| {
+        KvmError::call(
+            "KVM_CREATE_VM",
+            e,
+            "the device opens but refuses VMs: is virtualization enabled (nested, BIOS)?",
+        )
+    })
 }
 
 /// Anonymous host memory backing the guest RAM, 2 MiB aligned so IPA and host huge pages
