@@ -59,25 +59,18 @@ fn normal() -> Vec<Scenario> {
 
 #[test]
 fn the_same_inputs_give_the_same_metrics() {
-    let again = compare(
-        &SpeConfig::default(),
-        &normal(),
-        RunOptions {
-            time_scale: 0.1,
-            ..RunOptions::default()
-        },
-    )
-    .expect("runs");
-    let twice = compare(
-        &SpeConfig::default(),
-        &normal(),
-        RunOptions {
-            time_scale: 0.1,
-            ..RunOptions::default()
-        },
-    )
-    .expect("runs");
-    assert_eq!(again, twice);
+    let run = || {
+        compare(
+            &SpeConfig::default(),
+            &normal(),
+            RunOptions {
+                time_scale: 0.1,
+                ..RunOptions::default()
+            },
+        )
+        .expect("runs")
+    };
+    assert_eq!(run(), run());
 }
 
 #[test]

@@ -396,25 +396,19 @@ impl HostBacking for Stage2Model {
         let size = self.granule.size();
         let mut m = self.change();
         // Check every page first (a failed pin changes nothing), without collecting them.
-        let mut page = range.start.0 & !(size - 1);
         let mut count = 0u64;
-        while page < range.end() {
-            match m.flags(page, shift) {
-                None => return Err(HostError::NotInMemslot(Ipa(page))),
+        for page in range.pages(self.granule) {
+            match m.flags(page.0, shift) {
+                None => return Err(HostError::NotInMemslot(page)),
                 Some(f) if f & flag::PINNED != 0 => {
                     return Err(HostError::Other(format!(
-                        "IPA {} pinned twice: the strategy must count references",
-                        Ipa(page)
+                        "IPA {page} pinned twice: the strategy must count references"
                     )));
                 }
-                Some(f) if f & flag::UNAVAILABLE != 0 => return Err(unavailable(Ipa(page))),
+                Some(f) if f & flag::UNAVAILABLE != 0 => return Err(unavailable(page)),
                 Some(_) => {}
             }
             count += 1;
-            page = match page.checked_add(size) {
-                Some(p) => p,
-                None => break,
-            };
         }
         let requested = count * size;
         if let Some(limit) = m.lock_limit {
@@ -435,19 +429,13 @@ impl HostBacking for Stage2Model {
 
     fn unpin(&self, range: IpaRange) -> Result<(), HostError> {
         let shift = self.shift();
-        let size = self.granule.size();
         let mut m = self.change();
-        let mut page = range.start.0 & !(size - 1);
         let mut count = 0u64;
-        while page < range.end() {
-            if !m.is_pinned(page, shift) {
-                return Err(HostError::NotPinned(Ipa(page)));
+        for page in range.pages(self.granule) {
+            if !m.is_pinned(page.0, shift) {
+                return Err(HostError::NotPinned(page));
             }
             count += 1;
-            page = match page.checked_add(size) {
-                Some(p) => p,
-                None => break,
-            };
         }
         m.pinned_pages -= count;
         m.for_each(range, shift, |_, f| *f &= !flag::PINNED);

@@ -159,6 +159,21 @@ fn host_pages(ipa: Ipa, unit: u64, host: Granule) -> impl Iterator<Item = Ipa> {
     IpaRange::new(Ipa(ipa.0 & !(unit - 1)), unit).pages(host)
 }
 
+/// The host pages behind `pages` (buffer pages) and `tables` (the stage 1 table pages that
+/// translate them): what pinning them takes.
+fn host_pages_with_tables<'a>(
+    pages: &'a [(Gva, Ipa)],
+    tables: &'a [Ipa],
+    unit: u64,
+    host: Granule,
+) -> impl Iterator<Item = Ipa> + 'a {
+    pages
+        .iter()
+        .map(|(_, i)| *i)
+        .chain(tables.iter().copied())
+        .flat_map(move |p| host_pages(p, unit, host))
+}
+
 /// One vCPU's pins and buffer.
 #[derive(Debug)]
 struct VcpuPins {
@@ -549,31 +564,18 @@ impl State {
         }
         // What pinning this window alone takes: the distinct host pages of its buffer pages
         // and of its table pages (what the cap bounds).
-        let window_host: BTreeSet<Ipa> = new_pages
-            .iter()
-            .flat_map(|(_, i)| host_pages(*i, unit, granule))
-            .chain(
-                walk.tables_touched
-                    .iter()
-                    .flat_map(|t| host_pages(*t, unit, granule)),
-            )
-            .collect();
+        let window_host: BTreeSet<Ipa> =
+            host_pages_with_tables(&new_pages, &walk.tables_touched, unit, granule).collect();
         let v = self.vcpus.entry(vcpu).or_default();
         let fresh_pages: Vec<(Gva, Ipa)> = new_pages
             .iter()
             .filter(|(va, ipa)| v.pages.get(va) != Some(ipa))
             .copied()
             .collect();
-        let fresh_host: BTreeSet<Ipa> = fresh_pages
-            .iter()
-            .flat_map(|(_, i)| host_pages(*i, unit, granule))
-            .chain(
-                walk.tables_touched
-                    .iter()
-                    .flat_map(|t| host_pages(*t, unit, granule)),
-            )
-            .filter(|p| !v.by_ipa.contains_key(p) && !v.tables.contains(p))
-            .collect();
+        let fresh_host: BTreeSet<Ipa> =
+            host_pages_with_tables(&fresh_pages, &walk.tables_touched, unit, granule)
+                .filter(|p| !v.by_ipa.contains_key(p) && !v.tables.contains(p))
+                .collect();
         let added = fresh_host.len() as u64 * granule.size();
         if v.held_bytes(granule) + added > cfg.cap_bytes_per_vcpu {
             // Evict the cache and start again from this window alone.

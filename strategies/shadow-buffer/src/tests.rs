@@ -221,16 +221,22 @@ fn a_fault_on_a_record_boundary_leaves_dl_clear() {
     assert!(pmbsr.s() && !pmbsr.dl(), "{pmbsr:?}");
 }
 
-#[test]
-fn a_buffer_over_memory_outside_every_memslot_gets_a_stage2_fault() {
-    let f = GuestFixture::new(4);
-    // The host knows only the first 8 MiB: the buffer pages (from 0x4080_0000) are outside.
-    let host = RamHost::new(&f);
+/// A host that knows only the first 8 MiB of RAM: the buffer pages (from 0x4080_0000) are
+/// outside every memslot.
+fn host_without_the_buffer(f: &GuestFixture) -> RamHost {
+    let host = RamHost::new(f);
     host.model.remove_memslot(0);
     host.model.add_memslot(Memslot {
         slot: 1,
         range: IpaRange::new(spe_strategy_testkit::RAM.start, 8 << 20),
     });
+    host
+}
+
+#[test]
+fn a_buffer_over_memory_outside_every_memslot_gets_a_stage2_fault() {
+    let f = GuestFixture::new(4);
+    let host = host_without_the_buffer(&f);
     let s = strategy(64 << 10);
     enable(&s, &f, &host, 0, 0, 4 * 4096);
     assert_eq!(s.spu_write(VcpuId(0), records()[1]), SpuWrite::Written);
@@ -535,12 +541,7 @@ fn a_pmbsr_read_alone_reports_the_fault_the_spu_would_have_taken_and_raises_it_o
     // Issue 15: a PMBSR read did not drain, so the guest read S = 0 after the point where the
     // SPU would have faulted; a PMBPTR read that found the fault dropped the interrupt.
     let f = GuestFixture::new(4);
-    let host = RamHost::new(&f);
-    host.model.remove_memslot(0);
-    host.model.add_memslot(Memslot {
-        slot: 1,
-        range: IpaRange::new(spe_strategy_testkit::RAM.start, 8 << 20),
-    });
+    let host = host_without_the_buffer(&f);
     let s = strategy(64 << 10);
     enable(&s, &f, &host, 0, 0, 4 * 4096);
     assert_eq!(s.spu_write(VcpuId(0), records()[1]), SpuWrite::Written);
