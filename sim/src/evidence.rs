@@ -2,7 +2,7 @@
 //! simulator can observe. An erratum without a predicate here is not yet reproduced by the
 //! simulator (see docs/DESIGN.md).
 
-use crate::engine::{CostModel, LossCause, Metrics};
+use crate::engine::{CostModel, LossCause, LossOrigin, Metrics};
 
 /// The strategy an erratum id belongs to, from its prefix.
 pub fn owner(erratum: &str) -> Option<&'static str> {
@@ -25,7 +25,7 @@ pub fn observables(id: &str) -> &'static [&'static str] {
         "PA-03" => &["migrations_refused"],
         "PA-04" => &["unplugs_refused"],
         "PA-05" => &["guest_events"],
-        "PB-01" | "PB-08" => &["guest_events"],
+        "PB-01" | "PB-08" => &["guest_events", "loss_by_origin"],
         "PB-02" => &["first_enable_stall_ns"],
         "PB-03" | "FT-07" => &["stage2_faults"],
         "PB-04" => &["pinned_idle_peak_bytes"],
@@ -41,7 +41,7 @@ pub fn observables(id: &str) -> &'static [&'static str] {
         "SB-01" => &["max_copy_delay_ns"],
         "SB-02" => &["traps"],
         "SB-03" => &["bytes_copied"],
-        "SB-04" => &["lost_by_cause"],
+        "SB-04" => &["lost_by_cause", "loss_by_origin"],
         "SB-06" => &["stall_by_kind", "copy_wait_ns"],
         "SB-07" => &["bytes_dropped"],
         _ => &[],
@@ -55,6 +55,8 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
     let charged = |cause: LossCause| m.lost_to(cause) > 0;
     let saw = |kind: &str| m.guest_events.get(kind).copied().unwrap_or(0) > 0;
     let stalled = |kind: &str| m.stall_by_kind.get(kind).copied().unwrap_or(0.0);
+    let started_by =
+        |origin: LossOrigin| m.loss_by_origin.get(origin.name()).is_some_and(|n| *n > 0);
     Some(match id {
         // No overcommit: the host's reclaim is refused.
         "PA-01" => m.invalidations_refused > 0,
@@ -66,9 +68,15 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         "PA-04" => m.unplugs_refused > 0,
         // The memory cannot be pinned: the host disables SPE for the vCPU.
         "PA-05" => saw("spe-disabled"),
-        // A buffer over the cap (or a pin the host refuses) is refused: the guest receives
-        // BSC size too large.
-        "PB-01" | "PB-08" => saw("size-too-large"),
+        // A buffer over the cap is refused: the guest receives BSC size too large, and the
+        // session's loss started there.
+        "PB-01" => {
+            saw("size-too-large") && started_by(LossOrigin::SizeTooLarge { lock_limit: false })
+        }
+        // The same BSC, because the host refused a pin at its locked-memory limit.
+        "PB-08" => {
+            saw("size-too-large") && started_by(LossOrigin::SizeTooLarge { lock_limit: true })
+        }
         // Enables cost a walk and pins: the first enable stalls far beyond a trap.
         "PB-02" => m.first_enable_stall_ns > 10.0 * cost.trap_ns,
         // A remap behind the host's back faults, and is repaired, not fatal.
@@ -95,6 +103,7 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         "FT-04" => m.stage2_permission_faults > 0,
         // A page that cannot be made present (or is outside every memslot): the guest is
         // handed the stage 2 fault (EC 0x25) and ends the session.
+        // (Its loss is the guest's own when the page is outside RAM: not charged.)
         "FT-05" | "SB-05" => saw("stage2-fault") && m.fatal_events > 0,
         // Post-copy demand fetches: a fault service at least one fetch long.
         "FT-06" => stalled("fault-service") >= cost.post_copy_fetch_ns,
@@ -109,8 +118,9 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
                 && m.bytes_copied as f64 >= 0.99 * m.spu_bytes as f64
                 && m.copy_ns > 0.0
         }
-        // Host buffer-full interrupts stop the SPU briefly.
-        "SB-04" => charged(LossCause::SpuStopped),
+        // Host buffer-full interrupts stop the SPU briefly: the samples lost while it stood
+        // stopped started at a host buffer-full.
+        "SB-04" => charged(LossCause::SpuStopped) && started_by(LossOrigin::HostBufferFull),
         // Copies waiting for paging stall the vCPU (or the SPU, in the background).
         "SB-06" => m.copy_wait_ns > 0.0 || stalled("copy") >= cost.swap_in_ns,
         // A remap met at copy time drops the records the SPU took after the fault point.

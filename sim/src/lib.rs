@@ -15,7 +15,10 @@ pub mod verdict;
 
 use std::path::Path;
 
-pub use engine::{CostModel, LossCause, Metrics, RunOptions, SimError, StallKind, run};
+pub use engine::{
+    CostModel, FaultOrigin, Loss, LossCause, LossOrigin, Metrics, RunOptions, SimError, StallKind,
+    run,
+};
 pub use scenario::{HostEventKind, Scenario, ScenarioError, ScheduledEvent};
 pub use verdict::{Thresholds, Verdicts, judge};
 

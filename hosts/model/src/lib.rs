@@ -78,6 +78,8 @@ pub struct Stage2Counters {
     pub pin_calls: u64,
     /// Pages pinned by those calls.
     pub pages_pinned: u64,
+    /// Pin calls refused at the locked-memory limit.
+    pub pins_refused_at_lock_limit: u64,
 }
 
 /// One memslot and a byte of state per host page of it.
@@ -227,6 +229,14 @@ impl Stage2Model {
         self.inner
             .lock()
             .is_pinned(ipa.page_base(self.granule).0, self.shift())
+    }
+
+    /// Why the host page of `ipa` is absent at stage 2 (`None`: present, or outside every
+    /// memslot): what made an SPU write there fault.
+    pub fn absence(&self, ipa: Ipa) -> Option<Absence> {
+        let m = self.inner.lock();
+        m.flags(ipa.page_base(self.granule).0, self.shift())
+            .and_then(absence_of)
     }
 
     /// The model's counters.
@@ -414,6 +424,7 @@ impl HostBacking for Stage2Model {
         if let Some(limit) = m.lock_limit {
             let now = m.pinned_pages * size;
             if now + requested > limit {
+                m.counters.pins_refused_at_lock_limit += 1;
                 return Err(HostError::LockLimit { requested, limit });
             }
         }

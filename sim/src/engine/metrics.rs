@@ -1,6 +1,6 @@
 //! What one run measures: samples due, kept and lost by cause (charged to the strategy, or the
 //! bare-metal baseline), the time vCPUs were kept out of the guest (stalls), pins, copies and
-//! migrations; and which erratum explains each charged loss.
+//! migrations; and, for each charged loss, what started it and which erratum explains it.
 //!
 //! The sampling rule (spec sheet §1.11b, Arm pseudocode `SPEPreExecution`): an operation counts
 //! towards the sample interval only while `StatisticalProfilingEnabled()` holds, which is false
@@ -97,6 +97,11 @@ pub struct Metrics {
     /// Computed only when [`crate::RunOptions::guest_digest`] asks for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_digest: Option<u64>,
+    /// The same probe, interrupt by interrupt for each vCPU (PMBSR but its COLL bit, PMBPTR
+    /// and the buffer's bytes; at most 4096 per vCPU): runs with different costs lose different
+    /// samples but must show the same sequence, as far as the shorter run goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_interrupt_digests: Vec<Vec<u64>>,
     /// Most bytes pinned at once (guest pages, or host buffers for shadow-buffer).
     pub pinned_peak_bytes: u64,
     /// Bytes pinned, averaged over the run.
@@ -146,7 +151,11 @@ pub struct Metrics {
     pub copy_wait_ns: f64,
     /// Bytes still pinned after VM stop (must be 0).
     pub pinned_after_stop: u64,
-    /// Charged samples lost, by the erratum of the strategy that explains the loss.
+    /// Charged samples lost, by what the run observed that started the loss (see
+    /// [`LossOrigin::name`]): `stage2-fault/reclaimed`, `host-buffer-full`, `size-too-large`...
+    pub loss_by_origin: BTreeMap<String, u64>,
+    /// Charged samples lost, by the erratum that explains the loss: the one its origin names
+    /// among those the strategy declares ([`Loss::explaining_erratum`]).
     pub loss_by_erratum: BTreeMap<String, u64>,
     /// Samples the accounting could not place (must be 0).
     pub unexplained_loss: u64,
@@ -193,12 +202,13 @@ impl Metrics {
         map.get(cause.name()).copied().unwrap_or(0)
     }
 
-    /// Counts `n` samples lost for `cause`: charged to the strategy (and to the erratum that
-    /// explains it), or to the bare-metal baseline.
-    pub(crate) fn lose(&mut self, cause: LossCause, n: u64, declared: &[&str]) {
+    /// Counts `n` samples lost to `loss`: charged to the strategy (and to the erratum its
+    /// origin names, if the strategy declares it), or to the bare-metal baseline.
+    pub(crate) fn lose(&mut self, loss: Loss, n: u64, declared: &[&str]) {
         if n == 0 {
             return;
         }
+        let cause = loss.cause;
         if cause.is_baseline() {
             self.baseline_lost += n;
             *self
@@ -209,7 +219,11 @@ impl Metrics {
         }
         self.samples_lost += n;
         *self.lost_by_cause.entry(cause.name().into()).or_insert(0) += n;
-        match explaining_erratum(&self.strategy, cause).filter(|id| declared.contains(id)) {
+        *self
+            .loss_by_origin
+            .entry(loss.origin.name().into())
+            .or_insert(0) += n;
+        match loss.explaining_erratum(declared) {
             Some(id) => *self.loss_by_erratum.entry(id.to_string()).or_insert(0) += n,
             None => self.unexplained_loss += n,
         }
@@ -330,19 +344,170 @@ impl StallKind {
     }
 }
 
-/// The erratum of `strategy` that explains a charged loss of `cause`, if any (docs/errata).
-fn explaining_erratum(strategy: &str, cause: LossCause) -> Option<&'static str> {
-    use LossCause::*;
-    match (strategy, cause) {
-        ("pin-all", Fatal) => Some("PA-05"),
-        ("pin-buffer", SpuStopped | BackgroundService | Recovery) => Some("PB-03"),
-        ("pin-buffer", Fatal) => Some("PB-01"),
-        ("fault-translate", SpuStopped | BackgroundService) => Some("FT-02"),
-        ("fault-translate", Recovery) => Some("FT-01"),
-        ("fault-translate", Fatal) => Some("FT-05"),
-        ("shadow-buffer", SpuStopped) => Some("SB-04"),
-        ("shadow-buffer", CopyWait) => Some("SB-06"),
-        ("shadow-buffer", Fatal) => Some("SB-05"),
-        _ => None,
+/// A loss of samples: why they went, and what the run observed that started it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// Why the samples were lost.
+    pub cause: LossCause,
+    /// The event that started it.
+    pub origin: LossOrigin,
+}
+
+impl Loss {
+    /// A bare-metal loss of `cause` (the guest's own doing or the SPU's).
+    pub(crate) const fn baseline(cause: LossCause) -> Self {
+        Loss {
+            cause,
+            origin: LossOrigin::Guest,
+        }
+    }
+
+    /// A charged loss of `cause` started by `origin`.
+    pub(crate) const fn new(cause: LossCause, origin: LossOrigin) -> Self {
+        Loss { cause, origin }
+    }
+
+    /// The erratum that explains this loss, among those `declared` by the strategy: derived
+    /// from what was observed (the fault and the state of the page it hit, the BSC or EC the
+    /// guest was handed, the host buffer that filled), never from the strategy's name. A loss
+    /// whose origin the strategy's errata do not name stays unexplained.
+    pub fn explaining_erratum<'a>(&self, declared: &[&'a str]) -> Option<&'a str> {
+        use {FaultOrigin as F, LossCause as C, LossOrigin as O};
+        let candidates: &[&str] = match (self.cause, self.origin) {
+            // A rewind or restart gives up records: the DL / rewind erratum, or the remap
+            // that caused the fault.
+            (C::Recovery, O::Stage2Fault(F::Remapped)) => &["FT-01", "PB-03"],
+            (C::Recovery, O::Stage2Fault(_)) => &["FT-01"],
+            // The SPU stood stopped at a fault: the erratum of what made the page fault.
+            (C::SpuStopped | C::BackgroundService, O::Stage2Fault(f)) => match f {
+                F::Remapped => &["PB-03", "FT-07"],
+                F::TablePage => &["FT-03"],
+                F::WriteProtected => &["FT-04"],
+                F::PostCopy => &["FT-06"],
+                F::Reclaimed => &["FT-02"],
+            },
+            (C::SpuStopped, O::HostBufferFull) => &["SB-04"],
+            (C::CopyWait, O::CopyBusy) => &["SB-06"],
+            (C::Fatal, O::SizeTooLarge { lock_limit: false }) => &["PB-01"],
+            (C::Fatal, O::SizeTooLarge { lock_limit: true }) => &["PB-08"],
+            (C::Fatal, O::SpeDisabled) => &["PA-05"],
+            (C::Fatal, O::Stage2Handed) => &["FT-05", "SB-05"],
+            _ => &[],
+        };
+        declared.iter().copied().find(|id| candidates.contains(id))
+    }
+}
+
+/// What the run observed that started a loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossOrigin {
+    /// The guest itself, or the SPU as on bare metal (baseline causes only).
+    Guest,
+    /// The SPU took a stage 2 fault (EC 0x25) on a page in this state.
+    Stage2Fault(FaultOrigin),
+    /// shadow-buffer: a host half filled (the host's own buffer-full).
+    HostBufferFull,
+    /// shadow-buffer: the SPU waited for a copy to free a host half.
+    CopyBusy,
+    /// The guest's enable was answered with BSC size too large; `lock_limit`: the host had
+    /// just refused a pin at its locked-memory limit.
+    SizeTooLarge {
+        /// The host's locked-memory limit refused the pin.
+        lock_limit: bool,
+    },
+    /// The host disabled SPE for the vCPU.
+    SpeDisabled,
+    /// The guest was handed a stage 2 fault (EC 0x25) that the host did not repair.
+    Stage2Handed,
+    /// Any other outcome that ended the session.
+    Other,
+}
+
+impl LossOrigin {
+    /// Its name in the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LossOrigin::Guest => "guest",
+            LossOrigin::Stage2Fault(f) => f.name(),
+            LossOrigin::HostBufferFull => "host-buffer-full",
+            LossOrigin::CopyBusy => "copy-busy",
+            LossOrigin::SizeTooLarge { lock_limit: false } => "size-too-large",
+            LossOrigin::SizeTooLarge { lock_limit: true } => "size-too-large/lock-limit",
+            LossOrigin::SpeDisabled => "spe-disabled",
+            LossOrigin::Stage2Handed => "stage2-fault-handed-to-guest",
+            LossOrigin::Other => "other",
+        }
+    }
+}
+
+/// Why the page a stage 2 fault hit was not writable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOrigin {
+    /// A buffer page the host took away (swap, reclaim, THP split, compaction, migration).
+    Reclaimed,
+    /// A buffer page not yet received from the post-copy source.
+    PostCopy,
+    /// Write-protected by dirty logging or KSM: a Permission fault.
+    WriteProtected,
+    /// A stage 1 table page the SPU's walk reads was absent.
+    TablePage,
+    /// A buffer page the guest remapped behind the host's back after enabling the buffer.
+    Remapped,
+}
+
+impl FaultOrigin {
+    /// Its name in the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FaultOrigin::Reclaimed => "stage2-fault/reclaimed",
+            FaultOrigin::PostCopy => "stage2-fault/post-copy",
+            FaultOrigin::WriteProtected => "stage2-fault/write-protected",
+            FaultOrigin::TablePage => "stage2-fault/table-page",
+            FaultOrigin::Remapped => "stage2-fault/remapped",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN_BUFFER: &[&str] = &[
+        "PB-01", "PB-02", "PB-03", "PB-04", "PB-05", "PB-06", "PB-07", "PB-08",
+    ];
+
+    #[test]
+    fn a_loss_is_explained_only_by_an_erratum_that_names_what_started_it() {
+        let mut m = Metrics::default();
+        let remap = Loss::new(
+            LossCause::SpuStopped,
+            LossOrigin::Stage2Fault(FaultOrigin::Remapped),
+        );
+        m.lose(remap, 3, PIN_BUFFER);
+        assert_eq!(m.loss_by_erratum.get("PB-03"), Some(&3));
+        // pin-buffer pins its buffer: a reclaimed page must never fault, and if it did, no
+        // erratum of pin-buffer would explain the loss.
+        let reclaimed = Loss::new(
+            LossCause::SpuStopped,
+            LossOrigin::Stage2Fault(FaultOrigin::Reclaimed),
+        );
+        m.lose(reclaimed, 2, PIN_BUFFER);
+        assert_eq!(m.unexplained_loss, 2);
+        assert_eq!(m.samples_lost, 5);
+        assert_eq!(m.loss_by_origin.get("stage2-fault/reclaimed"), Some(&2));
+        // The BSC the guest was handed tells PB-01 from PB-08.
+        let over = Loss::new(
+            LossCause::Fatal,
+            LossOrigin::SizeTooLarge { lock_limit: false },
+        );
+        let limit = Loss::new(
+            LossCause::Fatal,
+            LossOrigin::SizeTooLarge { lock_limit: true },
+        );
+        assert_eq!(over.explaining_erratum(PIN_BUFFER), Some("PB-01"));
+        assert_eq!(limit.explaining_erratum(PIN_BUFFER), Some("PB-08"));
+        // Baseline losses are never charged.
+        m.lose(Loss::baseline(LossCause::GuestIrq), 7, PIN_BUFFER);
+        assert_eq!((m.samples_lost, m.baseline_lost), (5, 7));
     }
 }

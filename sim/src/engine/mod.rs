@@ -47,7 +47,7 @@ use spe_policy::{
 use crate::scenario::{HostEventKind, Scenario, SpuModel};
 pub use guest::RAM_BASE;
 use guest::{BUFFER_VA, Guest, OUTSIDE_RAM, Rng, build_guest, sample_records};
-pub use metrics::{LossCause, Metrics, StallKind};
+pub use metrics::{FaultOrigin, Loss, LossCause, LossOrigin, Metrics, StallKind};
 use sim_host::SimHost;
 
 /// Costs of host work in virtual time, in nanoseconds (defaults in one place; from the real
@@ -215,8 +215,8 @@ pub enum SimError {
 enum Effect {
     /// The vCPU is in the host: no sample is due.
     Stall,
-    /// The guest runs with the SPU stopped: samples due are lost to the cause.
-    Lost(LossCause),
+    /// The guest runs with the SPU stopped: samples due are lost to it.
+    Lost(Loss),
 }
 
 /// A vCPU's pending windows after an event, back to back from the tick after it: e.g. the SPU
@@ -279,6 +279,9 @@ impl Windows {
 struct Task {
     away: bool,
     left: u64,
+    /// The task's own generator for its run and away times: the records the SPU writes do not
+    /// depend on where the switches fall (nor on how many samples were lost before them).
+    rng: Rng,
 }
 
 #[derive(Debug)]
@@ -294,7 +297,10 @@ struct Vcpu {
     /// Stalls and SPU-stopped windows pending.
     windows: Windows,
     fatal: bool,
-    fatal_cause: LossCause,
+    fatal_cause: Loss,
+    /// Buffer pages (offsets) the guest remapped behind the host's back: a stage 2 fault on
+    /// one of them is the remap's.
+    remapped: Vec<u64>,
     /// The guest disabled its buffer (perf stopped): no sample is due.
     disabled: bool,
     /// Per-task profiling.
@@ -317,11 +323,33 @@ struct Vcpu {
     unpredictable: bool,
     /// When the last sampled operation leaves the pipeline.
     in_flight_until: f64,
-    /// This vCPU's generator (operation latencies, record sizes, task switches): one per vCPU,
-    /// so a vCPU's records do not depend on how the others' intervals are ordered.
+    /// This vCPU's generator (operation latencies, record sizes): one per vCPU, so a vCPU's
+    /// records do not depend on how the others' intervals are ordered; drawn only for samples
+    /// taken, so they do not depend on which samples were lost either.
     rng: Rng,
     /// A collision happened since the SPU's PMBSR.COLL was last handed over.
     coll_pending: bool,
+}
+
+/// What a fatal buffer event handed to the guest says started the loss: its BSC or EC, read
+/// from the PMBSR the guest received (`lock_limit`: the host had just refused a pin at its
+/// locked-memory limit).
+fn handed(pmbsr: Pmbsr, lock_limit: bool) -> LossOrigin {
+    match BufferEvent::decode(pmbsr).kind {
+        BufferEventKind::SizeTooLarge => LossOrigin::SizeTooLarge { lock_limit },
+        BufferEventKind::Fault {
+            stage: Stage::Two, ..
+        } => LossOrigin::Stage2Handed,
+        _ => LossOrigin::Other,
+    }
+}
+
+/// What a strategy outcome other than an injection says ended the session.
+fn ended_by(out: &Outcome) -> LossOrigin {
+    match out {
+        Outcome::DisableSpe(_) => LossOrigin::SpeDisabled,
+        _ => LossOrigin::Other,
+    }
 }
 
 /// A buffer page's stage 1 translation as the SPU's walk finds it.
@@ -338,6 +366,8 @@ enum SpuFault {
         fsc: FaultStatusCode,
         /// The page is outside every memslot (the guest pointed its buffer there).
         outside_ram: bool,
+        /// Why the page (or a table page) was not writable.
+        origin: FaultOrigin,
     },
 }
 
@@ -405,6 +435,9 @@ fn regs(ptr: u64, limit: u64, enabled: bool, pmbsr: Pmbsr) -> BufferRegs {
 
 /// FNV-1a style over 64-byte blocks in eight independent lanes (so the multiplies pipeline),
 /// then the tail bytes: a digest of every buffer at every interrupt must not dominate the run.
+/// Interrupts digested one by one per vCPU (the guest digest probe): enough for any test.
+const MAX_INTERRUPT_DIGESTS: usize = 4096;
+
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0100_0000_01b3;
     let word = |b: &[u8]| {
@@ -686,13 +719,18 @@ pub fn run(
     }
     sim.cpus = (0..vcpus)
         .map(|v| {
-            let mut rng = Rng((scenario.seed
-                ^ (u64::from(v) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                | 1);
-            let task = tasks.map(|[run, _]| Task {
-                away: false,
-                left: draw(&mut rng, run),
+            let rng = Rng(
+                (scenario.seed ^ (u64::from(v) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    | 1,
+            );
+            let task = tasks.map(|[run, _]| {
+                let mut rng = Rng(rng.0.rotate_left(17) ^ 0x5851_f42d_4c95_7f2d | 1);
+                Task {
+                    away: false,
+                    left: draw(&mut rng, run),
+                    rng,
+                }
             });
             Vcpu {
                 base: BUFFER_VA + u64::from(v) * (1 << 30),
@@ -702,7 +740,8 @@ pub fn run(
                 starts: Vec::new(),
                 windows: Windows::new(),
                 fatal: !started,
-                fatal_cause: LossCause::Fatal,
+                fatal_cause: Loss::new(LossCause::Fatal, LossOrigin::Other),
+                remapped: Vec::new(),
                 disabled: false,
                 task,
                 copy_busy_until: 0.0,
@@ -791,23 +830,26 @@ impl Sim<'_> {
     }
 
     /// vCPU `v`'s guest runs for `ns` after the event at `now` with its SPU stopped: the
-    /// samples due are lost to `cause`.
-    fn stopped(&mut self, v: u32, now: f64, ns: f64, cause: LossCause) {
+    /// samples due are lost to `loss`.
+    fn stopped(&mut self, v: u32, now: f64, ns: f64, loss: Loss) {
         if ns <= 0.0 {
             return;
         }
         let interval = self.interval;
         self.cpus[v as usize]
             .windows
-            .push(now, ns, interval, Effect::Lost(cause));
+            .push(now, ns, interval, Effect::Lost(loss));
     }
 
     /// The work the host does for a buffer event, where the config says: a stall before the
-    /// guest re-enters, or SPU-stopped guest time in the background.
-    fn service(&mut self, v: u32, now: f64, ns: f64, kind: StallKind) {
+    /// guest re-enters, or SPU-stopped guest time in the background (lost to `origin`).
+    fn service(&mut self, v: u32, now: f64, ns: f64, kind: StallKind, origin: LossOrigin) {
         match self.service {
             ServiceMode::BeforeEntry => self.stall(v, now, ns, kind),
-            ServiceMode::Background => self.stopped(v, now, ns, LossCause::BackgroundService),
+            ServiceMode::Background => {
+                let loss = Loss::new(LossCause::BackgroundService, origin);
+                self.stopped(v, now, ns, loss)
+            }
         }
     }
 
@@ -876,9 +918,20 @@ impl Sim<'_> {
             .all(|t| self.page_state(*t, generation).present);
         // The host maps guest RAM with last-level (4 KiB) pages at stage 2.
         if !tables_present || !data.present {
+            let c = &self.cpus[v as usize];
+            let origin = if !tables_present {
+                FaultOrigin::TablePage
+            } else if c.remapped.contains(&(page - c.base)) {
+                FaultOrigin::Remapped
+            } else if self.host.model.absence(ipa) == Some(Absence::PostCopyPending) {
+                FaultOrigin::PostCopy
+            } else {
+                FaultOrigin::Reclaimed
+            };
             return Err(SpuFault::Stage2 {
                 fsc: FaultStatusCode::Translation(3),
                 outside_ram: !data.in_memslot,
+                origin,
             });
         }
         if data.write_protected {
@@ -886,6 +939,7 @@ impl Sim<'_> {
             return Err(SpuFault::Stage2 {
                 fsc: FaultStatusCode::Permission(3),
                 outside_ram: false,
+                origin: FaultOrigin::WriteProtected,
             });
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
@@ -922,9 +976,9 @@ impl Sim<'_> {
         let c = &mut self.cpus[v as usize];
         match c.windows.at(now) {
             Some(Effect::Stall) => return Ok(None),
-            Some(Effect::Lost(cause)) if !c.disabled => {
+            Some(Effect::Lost(loss)) if !c.disabled => {
                 self.due(v);
-                self.m.lose(cause, 1, &self.declared);
+                self.m.lose(loss, 1, &self.declared);
                 return Ok(None);
             }
             _ => {}
@@ -948,13 +1002,13 @@ impl Sim<'_> {
         }
         let c = &self.cpus[v as usize];
         if c.fatal || c.unpredictable {
-            let cause = if c.fatal {
+            let loss = if c.fatal {
                 c.fatal_cause
             } else {
-                LossCause::GuestError
+                Loss::baseline(LossCause::GuestError)
             };
             self.due(v);
-            self.m.lose(cause, 1, &self.declared);
+            self.m.lose(loss, 1, &self.declared);
             return Ok(None);
         }
         // The vCPU's generator is advanced only once the interval is taken.
@@ -964,7 +1018,8 @@ impl Sim<'_> {
             // §1.11 rule 13: one sampled operation in flight at a time in this model.
             if now < in_flight_until {
                 self.due(v);
-                self.m.lose(LossCause::Collision, 1, &self.declared);
+                self.m
+                    .lose(Loss::baseline(LossCause::Collision), 1, &self.declared);
                 self.cpus[v as usize].coll_pending = true;
                 return Ok(None);
             }
@@ -980,7 +1035,8 @@ impl Sim<'_> {
             // §1.2: FM = discard; the sample is taken and dropped, nothing is written.
             take(&mut self.cpus[v as usize]);
             self.due(v);
-            self.m.lose(LossCause::DiscardMode, 1, &self.declared);
+            self.m
+                .lose(Loss::baseline(LossCause::DiscardMode), 1, &self.declared);
             return Ok(None);
         }
         match self.shadow {
@@ -1008,18 +1064,26 @@ impl Sim<'_> {
             return Ok(());
         };
         let c = &mut self.cpus[v as usize];
-        let Some(t) = c.task else {
+        let Some(mut t) = c.task else {
             return Ok(());
         };
         if t.away {
-            let left = draw(&mut c.rng, run);
-            c.task = Some(Task { away: false, left });
+            let left = draw(&mut t.rng, run);
+            c.task = Some(Task {
+                away: false,
+                left,
+                ..t
+            });
             if !c.fatal {
                 self.enable(v, now)?;
             }
         } else {
-            let left = draw(&mut c.rng, away);
-            c.task = Some(Task { away: true, left });
+            let left = draw(&mut t.rng, away);
+            c.task = Some(Task {
+                away: true,
+                left,
+                ..t
+            });
             if !c.fatal {
                 self.disable_buffer(v, now)?;
             }
@@ -1116,6 +1180,7 @@ impl Sim<'_> {
                 let fault = fault.unwrap_or(SpuFault::Stage2 {
                     fsc: FaultStatusCode::Translation(3),
                     outside_ram: false,
+                    origin: FaultOrigin::Reclaimed,
                 });
                 self.spu_fault(v, now, f, fault)?
             }
@@ -1139,7 +1204,9 @@ impl Sim<'_> {
         };
         match fault {
             SpuFault::Stage1(_) => self.m.stage1_faults += 1,
-            SpuFault::Stage2 { fsc, outside_ram } => {
+            SpuFault::Stage2 {
+                fsc, outside_ram, ..
+            } => {
                 self.m.stage2_faults += 1;
                 self.m.guest_error_faults += u64::from(outside_ram);
                 self.m.stage2_permission_faults +=
@@ -1164,13 +1231,20 @@ impl Sim<'_> {
             + (after.post_copy_fetches - before.post_copy_fetches) as f64 * cost.post_copy_fetch_ns
             + (f - safe) as f64 * cost.scan_byte_ns
             + self.pin_cost(before);
+        // What started any loss here: the page's state the fault observed.
+        let origin = match fault {
+            SpuFault::Stage2 { origin, .. } => LossOrigin::Stage2Fault(origin),
+            SpuFault::Stage1(_) => LossOrigin::Guest,
+        };
         let outcome_resumes = matches!(out, Outcome::ResumeAt { .. } | Outcome::Resume);
         if outcome_resumes {
             // The SPU stopped at a fault bare metal would not take; the guest runs on
             // unprofiled until the host takes the interrupt, then the host services it.
-            self.stopped(v, now, cost.spu_irq_latency_ns, LossCause::SpuStopped);
-            self.service(v, now, service, StallKind::FaultService);
+            let stop = Loss::new(LossCause::SpuStopped, origin);
+            self.stopped(v, now, cost.spu_irq_latency_ns, stop);
+            self.service(v, now, service, StallKind::FaultService, origin);
         }
+        let recovery = Loss::new(LossCause::Recovery, origin);
         match out {
             Outcome::ResumeAt { pmbptr } => {
                 let resume = pmbptr.0.saturating_sub(base).min(f);
@@ -1186,29 +1260,30 @@ impl Sim<'_> {
                 c.ptr = resume;
                 c.safe = resume;
                 self.m.records_written -= gone - 1;
-                self.m.lose(LossCause::Recovery, gone, &self.declared);
+                self.m.lose(recovery, gone, &self.declared);
             }
             Outcome::Resume => {
                 // The SPU restarts at the faulting address: a mid-record fault leaves a torn
                 // record.
                 self.m.torn_records += u64::from(mid_record);
                 self.cpus[v as usize].ptr = f;
-                self.m.lose(LossCause::Recovery, 1, &self.declared);
+                self.m.lose(recovery, 1, &self.declared);
             }
             Outcome::Inject { pmbsr, pmbptr } => {
-                let cause = if fault.guest_error() {
-                    LossCause::GuestError
+                let loss = if fault.guest_error() {
+                    Loss::baseline(LossCause::GuestError)
                 } else {
-                    LossCause::Fatal
+                    Loss::new(LossCause::Fatal, handed(pmbsr, false))
                 };
-                self.m.lose(cause, 1, &self.declared);
-                self.cpus[v as usize].fatal_cause = cause;
+                self.m.lose(loss, 1, &self.declared);
+                self.cpus[v as usize].fatal_cause = loss;
                 self.guest_interrupt(v, now, pmbsr, pmbptr.0)?;
             }
-            _ => {
+            out => {
                 // SPE disabled or refused: Linux's session ends.
-                self.m.lose(LossCause::Fatal, 1, &self.declared);
-                self.end_session(v, LossCause::Fatal);
+                let loss = Loss::new(LossCause::Fatal, ended_by(&out));
+                self.m.lose(loss, 1, &self.declared);
+                self.end_session(v, loss);
             }
         }
         Ok(())
@@ -1295,7 +1370,8 @@ impl Sim<'_> {
             Outcome::Resume => {
                 // The host's own interrupt: the SPU stood stopped from the buffer-full until
                 // the host took it (bare metal has no such stop), then the host flips halves.
-                self.stopped(v, now, cost.spu_irq_latency_ns, LossCause::SpuStopped);
+                let stop = Loss::new(LossCause::SpuStopped, LossOrigin::HostBufferFull);
+                self.stopped(v, now, cost.spu_irq_latency_ns, stop);
                 self.stall(v, now, cost.host_irq_ns, StallKind::HostIrq);
                 match self.service {
                     ServiceMode::BeforeEntry => self.stall(v, now, copy, StallKind::Copy),
@@ -1307,7 +1383,8 @@ impl Sim<'_> {
                         c.copy_busy_until = c.copy_busy_until.max(now) + copy;
                         if wait > 0.0 {
                             self.m.copy_wait_ns += wait;
-                            self.stopped(v, now, wait, LossCause::CopyWait);
+                            let busy = Loss::new(LossCause::CopyWait, LossOrigin::CopyBusy);
+                            self.stopped(v, now, wait, busy);
                         }
                     }
                 }
@@ -1324,15 +1401,15 @@ impl Sim<'_> {
                     } || stage == Stage::One;
                     self.m.guest_error_faults += u64::from(outside);
                     self.cpus[v as usize].fatal_cause = if outside {
-                        LossCause::GuestError
+                        Loss::baseline(LossCause::GuestError)
                     } else {
-                        LossCause::Fatal
+                        Loss::new(LossCause::Fatal, handed(pmbsr, false))
                     };
                 }
                 self.guest_interrupt(v, now, pmbsr, pmbptr.0)
             }
-            _ => {
-                self.end_session(v, LossCause::Fatal);
+            out => {
+                self.end_session(v, Loss::new(LossCause::Fatal, ended_by(&out)));
                 Ok(())
             }
         }
@@ -1383,7 +1460,8 @@ impl Sim<'_> {
         pmbptr: u64,
     ) -> Result<(), SimError> {
         let cost = self.cost;
-        self.stopped(v, now, cost.spu_irq_latency_ns, LossCause::GuestIrq);
+        let irq = Loss::baseline(LossCause::GuestIrq);
+        self.stopped(v, now, cost.spu_irq_latency_ns, irq);
         self.stall(v, now, cost.host_irq_ns, StallKind::IrqForward);
         let (pmbsr, pmbptr) = if self.shadow.is_some() {
             let sr = self.read_reg(v, now, BufferReg::Pmbsr)?;
@@ -1395,7 +1473,7 @@ impl Sim<'_> {
             let coll = std::mem::take(&mut c.coll_pending);
             (pmbsr.with_coll(pmbsr.coll() || coll), pmbptr)
         };
-        self.stopped(v, now, cost.guest_irq_handler_ns, LossCause::GuestIrq);
+        self.stopped(v, now, cost.guest_irq_handler_ns, irq);
         self.note_guest_event(pmbsr);
         self.m.guest_interrupts += 1;
         self.m.guest_truncated += u64::from(pmbsr.dl());
@@ -1417,20 +1495,19 @@ impl Sim<'_> {
     }
 
     /// Linux's session on vCPU `v` ends (a fault or status it cannot handle, a refused
-    /// enable): the guest-visible fatal event, and every later sample lost to `cause`.
-    fn end_session(&mut self, v: u32, cause: LossCause) {
+    /// enable): the guest-visible fatal event, and every later sample lost to `loss`.
+    fn end_session(&mut self, v: u32, loss: Loss) {
         self.m.fatal_events += 1;
         let c = &mut self.cpus[v as usize];
         c.fatal = true;
-        c.fatal_cause = cause;
+        c.fatal_cause = loss;
     }
 
     fn digest(&mut self, v: u32, pmbsr: Pmbsr, pmbptr: u64) {
         let base = self.cpus[v as usize].base;
-
-        let mut h = self.m.guest_digest.unwrap_or_default();
-        h = fnv(h, &v.to_le_bytes());
-        h = fnv(h, &pmbsr.into_bits().to_le_bytes());
+        // This interrupt alone, without PMBSR.COLL (whether a sample collided depends on
+        // timing): what a run with other costs must also show at this vCPU's same interrupt.
+        let mut h = fnv(0, &pmbsr.with_coll(false).into_bits().to_le_bytes());
         h = fnv(h, &pmbptr.wrapping_sub(base).to_le_bytes());
         let end = pmbptr.saturating_sub(base).min(self.cpus[v as usize].size);
         let mut at = 0;
@@ -1443,7 +1520,17 @@ impl Sim<'_> {
             }
             at += n;
         }
-        self.m.guest_digest = Some(h);
+        let per_vcpu = &mut self.m.guest_interrupt_digests;
+        if per_vcpu.len() <= v as usize {
+            per_vcpu.resize(v as usize + 1, Vec::new());
+        }
+        if per_vcpu[v as usize].len() < MAX_INTERRUPT_DIGESTS {
+            per_vcpu[v as usize].push(h);
+        }
+        let mut chain = self.m.guest_digest.unwrap_or_default();
+        chain = fnv(chain, &v.to_le_bytes());
+        chain = fnv(chain, &pmbsr.into_bits().to_le_bytes());
+        self.m.guest_digest = Some(fnv(chain, &h.to_le_bytes()));
     }
 
     /// The guest programs its buffer (Linux: PMBPTR, PMBLIMITR with E = 1, then PMBSR = 0),
@@ -1494,22 +1581,24 @@ impl Sim<'_> {
             Outcome::Resume | Outcome::ResumeAt { .. } => Ok(()),
             Outcome::Inject { pmbsr, .. } => {
                 // The SPU raises the event at once (a refused enable: BSC size too large); the
-                // driver reads it as an unknown status and stops the session (§4.3).
+                // driver reads it as an unknown status and stops the session (§4.3). Whether
+                // the host had just refused a pin at its locked-memory limit tells PB-08 from
+                // PB-01.
+                let refused = self.host.model.counters().pins_refused_at_lock_limit
+                    > before.1.pins_refused_at_lock_limit;
                 self.note_guest_event(pmbsr);
-                self.end_session(v, LossCause::Fatal);
+                self.end_session(v, Loss::new(LossCause::Fatal, handed(pmbsr, refused)));
                 Ok(())
             }
-            Outcome::DisableSpe(_) => {
-                *self
-                    .m
-                    .guest_events
-                    .entry("spe-disabled".into())
-                    .or_insert(0) += 1;
-                self.end_session(v, LossCause::Fatal);
-                Ok(())
-            }
-            _ => {
-                self.end_session(v, LossCause::Fatal);
+            out => {
+                if matches!(out, Outcome::DisableSpe(_)) {
+                    *self
+                        .m
+                        .guest_events
+                        .entry("spe-disabled".into())
+                        .or_insert(0) += 1;
+                }
+                self.end_session(v, Loss::new(LossCause::Fatal, ended_by(&out)));
                 Ok(())
             }
         }
@@ -1759,6 +1848,11 @@ impl Sim<'_> {
             return;
         };
         let va = Gva(BUFFER_VA + u64::from(v) * (1 << 30) + (nth - 1) * 4096);
+        if let Some(c) = self.cpus.get_mut(v as usize) {
+            if !c.remapped.contains(&((nth - 1) * 4096)) {
+                c.remapped.push((nth - 1) * 4096);
+            }
+        }
         let walker = Walker::with_options(self.guest.stage1, self.walk, &self.guest.ram);
         let Some(desc) = walker.translate(va).ok().and_then(|t| t.leaf_descriptor) else {
             return;
