@@ -58,8 +58,14 @@ fn codec(c: &mut Criterion) {
                 .count()
         })
     });
+    // Packet iteration in both modes: perf mode is what Linux perf's arm_spe_get_packet()
+    // does (PAD runs grouped, perf's quirks); docs/BENCHMARKS.md compares it with perf's own
+    // decoder built from a kernel tree (bench/perf_compare).
     g.bench_function("decode_packets", |b| {
         b.iter(|| Packets::new(black_box(&buf), DecodeMode::Architecture).count())
+    });
+    g.bench_function("decode_packets_perf", |b| {
+        b.iter(|| Packets::new(black_box(&buf), DecodeMode::Perf).count())
     });
     let mut text = String::with_capacity(64 << 20);
     g.bench_function("perf_text", |b| {

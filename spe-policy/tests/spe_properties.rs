@@ -106,6 +106,52 @@ proptest! {
     }
 
     #[test]
+    fn the_packet_iterators_fast_path_yields_exactly_what_parse_decodes(
+        chunks in prop::collection::vec(
+            prop_oneof![
+                // Runs of padding, shorter and longer than perf's 16-byte group.
+                (0usize..40).prop_map(|n| vec![0u8; n]),
+                prop::sample::select(vec![0x01u8, 0x71, 0x20, 0x21, 0xb0, 0x98, 0x42])
+                    .prop_map(|h| vec![h]),
+                prop::collection::vec(any::<u8>(), 1..12),
+            ],
+            0..64,
+        ),
+    ) {
+        let bytes: Vec<u8> = chunks.concat();
+        // The reference: parse() packet by packet, a bad byte stepping one byte, and perf
+        // mode's PAD grouping up to 16 bytes (arm_spe_get_packet).
+        for mode in [DecodeMode::Architecture, DecodeMode::Perf] {
+            let mut reference = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                match parse(&bytes[at..], mode, at) {
+                    Ok((packet, mut len)) => {
+                        if mode == DecodeMode::Perf && packet.is_padding() {
+                            while len < 16 && bytes.get(at + len) == Some(&0) {
+                                len += 1;
+                            }
+                        }
+                        reference.push((at, len, Some(packet)));
+                        at += len;
+                    }
+                    Err(_) => {
+                        reference.push((at, 1, None));
+                        at += 1;
+                    }
+                }
+            }
+            let items: Vec<_> = Packets::new(&bytes, mode)
+                .map(|i| match i {
+                    StreamItem::Packet { offset, bytes, packet } => (offset, bytes.len(), Some(packet)),
+                    StreamItem::Bad { offset, .. } => (offset, 1, None),
+                })
+                .collect();
+            prop_assert_eq!(items, reference);
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_and_every_decoded_packet_re_encodes_to_its_bytes(
         bytes in prop::collection::vec(any::<u8>(), 0..512),
     ) {

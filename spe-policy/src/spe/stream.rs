@@ -10,7 +10,10 @@
 //! * PAD runs: perf prints up to 16 consecutive 0x00 bytes as one `PAD` line. [`Packets`] yields
 //!   single-byte PADs in architecture mode and perf's groups in perf mode.
 
-use crate::spe::packet::{DecodeMode, Packet, ParseError, parse};
+use crate::spe::packet::{
+    DecodeMode, HEADER_CLASS, HeaderClass, PACKET_LEN, Packet, ParseError, parse, read_payload,
+    single_header_packet,
+};
 
 /// One item of a packet stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,10 +83,62 @@ impl<'a> Packets<'a> {
 impl<'a> Iterator for Packets<'a> {
     type Item = StreamItem<'a>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<StreamItem<'a>> {
-        let rest = self.buf.get(self.pos..).filter(|r| !r.is_empty())?;
         let offset = self.pos;
+        let rest = self.buf.get(offset..)?;
+        let &h = rest.first()?;
+        // The fast path, inline: padding and whole single-byte-header packets (all but the
+        // extended and unknown headers), which are nearly every packet of a real buffer. The
+        // rest goes through `parse`, which decodes the same packets the same way.
+        if h == 0 {
+            let len = match self.mode {
+                DecodeMode::Architecture => 1,
+                // arm_spe_get_packet groups a PAD run up to 16 bytes on one line.
+                DecodeMode::Perf => 1 + zeros_up_to_15(&rest[1..]),
+            };
+            self.pos += len;
+            return Some(StreamItem::Packet {
+                offset,
+                bytes: &rest[..len],
+                packet: Packet::Pad,
+            });
+        }
+        let class = HEADER_CLASS[h as usize];
+        let len = PACKET_LEN[h as usize] as usize;
+        if !matches!(class, HeaderClass::Extended | HeaderClass::Unknown) && rest.len() >= len {
+            let v = read_payload(rest, 1, len - 1);
+            if let Some(packet) = single_header_packet(class, h, v) {
+                self.pos += len;
+                return Some(StreamItem::Packet {
+                    offset,
+                    bytes: &rest[..len],
+                    packet,
+                });
+            }
+        }
+        self.slow(rest, offset)
+    }
+}
+
+/// How many 0x00 bytes start `buf`, at most 15: one 16-byte load where the slice allows.
+#[inline(always)]
+fn zeros_up_to_15(buf: &[u8]) -> usize {
+    match buf.get(..16) {
+        Some(b) => {
+            let mut w = [0u8; 16];
+            w.copy_from_slice(b);
+            ((u128::from_le_bytes(w).trailing_zeros() / 8) as usize).min(15)
+        }
+        None => buf.iter().take(15).take_while(|b| **b == 0).count(),
+    }
+}
+
+impl<'a> Packets<'a> {
+    /// Everything the fast path leaves: extended and unknown headers, packets cut short, bad
+    /// bytes, and perf's alignment quirk.
+    #[inline(never)]
+    fn slow(&mut self, rest: &'a [u8], offset: usize) -> Option<StreamItem<'a>> {
         match parse(rest, self.mode, offset) {
             Ok((packet, mut len)) => {
                 if self.mode == DecodeMode::Perf && packet.is_padding() {
