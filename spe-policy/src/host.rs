@@ -105,6 +105,16 @@ impl PageState {
     }
 }
 
+/// Where a [`HostBacking::write_guest_batch`] stopped: the writes before `written` are done,
+/// that one failed with `error`, the rest were not attempted.
+#[derive(Debug)]
+pub struct WriteStopped {
+    /// Writes completed.
+    pub written: usize,
+    /// Why the next one failed.
+    pub error: HostError,
+}
+
 /// How a fault-in went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultIn {
@@ -179,6 +189,18 @@ pub trait HostBacking: Sync {
 
     /// Writes guest memory through the VMM's ordinary path (may sleep; marks pages dirty).
     fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError>;
+
+    /// Writes each `(ipa, bytes)` of `writes` in order, as [`Self::write_guest`] would, and
+    /// stops at the first that fails. shadow-buffer's copy makes one call per copy (a host half
+    /// lands in many scattered guest pages), so a host can take its locks once for the batch;
+    /// the default calls `write_guest` for each.
+    fn write_guest_batch(&self, writes: &[(Ipa, &[u8])]) -> Result<(), WriteStopped> {
+        for (written, (ipa, bytes)) in writes.iter().enumerate() {
+            self.write_guest(*ipa, bytes)
+                .map_err(|error| WriteStopped { written, error })?;
+        }
+        Ok(())
+    }
 
     /// Injects a buffer management event into `vcpu`: another vCPU than the one whose event is
     /// being handled, or that one when the event's outcome must be a value (a trapped read that

@@ -41,7 +41,7 @@ pub use addr::{Granule, Gva, Ipa, Pa};
 pub use errata::{Erratum, GuestTold, Profile, Property};
 pub use event::{BufferReg, BufferRegs, Event, Outcome};
 pub use guest_memory::{GuestMemoryRead, GuestRam, UnbackedIpa};
-pub use host::{HostBacking, HostError, IpaRange, Memslot, VcpuId};
+pub use host::{HostBacking, HostError, IpaRange, Memslot, VcpuId, WriteStopped};
 pub use strategy::{BackingStrategy, PolicyError, StrategyStats};
 pub use vm::VmSpec;
 

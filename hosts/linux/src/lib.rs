@@ -25,7 +25,7 @@ use std::path::Path;
 use parking_lot::{Mutex, RwLock};
 use spe_policy::arch::{Pmbptr, Pmbsr};
 use spe_policy::host::{FaultIn, HostBacking, HostError, HostGranule, PageState};
-use spe_policy::{Granule, GuestMemoryRead, Ipa, IpaRange, VcpuId};
+use spe_policy::{Granule, GuestMemoryRead, Ipa, IpaRange, VcpuId, WriteStopped};
 
 /// Why the guest RAM could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -466,24 +466,83 @@ impl HostBacking for LinuxGuestRam {
     }
 
     fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError> {
-        let range = IpaRange::new(ipa, bytes.len() as u64);
-        let off = ipa
-            .0
-            .checked_sub(self.base.0)
-            .filter(|o| o + bytes.len() as u64 <= self.len as u64)
-            .ok_or(HostError::NotInMemslot(ipa))?;
-        for page in range.pages(self.granule()) {
-            if self.tracking.lock().write_protected.remove(&page.0) {
-                self.protect_page(page, false)?;
+        self.write_guest_batch(&[(ipa, bytes)])
+            .map_err(|stopped| stopped.error)
+    }
+
+    /// One tracking lock for the pages to unprotect, one write lock for the copies: however
+    /// many pages the batch touches.
+    fn write_guest_batch(&self, writes: &[(Ipa, &[u8])]) -> Result<(), WriteStopped> {
+        let offset = |ipa: Ipa, len: usize| {
+            ipa.0
+                .checked_sub(self.base.0)
+                .filter(|o| o.saturating_add(len as u64) <= self.len as u64)
+        };
+        // The writes before the first outside the mapping are done, as one by one.
+        let inside = writes
+            .iter()
+            .position(|(ipa, bytes)| offset(*ipa, bytes.len()).is_none())
+            .unwrap_or(writes.len());
+        // Dirty logging write-protects pages (mprotect): the pages to make writable first,
+        // with the write each belongs to.
+        let protected: Vec<(usize, Ipa)> = {
+            let mut t = self.tracking.lock();
+            if t.write_protected.is_empty() {
+                Vec::new()
+            } else {
+                let mut out = Vec::new();
+                for (i, (ipa, bytes)) in writes[..inside].iter().enumerate() {
+                    let range = IpaRange::new(*ipa, bytes.len() as u64);
+                    for page in range.pages(self.granule()) {
+                        if t.write_protected.remove(&page.0) {
+                            out.push((i, page));
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let mut done = inside;
+        let mut failed = None;
+        for (k, (i, page)) in protected.iter().enumerate() {
+            if let Err(e) = self.protect_page(*page, false) {
+                // Still protected: this page and every later one stay tracked as such.
+                let mut t = self.tracking.lock();
+                for (_, p) in &protected[k..] {
+                    t.write_protected.insert(p.0);
+                }
+                done = *i;
+                failed = Some(e);
+                break;
             }
         }
-        let _guard = self.data.write();
-        // SAFETY: `off..off + len` is inside the mapping (checked above) and now writable; the
-        // write lock excludes every other access; `bytes` does not overlap the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off as usize), bytes.len());
+        {
+            let _guard = self.data.write();
+            for (ipa, bytes) in &writes[..done] {
+                let off = offset(*ipa, bytes.len()).unwrap_or_default();
+                // SAFETY: `off..off + len` is inside the mapping (checked above) and writable
+                // (unprotected above); the write lock excludes every other access; `bytes`
+                // does not overlap the mapping.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        self.ptr.add(off as usize),
+                        bytes.len(),
+                    );
+                }
+            }
         }
-        Ok(())
+        match failed {
+            Some(error) => Err(WriteStopped {
+                written: done,
+                error,
+            }),
+            None if inside < writes.len() => Err(WriteStopped {
+                written: inside,
+                error: HostError::NotInMemslot(writes[inside].0),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn inject(&self, vcpu: VcpuId, pmbsr: Pmbsr, pmbptr: Pmbptr) -> Result<(), HostError> {

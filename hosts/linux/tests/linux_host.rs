@@ -161,3 +161,34 @@ fn fault_translate_repairs_a_really_paged_out_buffer_page() {
     assert!(r.page_state(g.buffer_pages[0]).present);
     assert_eq!(r.pinned_bytes(), 0);
 }
+
+#[test]
+fn a_batch_of_writes_lifts_write_protection_and_stops_at_the_first_write_outside_ram() {
+    // shadow-buffer's copy hands the host every write of a copy at once (one lock round):
+    // write-protected pages (dirty logging) are made writable first, and a write outside the
+    // mapping stops the batch with the writes before it done, as one by one.
+    let page = host_page_size() as u64;
+    let (_d, r) = ram(8 * page as usize);
+    let base = Ipa(0x4000_0000);
+    r.write_protect(r.range(), true).expect("mprotect");
+    let a = Ipa(base.0 + 2 * page);
+    let b = Ipa(base.0 + 5 * page + 100);
+    let outside = Ipa(base.0 + 8 * page);
+    r.write_guest_batch(&[(a, b"first"), (b, b"second")])
+        .expect("both inside");
+    assert!(!r.page_state(a).write_protected && !r.page_state(b).write_protected);
+    assert!(
+        r.page_state(Ipa(base.0 + 3 * page)).write_protected,
+        "untouched pages stay"
+    );
+    let stopped = r
+        .write_guest_batch(&[(a, b"again"), (outside, b"lost"), (b, b"never")])
+        .expect_err("the second write is outside RAM");
+    assert_eq!(stopped.written, 1);
+    assert!(matches!(stopped.error, HostError::NotInMemslot(ipa) if ipa == outside));
+    let mut got = [0u8; 6];
+    r.read(a, &mut got[..5]).expect("read");
+    assert_eq!(&got[..5], b"again");
+    r.read(b, &mut got).expect("read");
+    assert_eq!(&got, b"second", "the write after the stop was not made");
+}

@@ -3,10 +3,10 @@
 //! access rules of spec sheet §3.5) and the VMM's ordinary guest-memory write path (which may
 //! wait for swap-in or a post-copy fetch, and marks pages dirty for migration).
 
-use spe_policy::arch::walk::{Stage1Regs, WalkError, WalkOptions, Walker};
+use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, WalkOptions, Walker};
 use spe_policy::arch::{BufferEvent, FaultStatusCode, Pmbsr, Stage};
 use spe_policy::spe::{DecodeMode, Fill, Record, Records};
-use spe_policy::{GuestMemoryRead, Gva, HostBacking, HostError, Ipa};
+use spe_policy::{GuestMemoryRead, Gva, HostBacking, HostError, Ipa, WriteStopped};
 
 /// How a copy ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,9 @@ impl Tlb {
     }
 }
 
-/// Copies `bytes` (complete records) to the guest VA `to`, walking once per leaf block.
+/// Copies `bytes` (complete records) to the guest VA `to`, walking once per leaf block, and
+/// hands the host every write of the copy in one [`HostBacking::write_guest_batch`] call (one
+/// lock round, not one per page).
 pub(crate) fn copy_to_guest<G, H>(
     bytes: &[u8],
     to: Gva,
@@ -115,11 +117,30 @@ where
         ..walk
     };
     let walker = Walker::with_options(stage1, options, guest);
-    let mut tlb = Tlb::default();
+    // The writes of the copy, in VA order, and where the walk stopped if it faulted: the
+    // writes before the fault are done, as the SPU's would be.
+    let mut writes: Vec<(Ipa, &[u8])> = Vec::with_capacity(bytes.len() / 4096 + 2);
+    let mut walked = 0usize;
+    let mut walk_fault = None;
     let mut walks = 0;
-    let mut done = 0usize;
-    while done < bytes.len() {
-        let va = Gva(to.0.wrapping_add(done as u64));
+    // One range walk shares the upper levels between neighbouring pages (a walk cache), and
+    // merges pages contiguous in IPA into one write. A table it cannot read ends it with an
+    // error that does not say where: the page-by-page walk below finds the place.
+    if let Ok(rt) = walker.translate_range(to, bytes.len() as u64, RangeLimits::default()) {
+        walks = rt.steps;
+        for run in &rt.runs {
+            let n = usize::try_from(run.len)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len() - walked);
+            writes.push((run.ipa, &bytes[walked..walked + n]));
+            walked += n;
+        }
+        walk_fault = rt.fault.map(|f| (Stage::One, f.fsc()));
+        return finish(bytes, &writes, walked, walk_fault, walks, host);
+    }
+    let mut tlb = Tlb::default();
+    while walked < bytes.len() {
+        let va = Gva(to.0.wrapping_add(walked as u64));
         let (ipa, in_block) = match tlb.lookup(va.0) {
             Some(hit) => hit,
             None => {
@@ -127,13 +148,13 @@ where
                 let t = match walker.translate(va) {
                     Ok(t) => t,
                     Err(WalkError::Fault(f)) => {
-                        let end = fault(Stage::One, f.fsc(), bytes, done);
-                        return Ok(Copied { end, walks });
+                        walk_fault = Some((Stage::One, f.fsc()));
+                        break;
                     }
                     // A table outside guest RAM: the SPU's walk takes a stage 2 fault.
                     Err(WalkError::TableUnreadable { .. }) => {
-                        let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);
-                        return Ok(Copied { end, walks });
+                        walk_fault = Some((Stage::Two, STAGE2_NO_MEMORY));
+                        break;
                     }
                     Err(e) => {
                         return Err(HostError::Other(format!("walking the guest buffer: {e}")));
@@ -146,18 +167,35 @@ where
         };
         let n = usize::try_from(in_block)
             .unwrap_or(usize::MAX)
-            .min(bytes.len() - done);
-        match host.write_guest(Ipa(ipa), &bytes[done..done + n]) {
-            Ok(()) => done += n,
-            Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {
-                let end = fault(Stage::Two, STAGE2_NO_MEMORY, bytes, done);
-                return Ok(Copied { end, walks });
-            }
-            Err(e) => return Err(e),
-        }
+            .min(bytes.len() - walked);
+        writes.push((Ipa(ipa), &bytes[walked..walked + n]));
+        walked += n;
     }
-    Ok(Copied {
-        end: CopyEnd::Done,
-        walks,
-    })
+    finish(bytes, &writes, walked, walk_fault, walks, host)
+}
+
+/// The writes of a copy in one batch, then the fault the walk or the host met, if any.
+fn finish<H: HostBacking + ?Sized>(
+    bytes: &[u8],
+    writes: &[(Ipa, &[u8])],
+    walked: usize,
+    walk_fault: Option<(Stage, FaultStatusCode)>,
+    walks: u64,
+    host: &H,
+) -> Result<Copied, HostError> {
+    let end = match host.write_guest_batch(writes) {
+        Ok(()) => match walk_fault {
+            None => CopyEnd::Done,
+            Some((stage, fsc)) => fault(stage, fsc, bytes, walked),
+        },
+        Err(WriteStopped {
+            written,
+            error: HostError::NotInMemslot(_) | HostError::Unavailable { .. },
+        }) => {
+            let at: usize = writes[..written].iter().map(|(_, b)| b.len()).sum();
+            fault(Stage::Two, STAGE2_NO_MEMORY, bytes, at)
+        }
+        Err(stopped) => return Err(stopped.error),
+    };
+    Ok(Copied { end, walks })
 }
