@@ -30,6 +30,9 @@ enum Command {
     /// Validate a VMM config's [spe] table: print it resolved (defaults marked), the strategy's
     /// profile and errata. Exit 0 valid, 1 invalid, 2 unreadable.
     Check(commands::config::CheckArgs),
+    /// Print what the guest is told about the strategy (the guest notice) as the device-tree
+    /// node a VMM adds under the SPE PMU node (`--format dts|dtb`) or as JSON.
+    Notice(commands::config::NoticeArgs),
     /// Print the default [spe] table (`--defaults`).
     Config(commands::config::ConfigArgs),
     /// The errata of each strategy: a table, markdown or JSON; `--write DIR` generates
@@ -60,6 +63,7 @@ fn main() {
         Command::Translate(args) => commands::translate::run(args, &mut out, &mut err),
         Command::Decode(args) => commands::decode::run(args, &mut out, &mut err),
         Command::Check(args) => commands::config::check(args, &mut out, &mut err),
+        Command::Notice(args) => commands::config::notice(args, &mut out, &mut err),
         Command::Config(args) => commands::config::defaults(args, &mut out),
         Command::Compare(args) => commands::compare::run(args, &mut out, &mut err),
         Command::Simulate(args) => commands::compare::simulate(args, &mut out, &mut err),

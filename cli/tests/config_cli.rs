@@ -438,6 +438,39 @@ fn check_prints_the_guest_notice_as_a_device_tree_the_guest_reader_decodes_to_th
 }
 
 #[test]
+fn notice_prints_the_same_notice_as_dts_dtb_and_json() {
+    for (config, strategy) in [
+        ("configs/default.toml", 2),
+        ("configs/profiling-first.toml", 1),
+        ("configs/overcommitted-host.toml", 3),
+    ] {
+        let out = binary_in(None, &["notice", config, "--format", "dtb"]);
+        assert_eq!(out.status.code(), Some(0), "{config}");
+        let notice = spe_policy::device_tree::read_dtb(&out.stdout)
+            .expect("a well-formed device tree")
+            .expect("holding the notice node");
+        assert_eq!(notice.strategy.code(), strategy, "{config}");
+        let (code, dts, _) = run(&["notice", config]);
+        assert_eq!(code, 0);
+        assert_eq!(
+            dts,
+            spe_policy::device_tree::dts(&notice),
+            "{config}: dts is the default"
+        );
+        let (code, json, _) = run(&["notice", config, "--format", "json"]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(v["strategy"]["code"], strategy);
+        assert_eq!(v["cells"], serde_json::json!(notice.cells()));
+        let bits = v["errata_bits"].as_array().expect("bits");
+        assert_eq!(bits.len() as u32, notice.errata.count_ones(), "{config}");
+    }
+    // A broken config is refused as by `check`.
+    let (code, _, err) = run(&["notice", "configs/scenarios/steady.toml"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
 fn a_configs_compare_table_names_scenarios_and_vm_relative_to_the_config_not_the_cwd() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().expect("tmp");

@@ -39,6 +39,69 @@ pub struct CheckArgs {
     pub device_tree: Option<DeviceTreeForm>,
 }
 
+/// Arguments of `notice`.
+#[derive(clap::Args, Debug)]
+pub struct NoticeArgs {
+    /// A VMM config file with an `[spe]` table (TOML), or an `"spe"` object (`.json`).
+    pub config: PathBuf,
+    /// A VM file whose `[vm]` table describes the VM (default: the default VM).
+    #[arg(long, value_name = "FILE")]
+    pub vm: Option<PathBuf>,
+    /// `dts`: the node to paste under the SPE PMU node; `dtb`: a whole flattened tree with an
+    /// SPE PMU node holding it; `json`: the notice's fields, bits and the 16 bytes.
+    #[arg(long, value_enum, default_value_t = NoticeForm::Dts)]
+    pub format: NoticeForm,
+}
+
+/// The forms `notice` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeForm {
+    /// DTS source of the notice node.
+    Dts,
+    /// A flattened device tree (binary).
+    Dtb,
+    /// JSON: version, strategy, errata bits with their meaning, the cap, the 16 bytes.
+    Json,
+}
+
+/// `spe-policy notice`: what the guest is told, in the form a VMM hands it over (the device
+/// tree) or as JSON. Exit codes as `check`.
+pub fn notice(args: &NoticeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let device_tree = match args.format {
+        NoticeForm::Dts => Some(DeviceTreeForm::Dts),
+        NoticeForm::Dtb => Some(DeviceTreeForm::Dtb),
+        NoticeForm::Json => Some(DeviceTreeForm::Json),
+    };
+    let check_args = CheckArgs {
+        config: args.config.clone(),
+        vm: args.vm.clone(),
+        format: Format::Text,
+        device_tree,
+    };
+    check(&check_args, out, err)
+}
+
+/// The notice as JSON: each field, the errata bits by number with what they mean, and the
+/// encoded bytes (what the device-tree cells hold).
+fn notice_json(n: &spe_policy::guest_notice::GuestNotice) -> serde_json::Value {
+    use spe_policy::guest_notice::bit_meaning;
+    let bits: Vec<serde_json::Value> = (0..32u8)
+        .filter(|b| n.errata & (1 << b) != 0)
+        .map(|b| serde_json::json!({"bit": b, "meaning": bit_meaning(b)}))
+        .collect();
+    let hex: String = n.encode().iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::json!({
+        "compatible": device_tree::COMPATIBLE,
+        "version": n.version,
+        "strategy": {"code": n.strategy.code(), "name": format!("{:?}", n.strategy)},
+        "errata": format!("{:#010x}", n.errata),
+        "errata_bits": bits,
+        "buffer_cap_pages": n.buffer_cap_pages,
+        "cells": n.cells(),
+        "bytes": hex,
+    })
+}
+
 /// The form `check --device-tree` prints the guest notice in.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceTreeForm {
@@ -46,6 +109,9 @@ pub enum DeviceTreeForm {
     Dts,
     /// A flattened device tree (binary) with an SPE PMU node holding the notice.
     Dtb,
+    /// The notice's fields as JSON (`notice --format json`).
+    #[value(skip)]
+    Json,
 }
 
 /// Prints the notice in the device-tree form asked for.
@@ -57,6 +123,9 @@ fn print_device_tree(
 ) -> i32 {
     let r = match form {
         DeviceTreeForm::Dts => out.write_all(device_tree::dts(notice).as_bytes()),
+        DeviceTreeForm::Json => serde_json::to_writer_pretty(&mut *out, &notice_json(notice))
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
         DeviceTreeForm::Dtb => match device_tree::dtb_with_notice(notice) {
             Ok(blob) => out.write_all(&blob),
             Err(e) => {

@@ -66,7 +66,7 @@ pub static ERRATA: [Erratum; 8] = [
     Erratum {
         id: "PB-01",
         title: "Buffers larger than the per-vCPU cap are refused",
-        trigger: "A buffer enable whose window (plus the table pages translating it) exceeds cap_bytes_per_vcpu.",
+        trigger: "A buffer enable whose window (plus the table pages translating it) exceeds the cap, `[spe.pin_buffer] cap_per_vcpu`.",
         guest_visible: "A buffer management event with EC=0, BSC=0b000100 (size too large); Linux treats it as fatal and stops the perf session. PMBIDR_EL1.MaxBuffSize reports the cap.",
         host_visible: "Nothing is pinned for the window; the refusal is counted.",
         mitigation: "Size the cap for the guests' perf AUX buffers (perf's default is 4 MiB per CPU for root); guests read the cap from PMBIDR_EL1 or the notice.",
