@@ -73,6 +73,12 @@ pub enum HostEventKind {
     GuestDisable,
     /// Every vCPU's guest starts profiling again.
     GuestEnable,
+    /// The VMM moves the policy to a fresh one with the vCPUs paused, as at a live migration's
+    /// switch-over or a snapshot and restore: `Policy::save` on the source (through JSON, as a
+    /// VMM's snapshot carries it), `VmStop` there, and `Policy::restore` on the destination,
+    /// which pins what the strategy needs before the vCPUs run again. The guest must see
+    /// nothing of it.
+    SnapshotRestore,
 }
 
 /// How the modelled SPU and the guest's buffer behave beyond the VM's facts (spec sheet

@@ -66,6 +66,9 @@ pub enum Policy {
 }
 
 pub mod errata_doc;
+pub mod migration;
+
+pub use migration::{PolicyState, RestoreError};
 
 /// Delegates a `BackingStrategy` method to the active variant.
 macro_rules! dispatch {

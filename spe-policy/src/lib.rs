@@ -33,6 +33,7 @@ pub mod guest_memory;
 pub mod guest_notice;
 pub mod host;
 pub mod pin_ledger;
+pub mod saved;
 pub mod spe;
 pub mod strategy;
 pub mod vm;

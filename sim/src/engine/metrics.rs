@@ -127,6 +127,9 @@ pub struct Metrics {
     pub migrations_refused: u64,
     /// Memory hot-unplugs refused.
     pub unplugs_refused: u64,
+    /// Policies moved by `snapshot-restore` (save, stop, restore).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_restores: u64,
     /// Time the VM was stopped for migration (final copy), ns.
     pub migration_downtime_ns: f64,
     /// Pages sent more than once by pre-copy (dirty rounds and the final copy).
@@ -163,6 +166,10 @@ pub struct Metrics {
     pub pinned_timeline: Vec<[f64; 2]>,
     /// The first stalls: `[start ms, length µs]`, at most 256.
     pub stall_windows: Vec<[f64; 2]>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Metrics {

@@ -462,6 +462,11 @@ fn fnv(h: u64, bytes: &[u8]) -> u64 {
 struct Sim<'a> {
     policy: &'a Policy,
     shadow: Option<&'a ShadowBuffer>,
+    /// The config and VM a restored policy is built from, and where it lives
+    /// (`snapshot-restore`).
+    config: &'a SpeConfig,
+    vm: &'a VmSpec,
+    restored: &'a std::cell::OnceCell<Policy>,
     cost: &'a CostModel,
     /// Whether [`Metrics::guest_digest`] is computed.
     digest: bool,
@@ -660,9 +665,13 @@ pub fn run(
         ]
     });
     let active_pages = (guest.layout.active / 4096) as usize;
+    let restored = std::cell::OnceCell::new();
     let mut sim = Sim {
         policy,
         shadow,
+        config,
+        vm,
+        restored: &restored,
         cost,
         digest: opts.guest_digest,
         lockstep: opts.lockstep,
@@ -1806,6 +1815,7 @@ impl Sim<'_> {
                     }
                 }
             }
+            HostEventKind::SnapshotRestore => self.snapshot_restore()?,
             HostEventKind::GuestEnable => {
                 for v in 0..self.cpus.len() as u32 {
                     let c = &mut self.cpus[v as usize];
@@ -1881,5 +1891,51 @@ impl Sim<'_> {
         // Stage 1 changed behind the host's back: the SPU's cached translations go.
         self.cpus[v as usize].xlat.fill(None);
         self.cpus[v as usize].last_page = None;
+    }
+}
+
+impl<'a> Sim<'a> {
+    /// `snapshot-restore`: the policy's state is saved, carried as JSON, the source policy
+    /// stopped (its pins released) and a fresh policy restored from the state; the run goes on
+    /// with it. Once per run (a second one is ignored).
+    fn snapshot_restore(&mut self) -> Result<(), SimError> {
+        if self.restored.get().is_some() {
+            return Ok(());
+        }
+        let wire = serde_json::to_vec(&self.policy.save()).map_err(|e| SimError::Unsupported {
+            what: "snapshot-restore",
+            value: self.policy.name().into(),
+            reason: format!("the state does not serialize: {e}"),
+            fix: "report it: every strategy's state is plain serde data",
+        })?;
+        let state: spe_policies::PolicyState =
+            serde_json::from_slice(&wire).map_err(|e| SimError::Unsupported {
+                what: "snapshot-restore",
+                value: self.policy.name().into(),
+                reason: format!("the state does not read back: {e}"),
+                fix: "report it: the state must round-trip through JSON",
+            })?;
+        self.on_event(&Event::VmStop)?;
+        let policy = Policy::restore(self.config, self.vm, &state, &self.guest.ram, &self.host)
+            .map_err(|e| SimError::Unsupported {
+                what: "snapshot-restore",
+                value: self.policy.name().into(),
+                reason: e.to_string(),
+                fix: "the destination must be able to back what the source did",
+            })?;
+        self.host.flush_writes(&mut self.guest);
+        let p: &'a Policy = self.restored.get_or_init(|| policy);
+        self.policy = p;
+        self.shadow = match p {
+            Policy::ShadowBuffer(s) => Some(s),
+            _ => None,
+        };
+        self.pinned_now = p.stats().pinned_bytes;
+        for c in &mut self.cpus {
+            // The SPU ports were the source's; stage 1 caches stay (the guest did not change).
+            c.spu = None;
+        }
+        self.m.snapshot_restores += 1;
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{BufferRegs, Event, InvalidationCause, Outcome};
 use spe_policy::guest_notice::{StrategyId, bits};
 use spe_policy::host::FaultIn;
+use spe_policy::saved::STATE_VERSION;
 use spe_policy::{
     BackingStrategy, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange, PolicyError,
     StrategyStats, VcpuId,
@@ -157,6 +158,15 @@ struct State {
     stats: StrategyStats,
 }
 
+/// fault-translate's saved state ([`FaultTranslate::save`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FaultTranslateState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// `(vCPU, PMBPTR at its last enable or resume)`.
+    pub last_safe: Vec<(u32, u64)>,
+}
+
 /// The fault-translate strategy.
 #[derive(Debug)]
 pub struct FaultTranslate {
@@ -180,6 +190,38 @@ impl FaultTranslate {
     /// The configuration.
     pub fn config(&self) -> FaultTranslateConfig {
         self.config
+    }
+
+    /// The state a migration or snapshot carries: each vCPU's last record boundary (where a
+    /// DL=1 recovery may rewind to). Learned pages are not carried: they matter only while the
+    /// source's dirty logging runs, and the destination learns its own at its first faults.
+    pub fn save(&self) -> FaultTranslateState {
+        let st = self.state.lock();
+        let mut vcpus: Vec<(u32, u64)> =
+            st.vcpus.iter().map(|(v, b)| (v.0, b.last_safe.0)).collect();
+        vcpus.sort_unstable();
+        FaultTranslateState {
+            version: STATE_VERSION,
+            last_safe: vcpus,
+        }
+    }
+
+    /// fault-translate on a destination from `state`: nothing to pin.
+    pub fn restore(config: FaultTranslateConfig, state: &FaultTranslateState) -> Self {
+        let s = FaultTranslate::new(config);
+        s.state.lock().vcpus = state
+            .last_safe
+            .iter()
+            .map(|(v, safe)| {
+                (
+                    VcpuId(*v),
+                    VcpuBuffer {
+                        last_safe: Gva(*safe),
+                    },
+                )
+            })
+            .collect();
+        s
     }
 
     /// Pages learned so far (buffer and table pages seen in faults).

@@ -14,10 +14,24 @@ use spe_policy::arch::{BufferEvent, BufferEventKind};
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{DisableReason, Event, MigrationMode, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
+use spe_policy::saved::{STATE_VERSION, SavedMemslot};
 use spe_policy::{
     BackingStrategy, GuestMemoryRead, HostBacking, HostError, Memslot, PolicyError, StrategyStats,
     VcpuId,
 };
+
+/// pin-all's saved state ([`PinAll::save`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinAllState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// The VM's memslots.
+    pub memslots: Vec<SavedMemslot>,
+    /// Guest RAM was pinned (at VM start, or at the first enable).
+    pub pinned: bool,
+    /// vCPUs with their buffer enabled.
+    pub enabled: Vec<u32>,
+}
 
 /// When the memory is pinned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -152,6 +166,46 @@ impl PinAll {
     /// The configuration.
     pub fn config(&self) -> PinAllConfig {
         self.config
+    }
+
+    /// The state a migration or snapshot carries: the memslots, whether guest RAM is pinned,
+    /// and which vCPUs have their buffer enabled.
+    pub fn save(&self) -> PinAllState {
+        let st = self.state.lock();
+        PinAllState {
+            version: STATE_VERSION,
+            memslots: st
+                .memslots
+                .values()
+                .map(|m| SavedMemslot::from(*m))
+                .collect(),
+            pinned: st.pinned,
+            enabled: st.enabled.iter().map(|v| v.0).collect(),
+        }
+    }
+
+    /// pin-all on a destination host from `state`: guest RAM is pinned again before any vCPU
+    /// runs when it was pinned on the source (a refused pin is the host's error, as at VM
+    /// start).
+    pub fn restore<H: HostBacking + ?Sized>(
+        config: PinAllConfig,
+        state: &PinAllState,
+        host: &H,
+    ) -> Result<Self, PolicyError> {
+        let s = PinAll::new(config);
+        {
+            let mut st = s.state.lock();
+            for m in &state.memslots {
+                let slot = Memslot::from(*m);
+                st.memslots.insert(slot.slot, slot);
+            }
+            st.enabled = state.enabled.iter().map(|v| VcpuId(*v)).collect();
+            if state.pinned {
+                st.pin_all(host)
+                    .map_err(err("pinning guest RAM on the migration destination"))?;
+            }
+        }
+        Ok(s)
     }
 
     /// Memslot adds ignored because their slot number was already known.

@@ -26,6 +26,7 @@ use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
 use spe_policy::pin_ledger::PinLedger;
+use spe_policy::saved::{STATE_VERSION, SavedStage1};
 use spe_policy::{
     BackingStrategy, Granule, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange,
     PolicyError, StrategyStats, VcpuId,
@@ -306,6 +307,28 @@ fn err(action: &'static str) -> impl FnOnce(HostError) -> PolicyError {
     PolicyError::during(NAME, action)
 }
 
+/// pin-buffer's saved state ([`PinBuffer::save`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinBufferState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// Each vCPU the strategy has seen, by number.
+    pub vcpus: Vec<SavedVcpuPins>,
+}
+
+/// One vCPU of [`PinBufferState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedVcpuPins {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// Its stage 1 registers at the last enable.
+    pub stage1: Option<SavedStage1>,
+    /// The enabled buffer's window, `(PMBPTR, bytes to LIMIT)`; `None` while disabled.
+    pub window: Option<(u64, u64)>,
+    /// PMBPTR at the last enable or resume (a record boundary).
+    pub last_safe: Option<u64>,
+}
+
 /// The PMBIDR_EL1.MaxBuffSize encoding of the largest size not above `cap` (spec sheet §1.5:
 /// `E == 0 ? M << 12 : (1:M) << (E + 11)`, M 9 bits, E 5 bits).
 pub fn max_buff_size_field(cap: u64) -> u16 {
@@ -374,6 +397,78 @@ impl PinBuffer {
     /// The configuration.
     pub fn config(&self) -> PinBufferConfig {
         self.config
+    }
+
+    /// The state a migration or snapshot carries: for each vCPU its stage 1 and, while its
+    /// buffer is enabled, the window and the last record boundary. The pin cache of disabled
+    /// buffers is not carried: the destination walks and pins such a buffer at its next enable
+    /// (PB-02 once).
+    pub fn save(&self) -> PinBufferState {
+        let st = self.state.lock();
+        let mut vcpus: Vec<SavedVcpuPins> = st
+            .vcpus
+            .iter()
+            .map(|(id, v)| SavedVcpuPins {
+                vcpu: id.0,
+                stage1: v.stage1.map(SavedStage1::from),
+                window: v.window.filter(|_| v.active).map(|(s, l)| (s.0, l)),
+                last_safe: v.last_safe.map(|g| g.0),
+            })
+            .collect();
+        vcpus.sort_by_key(|v| v.vcpu);
+        PinBufferState {
+            version: STATE_VERSION,
+            vcpus,
+        }
+    }
+
+    /// pin-buffer on a destination host from `state`: every enabled buffer is walked through
+    /// the destination's guest memory and pinned, with its tables, before any vCPU runs.
+    pub fn restore<G, H>(
+        config: PinBufferConfig,
+        state: &PinBufferState,
+        guest: &G,
+        host: &H,
+    ) -> Result<Self, PolicyError>
+    where
+        G: GuestMemoryRead + ?Sized,
+        H: HostBacking + ?Sized,
+    {
+        let s = PinBuffer::new(config);
+        {
+            let mut st = s.state.lock();
+            for saved in &state.vcpus {
+                let vcpu = VcpuId(saved.vcpu);
+                let stage1 = saved.stage1.map(Stage1Regs::from);
+                if let (Some(stage1), Some((start, len))) = (stage1, saved.window) {
+                    match st.pin_window(&s.config, vcpu, stage1, (Gva(start), len), guest, host) {
+                        Ok(EnableResult::Pinned | EnableResult::Cached) => {
+                            let v = st.vcpus.entry(vcpu).or_default();
+                            v.active = true;
+                            v.window = Some((Gva(start), len));
+                        }
+                        // PB-07, as at the enable: a page the host cannot back is not pinned,
+                        // and the SPU's fault on it reaches the guest.
+                        Err(HostError::NotInMemslot(_) | HostError::Unavailable { .. }) => {}
+                        Ok(EnableResult::OverCap) => {
+                            return Err(err("re-pinning a buffer on the migration destination")(
+                                HostError::Other(format!(
+                                    "vCPU {}'s buffer ({len:#x} bytes) is over this config's cap; migrate to a host with the source's config",
+                                    saved.vcpu
+                                )),
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(err("re-pinning a buffer on the migration destination")(e));
+                        }
+                    }
+                }
+                let v = st.vcpus.entry(vcpu).or_default();
+                v.stage1 = stage1;
+                v.last_safe = saved.last_safe.map(Gva);
+            }
+        }
+        Ok(s)
     }
 
     /// Bytes `vcpu` holds pinned now (buffer and table pages).

@@ -99,6 +99,31 @@ impl HostBuffer {
         self.stopped = false;
     }
 
+    /// What a migration carries: the records in the active half not yet copied, the window
+    /// and whether the SPU stands stopped at a host buffer-full.
+    pub(crate) fn save(&self) -> (Vec<u8>, usize, bool) {
+        (self.pending().to_vec(), self.window, self.stopped)
+    }
+
+    /// Two halves of `half` bytes holding `pending` in the active one, as saved; `None` when
+    /// the saved state does not fit (a different host buffer size).
+    pub(crate) fn restore(
+        half: usize,
+        pending: &[u8],
+        window: usize,
+        stopped: bool,
+    ) -> Option<Self> {
+        if pending.len() > half || window > half {
+            return None;
+        }
+        let mut b = HostBuffer::new(half);
+        b.halves[0][..pending.len()].copy_from_slice(pending);
+        b.written = pending.len();
+        b.window = window;
+        b.stopped = stopped;
+        Some(b)
+    }
+
     /// Stops the SPU with no window (buffer disabled or a guest event pending).
     pub(crate) fn park(&mut self) {
         self.written = 0;

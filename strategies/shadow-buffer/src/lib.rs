@@ -37,6 +37,7 @@ use spe_policy::arch::{BufferEvent, BufferEventKind, Pmblimitr, Pmbptr, Pmbsr};
 use spe_policy::errata::{Erratum, Profile};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
 use spe_policy::guest_notice::StrategyId;
+use spe_policy::saved::{STATE_VERSION, SavedBufferRegs, SavedStage1};
 use spe_policy::{
     BackingStrategy, GuestMemoryRead, Gva, HostBacking, HostError, IpaRange, PolicyError,
     StrategyStats, VcpuId,
@@ -152,6 +153,38 @@ struct Shared {
     shadow: ShadowStats,
 }
 
+/// shadow-buffer's saved state ([`ShadowBuffer::save`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowBufferState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// The host buffer per vCPU, bytes (the destination's must be the same).
+    pub host_buffer_bytes: u64,
+    /// Each vCPU, by number.
+    pub vcpus: Vec<SavedShadowVcpu>,
+}
+
+/// One vCPU of [`ShadowBufferState`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedShadowVcpu {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// The guest's emulated PMBPTR, PMBLIMITR and PMBSR.
+    pub regs: SavedBufferRegs,
+    /// Its stage 1 registers at the last trapped access.
+    pub stage1: Option<SavedStage1>,
+    /// Records the SPU wrote into the host buffer, not yet copied to the guest's.
+    pub pending: Vec<u8>,
+    /// The SPU's window in the host half, bytes.
+    pub window: u64,
+    /// The SPU stands stopped at a host buffer-full.
+    pub spu_stopped: bool,
+    /// The VM was stopped.
+    pub vm_stopped: bool,
+    /// `(LIMIT, lowest PMBPTR)` of the guest's buffer, for post-copy.
+    pub buffer_start: Option<(u64, u64)>,
+}
+
 /// The shadow-buffer strategy.
 #[derive(Debug)]
 pub struct ShadowBuffer {
@@ -245,6 +278,79 @@ impl ShadowBuffer {
             }))
         });
         Arc::clone(entry)
+    }
+
+    /// The state a migration or snapshot carries, exactly what the guest can observe: for
+    /// each vCPU the emulated PMBPTR, PMBLIMITR and PMBSR, its stage 1, and the records the SPU
+    /// wrote into the host buffer that are not yet copied (they reach the guest's buffer on
+    /// the destination, at its next copy point, as they would have on the source).
+    pub fn save(&self) -> ShadowBufferState {
+        let map = self.vcpus.lock();
+        let mut vcpus: Vec<SavedShadowVcpu> = map
+            .iter()
+            .map(|(id, v)| {
+                let v = v.lock();
+                let (pending, window, spu_stopped) = v.host.save();
+                SavedShadowVcpu {
+                    vcpu: id.0,
+                    regs: SavedBufferRegs::from(v.regs()),
+                    stage1: v.stage1.map(SavedStage1::from),
+                    pending,
+                    window: window as u64,
+                    spu_stopped,
+                    vm_stopped: v.stopped,
+                    buffer_start: v.buffer_start,
+                }
+            })
+            .collect();
+        vcpus.sort_by_key(|v| v.vcpu);
+        ShadowBufferState {
+            version: STATE_VERSION,
+            host_buffer_bytes: self.config.host_buffer_bytes,
+            vcpus,
+        }
+    }
+
+    /// shadow-buffer on a destination from `state`: each vCPU's host buffer is allocated again
+    /// with its records in flight, and its emulated registers are the source's. The host
+    /// buffer size must be the source's (the records in flight must fit).
+    pub fn restore(
+        config: ShadowBufferConfig,
+        state: &ShadowBufferState,
+    ) -> Result<Self, PolicyError> {
+        let s = ShadowBuffer::new(config);
+        let mismatch = |what: String| {
+            err("restoring the host buffers on the migration destination")(HostError::Other(what))
+        };
+        if s.config.host_buffer_bytes != state.host_buffer_bytes {
+            return Err(mismatch(format!(
+                "the source's host buffer was {} bytes, this config's is {}; set [spe.shadow_buffer] host_buffer to the source's",
+                state.host_buffer_bytes, s.config.host_buffer_bytes
+            )));
+        }
+        let half = (s.config.host_buffer_bytes / 2) as usize;
+        for saved in &state.vcpus {
+            let window = usize::try_from(saved.window).unwrap_or(usize::MAX);
+            let host = HostBuffer::restore(half, &saved.pending, window, saved.spu_stopped)
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "vCPU {}'s {} bytes in flight do not fit a {half}-byte host half",
+                        saved.vcpu,
+                        saved.pending.len()
+                    ))
+                })?;
+            let regs = BufferRegs::from(saved.regs);
+            let v = s.vcpu(VcpuId(saved.vcpu));
+            let mut v = v.lock();
+            v.pmbptr = regs.pmbptr;
+            v.pmblimitr = regs.pmblimitr;
+            v.pmbsr = regs.pmbsr;
+            v.stage1 = saved.stage1.map(Stage1Regs::from);
+            v.host = host;
+            v.stopped = saved.vm_stopped;
+            v.buffer_start = saved.buffer_start;
+        }
+        Ok(s)
     }
 
     /// The SPU writes one complete `record` for `vcpu` into the host buffer (the hardware's
