@@ -198,13 +198,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         policy.on_event(&swap, &guest, &host)?
     );
 
-    // Migration: dirty logging starts, then the VM stops for good.
+    // Migration: dirty logging starts; at switch-over, with the vCPUs paused, the policy's
+    // state goes with the VM's (a serde value: the VMM's snapshot format), the source stops.
     policy.on_event(&Event::DirtyLogStart, &guest, &host)?;
+    let state = serde_json::to_string(&policy.save())?;
     policy.on_event(&Event::VmStop, &guest, &host)?;
     println!(
-        "after VM stop: {} pages pinned; stats {:?}",
+        "source after VM stop: {} pages pinned; state sent: {} bytes of JSON",
         host.pinned.lock().map(|p| p.len()).unwrap_or(0),
-        policy.stats()
+        state.len()
     );
+
+    // The destination restores it: the enabled buffer is pinned again before its vCPUs run.
+    let destination = MyVmmHost {
+        ram: ram_range,
+        pinned: Mutex::new(BTreeSet::new()),
+    };
+    let state: spe_policies::PolicyState = serde_json::from_str(&state)?;
+    let policy = Policy::restore(&config, &vm, &state, &guest, &destination)?;
+    println!(
+        "destination: {} pages pinned before the vCPUs run",
+        destination.pinned.lock().map(|p| p.len()).unwrap_or(0)
+    );
+    policy.on_event(&Event::VmStop, &guest, &destination)?;
+    println!("stats at the destination's stop: {:?}", policy.stats());
     Ok(())
 }

@@ -190,3 +190,61 @@ fn a_config_file_builds_its_policy_for_the_vm_and_a_bad_one_names_the_problem() 
     let e = Policy::from_config(&pb, &big_pages).expect_err("not two 64 KiB pages");
     assert!(e.to_string().contains("spe.pin_buffer.cap_per_vcpu"), "{e}");
 }
+
+#[test]
+fn a_restored_pin_buffer_pins_the_enabled_buffer_on_the_destination_before_any_vcpu_runs() {
+    let g = GuestFixture::new(4);
+    let source = g.host();
+    let config = spe_policy::config::SpeConfig::default(); // pin-buffer
+    let vm = spe_policy::VmSpec::default();
+    let p = Policy::from_config(&config, &vm).expect("policy");
+    let slots = memslots();
+    p.on_event(&Event::VmStart { memslots: &slots }, &g.ram, &source)
+        .expect("start");
+    p.on_event(&g.enable(0, 0, 4 * 4096), &g.ram, &source)
+        .expect("enable");
+    let pinned = source.pinned_bytes();
+    assert!(pinned >= 4 * 4096);
+    // Through JSON, as a VMM's snapshot carries it.
+    let json = serde_json::to_string(&p.save()).expect("serialize");
+    assert!(json.contains("\"strategy\":\"pin-buffer\""), "{json}");
+    let state: spe_policies::PolicyState = serde_json::from_str(&json).expect("deserialize");
+    p.on_event(&Event::VmStop, &g.ram, &source).expect("stop");
+    assert_eq!(source.pinned_bytes(), 0);
+    let destination = g.host();
+    let q = Policy::restore(&config, &vm, &state, &g.ram, &destination).expect("restore");
+    assert_eq!(
+        destination.pinned_bytes(),
+        pinned,
+        "the same pages, pinned before any vCPU runs"
+    );
+    assert_eq!(q.save(), state, "what is restored saves the same");
+    q.on_event(&Event::VmStop, &g.ram, &destination)
+        .expect("stop");
+    assert_eq!(destination.pinned_bytes(), 0);
+}
+
+#[test]
+fn a_state_is_refused_by_another_strategys_config_and_by_another_layout_version() {
+    let g = GuestFixture::new(4);
+    let host = g.host();
+    let vm = spe_policy::VmSpec::default();
+    let pin_buffer = spe_policy::config::SpeConfig::default();
+    let state = Policy::from_config(&pin_buffer, &vm)
+        .expect("policy")
+        .save();
+    let fault_translate = spe_policy::config::SpeConfig {
+        strategy: spe_policy::config::StrategyName::FaultTranslate,
+        ..spe_policy::config::SpeConfig::default()
+    };
+    let e = Policy::restore(&fault_translate, &vm, &state, &g.ram, &host).expect_err("other");
+    assert!(
+        e.to_string().contains("pin-buffer") && e.to_string().contains("fault-translate"),
+        "{e}"
+    );
+    let mut v: serde_json::Value = serde_json::to_value(&state).expect("json");
+    v["version"] = serde_json::json!(99);
+    let future: spe_policies::PolicyState = serde_json::from_value(v).expect("state");
+    let e = Policy::restore(&pin_buffer, &vm, &future, &g.ram, &host).expect_err("version");
+    assert!(e.to_string().contains("version 99"), "{e}");
+}
