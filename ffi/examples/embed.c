@@ -223,6 +223,16 @@ int main(void)
 	CHECK(s == SPE_STATUS_BAD_ARGUMENT, "event kind 99 was accepted (%d)", s);
 	printf("refused as expected: %s\n", err);
 
+	/* Migration switch-over, vCPUs paused: the policy's state goes with the VM's. */
+	size_t needed = 0;
+	s = spe_policy_save(policy, NULL, 0, &needed, err, sizeof(err));
+	CHECK(s == SPE_STATUS_BAD_ARGUMENT && needed > 0, "asking the state's size: %d", s);
+	uint8_t *state = malloc(needed);
+	CHECK(state, "out of memory");
+	s = spe_policy_save(policy, state, needed, &needed, err, sizeof(err));
+	CHECK(s == SPE_STATUS_OK, "save: %s", err);
+	printf("state: %zu bytes of JSON\n", needed);
+
 	memset(&ev, 0, sizeof(ev));
 	ev.kind = SPE_EVENT_KIND_VM_STOP;
 	s = spe_policy_on_event(policy, &host, &ev, &out, err, sizeof(err));
@@ -230,8 +240,30 @@ int main(void)
 	CHECK(spe_policy_pinned_bytes(policy) == 0, "pins left after VmStop");
 	for (size_t p = 0; p < RAM_LEN / PAGE; p++)
 		CHECK(v.pins[p] == 0, "page %zu still pinned after VmStop", p);
-	printf("stopped: %ld pins, %ld unpins, nothing left pinned\n", v.pin_calls, v.unpin_calls);
+	printf("source stopped: %ld pins, %ld unpins, nothing left pinned\n", v.pin_calls,
+	       v.unpin_calls);
 	spe_policy_free(policy);
+
+	/* The destination (the same RAM contents, its own pins) restores before its vCPUs run. */
+	static struct vmm d;
+	d.ram = v.ram;
+	SpeHostCallbacks dest = host;
+	dest.ctx = &d;
+	SpePolicy *restored = NULL;
+	s = spe_policy_restore(config, strlen(config), SPE_FORMAT_TOML, &vm, state, needed, &dest,
+			       &restored, err, sizeof(err));
+	CHECK(s == SPE_STATUS_OK && restored, "restore: %s", err);
+	CHECK(d.pins[(BUFFER - RAM_BASE) / PAGE] == 1, "the destination did not pin the buffer");
+	printf("destination: the buffer pinned again before its vCPUs run (%ld pin calls)\n",
+	       d.pin_calls);
+	memset(&ev, 0, sizeof(ev));
+	ev.kind = SPE_EVENT_KIND_VM_STOP;
+	s = spe_policy_on_event(restored, &dest, &ev, &out, err, sizeof(err));
+	CHECK(s == SPE_STATUS_OK, "destination VmStop: %s", err);
+	for (size_t p = 0; p < RAM_LEN / PAGE; p++)
+		CHECK(d.pins[p] == 0, "page %zu still pinned on the destination", p);
+	spe_policy_free(restored);
+	free(state);
 	free(v.ram);
 	return 0;
 }

@@ -606,6 +606,44 @@ enum SpeStatus spe_policy_guest_notice(const struct SpePolicy *policy, uint32_t 
 uint64_t spe_policy_pinned_bytes(const struct SpePolicy *policy);
 
 /*
+ The policy's state for a migration or snapshot, as JSON (`Policy::save`): call it with the
+ vCPUs paused, then send `VmStop` to this policy. Writes at most `len` bytes into `buf` (no
+ NUL) and the JSON's length into `*needed`; when `len` is too small nothing is written and
+ [`SpeStatus::BadArgument`] says so: call again with a buffer of `*needed` bytes.
+
+ # Safety
+ `policy` is live; `buf` is null or writable for `len` bytes; `needed` is writable for one
+ `size_t`; `err` is null or writable for `err_len` bytes.
+ */
+enum SpeStatus spe_policy_save(const struct SpePolicy *policy,
+                               uint8_t *buf,
+                               size_t len,
+                               size_t *needed,
+                               char *err,
+                               size_t err_len);
+
+/*
+ Builds the policy a config names for `vm` (null: the default VM), carrying on from a state
+ [`spe_policy_save`] wrote on the source: what the strategy needs is pinned through `host`
+ before this returns, so call it before the destination's vCPUs run. Free the policy with
+ [`spe_policy_free`].
+
+ # Safety
+ As [`spe_policy_new`], and `state` points to `state_len` readable bytes and `host` to
+ callbacks that are sound to call with their `ctx` for the duration of the call.
+ */
+enum SpeStatus spe_policy_restore(const char *text,
+                                  size_t len,
+                                  uint32_t format,
+                                  const struct SpeVm *vm,
+                                  const uint8_t *state,
+                                  size_t state_len,
+                                  const struct SpeHostCallbacks *host,
+                                  struct SpePolicy **out,
+                                  char *err,
+                                  size_t err_len);
+
+/*
  Hands the policy one event, with the VMM's host behind `host`; the answer goes to `*out`.
  [`SpeStatus::Host`]: a host callback failed in a way no guest-visible outcome covers (the
  message says which call and why).

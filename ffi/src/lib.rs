@@ -507,6 +507,109 @@ pub unsafe extern "C" fn spe_policy_pinned_bytes(policy: *const SpePolicy) -> u6
         .unwrap_or(0)
 }
 
+/// The policy's state for a migration or snapshot, as JSON (`Policy::save`): call it with the
+/// vCPUs paused, then send `VmStop` to this policy. Writes at most `len` bytes into `buf` (no
+/// NUL) and the JSON's length into `*needed`; when `len` is too small nothing is written and
+/// [`SpeStatus::BadArgument`] says so: call again with a buffer of `*needed` bytes.
+///
+/// # Safety
+/// `policy` is live; `buf` is null or writable for `len` bytes; `needed` is writable for one
+/// `size_t`; `err` is null or writable for `err_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn spe_policy_save(
+    policy: *const SpePolicy,
+    buf: *mut u8,
+    len: usize,
+    needed: *mut usize,
+    err: *mut c_char,
+    err_len: usize,
+) -> SpeStatus {
+    boundary(err, err_len, || {
+        // SAFETY: null or live, by the contract above.
+        let Some(p) = (unsafe { policy.as_ref() }) else {
+            return Err((SpeStatus::BadArgument, "policy is null".into()));
+        };
+        if needed.is_null() {
+            return Err((SpeStatus::BadArgument, "needed is null".into()));
+        }
+        let json = serde_json::to_vec(&p.policy.save()).map_err(|e| {
+            (
+                SpeStatus::Panic,
+                format!("the state does not serialize: {e}"),
+            )
+        })?;
+        // SAFETY: `needed` is non-null and writable (contract above).
+        unsafe { needed.write(json.len()) };
+        if buf.is_null() || len < json.len() {
+            return Err((
+                SpeStatus::BadArgument,
+                format!(
+                    "the state is {} bytes; call again with a buffer that large",
+                    json.len()
+                ),
+            ));
+        }
+        // SAFETY: `buf` is non-null and writable for `len >= json.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(json.as_ptr(), buf, json.len()) };
+        Ok(())
+    })
+}
+
+/// Builds the policy a config names for `vm` (null: the default VM), carrying on from a state
+/// [`spe_policy_save`] wrote on the source: what the strategy needs is pinned through `host`
+/// before this returns, so call it before the destination's vCPUs run. Free the policy with
+/// [`spe_policy_free`].
+///
+/// # Safety
+/// As [`spe_policy_new`], and `state` points to `state_len` readable bytes and `host` to
+/// callbacks that are sound to call with their `ctx` for the duration of the call.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn spe_policy_restore(
+    text: *const c_char,
+    len: usize,
+    format: u32,
+    vm: *const SpeVm,
+    state: *const u8,
+    state_len: usize,
+    host: *const SpeHostCallbacks,
+    out: *mut *mut SpePolicy,
+    err: *mut c_char,
+    err_len: usize,
+) -> SpeStatus {
+    boundary(err, err_len, || {
+        if out.is_null() || state.is_null() {
+            return Err((SpeStatus::BadArgument, "out or state is null".into()));
+        }
+        // SAFETY: null or valid, by the contract above.
+        let Some(host) = (unsafe { host.as_ref() }) else {
+            return Err((SpeStatus::BadArgument, "host is null".into()));
+        };
+        // SAFETY: by the contract above.
+        let text = unsafe { text_arg(text, len) }?;
+        let config = load(text, format)?;
+        let vm = if vm.is_null() {
+            VmSpec::default()
+        } else {
+            // SAFETY: non-null, and by the contract above it points to one SpeVm.
+            vm_spec(unsafe { &*vm })
+        };
+        // SAFETY: non-null and `state_len` bytes long (contract above).
+        let bytes = unsafe { std::slice::from_raw_parts(state, state_len) };
+        let saved: spe_policies::PolicyState = serde_json::from_slice(bytes)
+            .map_err(|e| (SpeStatus::Invalid, format!("the saved state: {e}")))?;
+        let c = CHost(host);
+        let policy = Policy::restore(&config, &vm, &saved, &c, &c).map_err(|e| match e {
+            spe_policies::RestoreError::Host(_) => (SpeStatus::Host, e.to_string()),
+            _ => (SpeStatus::Invalid, e.to_string()),
+        })?;
+        let boxed = Box::into_raw(Box::new(SpePolicy { policy }));
+        // SAFETY: `out` is non-null and writable for one pointer (contract above).
+        unsafe { out.write(boxed) };
+        Ok(())
+    })
+}
+
 /// Hands the policy one event, with the VMM's host behind `host`; the answer goes to `*out`.
 /// [`SpeStatus::Host`]: a host callback failed in a way no guest-visible outcome covers (the
 /// message says which call and why).
