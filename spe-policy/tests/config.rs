@@ -265,3 +265,22 @@ fn sizes_serialize_with_units() {
     assert_eq!(c.pin_buffer.cap_per_vcpu, ByteSize(32 << 20));
     assert!(to_toml(&c).contains("cap_per_vcpu = \"32MiB\""));
 }
+
+#[test]
+fn sizes_take_binary_units_in_any_case_and_refuse_si_units_and_fractions() {
+    let ok = |s: &str| s.parse::<ByteSize>().map(|b| b.bytes());
+    assert_eq!(ok("4096"), Ok(4096));
+    assert_eq!(ok("16MiB"), Ok(16 << 20));
+    assert_eq!(ok("16 mib"), Ok(16 << 20), "case and a space");
+    assert_eq!(ok("4k"), Ok(4096), "K alone is binary");
+    assert_eq!(ok("1_024 KiB"), Ok(1 << 20), "digit grouping");
+    assert_eq!(ok("2EiB"), Ok(2 << 60));
+    for si in ["16MB", "16 mb", "4KB", "4kB", "1GB", "1TB"] {
+        let e = ok(si).expect_err(si);
+        assert!(e.contains("ambiguous") && e.contains("iB"), "{si}: {e}");
+    }
+    for bad in ["1.5MiB", "1e6", "-4KiB", "", "MiB", "16 furlongs"] {
+        assert!(ok(bad).is_err(), "{bad:?} was accepted");
+    }
+    assert!(ok("16EiB").expect_err("overflow").contains("64 bits"));
+}

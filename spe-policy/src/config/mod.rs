@@ -60,35 +60,43 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        // The parsing is parse-size's (units case-insensitive, `_` and spaces in numbers),
+        // with its binary unit system; what it would accept and we do not: the SI spellings
+        // (ambiguous) and fractions (a size here is a whole number of bytes).
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit() && c != '_')
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.replace('_', "").parse().map_err(|_| {
-            format!("{s:?} is not a size (write e.g. 4096, \"4KiB\", \"16MiB\", \"1GiB\")")
-        })?;
-        let shift = match unit.trim() {
-            "" | "B" => 0,
-            "K" | "KiB" | "k" => 10,
-            "M" | "MiB" => 20,
-            "G" | "GiB" => 30,
-            "T" | "TiB" => 40,
-            u @ ("KB" | "kB" | "MB" | "GB" | "TB") => {
-                let binary = format!("{}iB", &u[..1].to_uppercase());
-                return Err(format!(
-                    "{s:?} is ambiguous: {u} is a power of 1000 in SI and of 1024 elsewhere; write \"{num}{binary}\" (binary) or the number of bytes"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "{s:?} has an unknown unit {other:?} (use B, KiB, MiB, GiB or TiB)"
-                ));
-            }
-        };
-        n.checked_mul(1 << shift)
+        let not_a_size =
+            || format!("{s:?} is not a size (write e.g. 4096, \"4KiB\", \"16MiB\", \"1GiB\")");
+        // A whole number, then letters only (no fraction, sign or exponent: "1e6").
+        if num.trim().is_empty()
+            || num.contains(['.', '+', '-'])
+            || !unit.trim().chars().all(|c| c.is_ascii_alphabetic())
+        {
+            return Err(not_a_size());
+        }
+        let u = unit.trim();
+        if matches!(
+            u.to_ascii_lowercase().as_str(),
+            "kb" | "mb" | "gb" | "tb" | "pb" | "eb"
+        ) {
+            let binary = format!("{}iB", &u[..1].to_uppercase());
+            return Err(format!(
+                "{s:?} is ambiguous: {u} is a power of 1000 in SI and of 1024 elsewhere; write \"{}{binary}\" (binary) or the number of bytes",
+                num.trim()
+            ));
+        }
+        parse_size::Config::new()
+            .with_binary()
+            .parse_size(t)
             .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
+            .map_err(|e| match e {
+                parse_size::Error::PosOverflow => format!("{s:?} does not fit in 64 bits"),
+                parse_size::Error::InvalidDigit if !u.is_empty() => {
+                    format!("{s:?} has an unknown unit {u:?} (use B, KiB, MiB, GiB or TiB)")
+                }
+                _ => not_a_size(),
+            })
     }
 }
 
