@@ -320,7 +320,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                 tables_touched: s.tables,
             })
         };
-        let shift = p.shifts[((level + 1) as usize).min(5)];
+        let shift = p.shifts[(level + 1) as usize & 7];
         let oa = p.layout.output_address(desc, shift);
         if !p.oa_in_range(oa) {
             let cause = FaultCause::OutputAddressOutOfRange { output: Ipa(oa) };

@@ -84,14 +84,19 @@ impl<M: GuestMemoryRead> Walker<M> {
         len: u64,
         limits: RangeLimits,
     ) -> Result<RangeTranslation, WalkError> {
+        // One allocation each for the common case (a buffer of up to 64 scattered pages and
+        // its handful of tables), not one per doubling; bounded whatever `len` says.
+        let pages = (len >> 12).clamp(1, 64) as usize;
         let mut out = RangeTranslation {
-            runs: Vec::new(),
-            tables_touched: Vec::new(),
+            runs: Vec::with_capacity(pages),
+            tables_touched: Vec::with_capacity(8),
             fault: None,
             steps: 0,
         };
         let end = start.0.saturating_add(len);
-        let mut seen: HashSet<Ipa> = HashSet::new();
+        // Distinct table pages: a linear scan while there are few (a buffer of a few MiB
+        // touches a handful), a set once there are many; no allocation for a small range.
+        let mut seen: Option<HashSet<Ipa>> = None;
         // The walk states of the previous VA (the table at each level and how it was reached),
         // for resuming below the levels a neighbouring VA shares: a software walk cache.
         let mut states: [Option<WalkState>; MAX_WALK_DEPTH] = [None; MAX_WALK_DEPTH];
@@ -145,7 +150,23 @@ impl<M: GuestMemoryRead> Walker<M> {
                         Err(e) => e.tables_touched(),
                     };
                     for page in touched.iter().skip(resume) {
-                        if out.tables_touched.last() != Some(page) && seen.insert(*page) {
+                        if out.tables_touched.last() == Some(page) {
+                            continue;
+                        }
+                        let new = match &mut seen {
+                            Some(set) => set.insert(*page),
+                            None if out.tables_touched.len() < 32 => {
+                                !out.tables_touched.contains(page)
+                            }
+                            None => {
+                                let mut set: HashSet<Ipa> =
+                                    out.tables_touched.iter().copied().collect();
+                                let new = set.insert(*page);
+                                seen = Some(set);
+                                new
+                            }
+                        };
+                        if new {
                             out.tables_touched.push(*page);
                         }
                     }

@@ -87,10 +87,11 @@ pub(crate) struct HalfParams {
     pub upper: bool,
     /// EPDn = 1.
     pub walks_disabled: bool,
-    /// `level_shift` per level, indexed by `level + 1`.
-    pub shifts: [u32; 6],
-    /// Index mask per level, indexed by `level + 1`.
-    pub index_masks: [u64; 6],
+    /// `level_shift` per level, indexed by `(level + 1) & 7` (eight entries, so the index needs
+    /// no bounds check on the walk's hot path; entries 5-7 are unused).
+    pub shifts: [u32; 8],
+    /// Index mask per level, indexed as `shifts`.
+    pub index_masks: [u64; 8],
     /// `!(page size - 1)`: aligns an address down to its page.
     pub page_mask: u64,
     /// log2 of the page size.
@@ -268,8 +269,8 @@ impl Stage1Regs {
         base &= !((1u64 << align) - 1);
 
         let hw_af = self.hw_af && tcr.ha();
-        let mut shifts = [0u32; 6];
-        let mut index_masks = [0u64; 6];
+        let mut shifts = [0u32; 8];
+        let mut index_masks = [0u64; 8];
         for level in start_level..=3 {
             let i = (level + 1) as usize;
             shifts[i] = level_shift(granule, level);
@@ -320,10 +321,7 @@ impl HalfParams {
     #[inline]
     pub fn index(&self, va: u64, level: FaultLevel) -> u64 {
         let i = (level + 1) as usize & 7;
-        match (self.shifts.get(i), self.index_masks.get(i)) {
-            (Some(shift), Some(mask)) => (va >> shift) & mask,
-            _ => 0,
-        }
+        (va >> self.shifts[i]) & self.index_masks[i]
     }
 
     /// Whether `va` is inside this half's VA range (spec sheet §3.2).
