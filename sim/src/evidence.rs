@@ -2,7 +2,7 @@
 //! simulator can observe. An erratum without a predicate here is not yet reproduced by the
 //! simulator (see docs/DESIGN.md).
 
-use crate::engine::{CostModel, LossCause, LossOrigin, Metrics};
+use crate::engine::{CostModel, FaultOrigin, LossCause, LossOrigin, Metrics};
 
 /// The strategy an erratum id belongs to, from its prefix.
 pub fn owner(erratum: &str) -> Option<&'static str> {
@@ -44,6 +44,7 @@ pub fn observables(id: &str) -> &'static [&'static str] {
         "SB-04" => &["lost_by_cause", "loss_by_origin"],
         "SB-06" => &["stall_by_kind", "copy_wait_ns"],
         "SB-07" => &["bytes_dropped"],
+        "PA-06" | "PB-09" => &["loss_by_origin"],
         _ => &[],
     }
 }
@@ -123,6 +124,15 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         "SB-04" => charged(LossCause::SpuStopped) && started_by(LossOrigin::HostBufferFull),
         // Copies waiting for paging stall the vCPU (or the SPU, in the background).
         "SB-06" => m.copy_wait_ns > 0.0 || stalled("copy") >= cost.swap_in_ns,
+        // With mlock pins the host moved pinned pages anyway: the loss started at a fault on a
+        // page the strategy held pinned (pin-all: handed to the guest, fatal; pin-buffer:
+        // repaired after a recovery).
+        "PA-06" => {
+            started_by(LossOrigin::Stage2Fault(FaultOrigin::PinnedMoved)) && saw("stage2-fault")
+        }
+        "PB-09" => {
+            started_by(LossOrigin::Stage2Fault(FaultOrigin::PinnedMoved)) && m.fatal_events == 0
+        }
         // A remap met at copy time drops the records the SPU took after the fault point.
         "SB-07" => m.bytes_dropped > 0 && saw("stage1-fault"),
         _ => return None,

@@ -58,6 +58,7 @@ pub const BUILTIN_SCENARIOS: &[(&str, &str)] = &builtin_scenarios![
     "steady",
     "swap-heavy",
     "swap-storm",
+    "thp-collapse-mlock",
     "thp-split",
     "unbackable",
 ];

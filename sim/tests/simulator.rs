@@ -1017,3 +1017,32 @@ fn a_policy_saved_and_restored_mid_run_shows_the_guest_exactly_what_an_unmoved_o
     );
     assert!(compared >= 80, "only {compared} runs compared");
 }
+
+#[test]
+fn an_mlock_pin_does_not_stop_thp_collapse_and_a_long_term_pin_does() {
+    // Issue 14: measured on the real kernel (stage2-check), mlock keeps pages resident, not
+    // mapped. The same scenario with the default long-term pin: no fault reaches the SPU.
+    let mlock = results();
+    let pa = get(mlock, "thp-collapse-mlock", "pin-all");
+    let pb = get(mlock, "thp-collapse-mlock", "pin-buffer");
+    assert!(
+        pa.fatal_events > 0 && pa.loss_by_erratum.contains_key("PA-06"),
+        "{pa:?}"
+    );
+    assert!(
+        pb.stage2_faults > 0 && pb.loss_by_erratum.contains_key("PB-09"),
+        "{pb:?}"
+    );
+    assert_eq!(pb.fatal_events, 0, "pin-buffer repairs the fault");
+    let mut long_term = scenarios()
+        .into_iter()
+        .find(|s| s.name == "thp-collapse-mlock")
+        .expect("scenario");
+    long_term.name = "thp-collapse-long-term".into();
+    long_term.spe = None;
+    let r = compare_on("", &[long_term], RunOptions::default());
+    for s in ["pin-all", "pin-buffer"] {
+        let m = get(&r, "thp-collapse-long-term", s);
+        assert_eq!((m.stage2_faults, m.samples_lost), (0, 0), "{s}: {m:?}");
+    }
+}

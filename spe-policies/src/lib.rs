@@ -148,6 +148,10 @@ impl BackingStrategy for Policy {
     fn buffer_cap_bytes(&self) -> Option<u64> {
         dispatch!(self, s => s.buffer_cap_bytes())
     }
+
+    fn guest_notice(&self) -> spe_policy::guest_notice::GuestNotice {
+        dispatch!(self, s => s.guest_notice())
+    }
 }
 
 impl StrategyConfig {
@@ -187,6 +191,7 @@ impl StrategyConfig {
                     MigrationPolicy::StopAndCopy => PinAllMigration::StopAndCopy,
                     _ => PinAllMigration::Refuse,
                 },
+                pin: c.pin,
             })),
             #[cfg(feature = "pin-buffer")]
             StrategyName::PinBuffer => Ok(StrategyConfig::PinBuffer(PinBufferConfig {
@@ -194,6 +199,7 @@ impl StrategyConfig {
                 pin_cache: c.pin_buffer.pin_cache,
                 recovery,
                 walk,
+                pin: c.pin,
             })),
             #[cfg(feature = "fault-translate")]
             StrategyName::FaultTranslate => {

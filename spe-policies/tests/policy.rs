@@ -248,3 +248,38 @@ fn a_state_is_refused_by_another_strategys_config_and_by_another_layout_version(
     let e = Policy::restore(&pin_buffer, &vm, &future, &g.ram, &host).expect_err("version");
     assert!(e.to_string().contains("version 99"), "{e}");
 }
+
+#[test]
+fn the_guest_is_told_of_the_mlock_errata_only_when_the_vmm_pins_with_mlock() {
+    use spe_policy::config::{PinKind, SpeConfig, StrategyName};
+    let vm = spe_policy::VmSpec::default();
+    let notice = |strategy, pin| {
+        let c = SpeConfig {
+            strategy,
+            pin,
+            migration: Some(spe_policy::config::MigrationPolicy::StopAndCopy),
+            ..SpeConfig::default()
+        };
+        Policy::from_config(&c, &vm)
+            .expect("policy")
+            .guest_notice()
+            .errata
+    };
+    let fatal = 1 << bits::FATAL_FAULT;
+    assert_eq!(notice(StrategyName::PinAll, PinKind::LongTerm) & fatal, 0);
+    assert_ne!(
+        notice(StrategyName::PinAll, PinKind::Mlock) & fatal,
+        0,
+        "PA-06"
+    );
+    let rewind = 1 << bits::REWIND;
+    assert_eq!(
+        notice(StrategyName::PinBuffer, PinKind::LongTerm) & rewind,
+        0
+    );
+    assert_ne!(
+        notice(StrategyName::PinBuffer, PinKind::Mlock) & rewind,
+        0,
+        "PB-09"
+    );
+}

@@ -110,19 +110,25 @@ pub trait BackingStrategy: Send + Sync {
         None
     }
 
-    /// The notice to expose to the guest.
+    /// The notice to expose to the guest: the bits of every erratum it declares. A strategy
+    /// whose errata depend on its configuration overrides this with [`notice_for`].
     fn guest_notice(&self) -> GuestNotice {
-        let errata = self
-            .errata()
-            .iter()
-            .filter_map(|e| match e.guest_told {
-                GuestTold::NoticeBit(b) if b < 32 => Some(1u32 << b),
-                _ => None,
-            })
-            .fold(0, |a, b| a | b);
-        let cap = self
-            .buffer_cap_bytes()
-            .map_or(0, |b| u32::try_from(b / 4096).unwrap_or(u32::MAX));
-        GuestNotice::new(self.id(), errata, cap)
+        notice_for(self.id(), self.errata().iter(), self.buffer_cap_bytes())
     }
+}
+
+/// The guest notice of strategy `id` with the errata that apply and the buffer cap in bytes.
+pub fn notice_for<'a>(
+    id: StrategyId,
+    errata: impl Iterator<Item = &'a Erratum>,
+    cap_bytes: Option<u64>,
+) -> GuestNotice {
+    let bits = errata
+        .filter_map(|e| match e.guest_told {
+            GuestTold::NoticeBit(b) if b < 32 => Some(1u32 << b),
+            _ => None,
+        })
+        .fold(0, |a, b| a | b);
+    let cap = cap_bytes.map_or(0, |b| u32::try_from(b / 4096).unwrap_or(u32::MAX));
+    GuestNotice::new(id, bits, cap)
 }

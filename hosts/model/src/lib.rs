@@ -302,6 +302,22 @@ impl Stage2Model {
         taken
     }
 
+    /// Host event that an mlock pin does not stop (THP collapse, compaction: the kernel moves
+    /// the page and zaps its stage 2 mapping, measured by `spe-policy stage2-check`): every
+    /// present page of `range` is unmapped, pinned or not; a pinned page keeps its pin and is
+    /// brought back at the next fault. Returns how many pages were unmapped.
+    pub fn unmap_moving_mlocked(&self, range: IpaRange, why: Absence) -> u64 {
+        let shift = self.shift();
+        let mut taken = 0;
+        self.change().for_each(range, shift, |_, f| {
+            if *f & flag::ABSENCE == 0 {
+                *f |= absence_bits(why);
+                taken += 1;
+            }
+        });
+        taken
+    }
+
     /// Host event: KSM merges the unpinned pages of `range` (read-only, shared). Returns how
     /// many pages were merged.
     pub fn ksm_merge(&self, range: IpaRange) -> u64 {

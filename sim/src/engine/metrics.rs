@@ -383,10 +383,13 @@ impl Loss {
         let candidates: &[&str] = match (self.cause, self.origin) {
             // A rewind or restart gives up records: the DL / rewind erratum, or the remap
             // that caused the fault.
+            // A page pinned with mlock that the host moved anyway.
+            (C::Recovery | C::Fatal, O::Stage2Fault(F::PinnedMoved)) => &["PB-09", "PA-06"],
             (C::Recovery, O::Stage2Fault(F::Remapped)) => &["FT-01", "PB-03"],
             (C::Recovery, O::Stage2Fault(_)) => &["FT-01"],
             // The SPU stood stopped at a fault: the erratum of what made the page fault.
             (C::SpuStopped | C::BackgroundService, O::Stage2Fault(f)) => match f {
+                F::PinnedMoved => &["PB-09", "PA-06"],
                 F::Remapped => &["PB-03", "FT-07"],
                 F::TablePage => &["FT-03"],
                 F::WriteProtected => &["FT-04"],
@@ -460,6 +463,9 @@ pub enum FaultOrigin {
     TablePage,
     /// A buffer page the guest remapped behind the host's back after enabling the buffer.
     Remapped,
+    /// A page the strategy had pinned with `mlock` that the host moved anyway (THP collapse,
+    /// compaction): an mlock pin keeps a page resident, not mapped.
+    PinnedMoved,
 }
 
 impl FaultOrigin {
@@ -471,6 +477,7 @@ impl FaultOrigin {
             FaultOrigin::WriteProtected => "stage2-fault/write-protected",
             FaultOrigin::TablePage => "stage2-fault/table-page",
             FaultOrigin::Remapped => "stage2-fault/remapped",
+            FaultOrigin::PinnedMoved => "stage2-fault/mlocked-page-moved",
         }
     }
 }

@@ -36,7 +36,7 @@ use spe_policy::arch::{
     BufferEvent, BufferEventKind, BufferMode, FaultStatusCode, Pmbidr, Pmblimitr, Pmbptr, Pmbsr,
     Stage,
 };
-use spe_policy::config::{ServiceMode, SpeConfig, WriteOrderName};
+use spe_policy::config::{PinKind, ServiceMode, SpeConfig, WriteOrderName};
 use spe_policy::event::{
     BufferReg, BufferRegs, Event, InvalidationCause, MigrationMode, Outcome, Refusal,
 };
@@ -927,8 +927,15 @@ impl Sim<'_> {
             .all(|t| self.page_state(*t, generation).present);
         // The host maps guest RAM with last-level (4 KiB) pages at stage 2.
         if !tables_present || !data.present {
+            let moved_pin = |s: spe_policy::host::PageState| s.pinned && !s.present;
+            let mut table_moved = false;
+            for t in tables.as_slice() {
+                table_moved |= moved_pin(self.page_state(*t, generation));
+            }
             let c = &self.cpus[v as usize];
-            let origin = if !tables_present {
+            let origin = if table_moved || (tables_present && moved_pin(data)) {
+                FaultOrigin::PinnedMoved
+            } else if !tables_present {
                 FaultOrigin::TablePage
             } else if c.remapped.contains(&(page - c.base)) {
                 FaultOrigin::Remapped
@@ -1281,6 +1288,9 @@ impl Sim<'_> {
             Outcome::Inject { pmbsr, pmbptr } => {
                 let loss = if fault.guest_error() {
                     Loss::baseline(LossCause::GuestError)
+                } else if origin == LossOrigin::Stage2Fault(FaultOrigin::PinnedMoved) {
+                    // What the guest was handed started at a pin that did not hold.
+                    Loss::new(LossCause::Fatal, origin)
                 } else {
                     Loss::new(LossCause::Fatal, handed(pmbsr, false))
                 };
@@ -1677,7 +1687,16 @@ impl Sim<'_> {
                     let page = Ipa(RAM_BASE.0 + first * 4096);
                     let range = IpaRange::new(page, unit * 4096);
                     let ev = Event::HostInvalidation { range, cause };
-                    if self.on_event(&ev)? == Outcome::Resume {
+                    let out = self.on_event(&ev)?;
+                    if self.config.pin == PinKind::Mlock
+                        && matches!(kind, HostEventKind::ThpCollapse | HostEventKind::Compaction)
+                    {
+                        // An mlock pin does not stop the kernel moving the page (a refusal
+                        // by the strategy cannot either): the mapping is zapped anyway.
+                        self.host
+                            .model
+                            .unmap_moving_mlocked(range, Absence::NeverTouched);
+                    } else if out == Outcome::Resume {
                         let host = &self.host.model;
                         match kind {
                             HostEventKind::SwapOut => {

@@ -122,7 +122,14 @@ const STRATEGY_TABLES: [(&str, StrategyName); 3] = [
 ];
 
 /// The policy keys that are only meaningful inside `[spe]`.
-const SPE_KEYS: [&str; 5] = ["strategy", "migration", "dirty_log", "recovery", "service"];
+const SPE_KEYS: [&str; 6] = [
+    "strategy",
+    "migration",
+    "dirty_log",
+    "recovery",
+    "service",
+    "pin",
+];
 
 /// A format-neutral view of a parsed document, for the shape checks and the warnings.
 enum Node<'a> {

@@ -259,6 +259,30 @@ pub enum RecoveryName {
     Discard,
 }
 
+/// What the VMM's pin is (`HostBacking::pin`), measured on the real kernel (`spe-policy
+/// stage2-check`): whether it keeps the stage 2 mapping or only keeps the page resident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinKind {
+    /// A long-term pin (`FOLL_LONGTERM`: io_uring registered buffers, VFIO, `pin_user_pages`):
+    /// the page is neither moved nor collapsed, so its stage 2 mapping stays.
+    #[default]
+    LongTerm,
+    /// `mlock`: resident only. THP collapse and compaction still move the page and zap its
+    /// stage 2 mapping (PA-06, PB-09); file writeback write-protects it.
+    Mlock,
+}
+
+impl PinKind {
+    /// The kebab-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PinKind::LongTerm => "long-term",
+            PinKind::Mlock => "mlock",
+        }
+    }
+}
+
 /// Where the host does the work a buffer event needs (a stage 2 fault's service and the
 /// recovery scan; shadow-buffer's copies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -382,6 +406,9 @@ pub struct SpeConfig {
     /// Where the host services buffer events: before re-entering the guest, or in the
     /// background.
     pub service: ServiceMode,
+    /// What the VMM's pins are (pin-all, pin-buffer): `long-term` keeps stage 2, `mlock` only
+    /// residency.
+    pub pin: PinKind,
     /// pin-all's settings.
     pub pin_all: PinAllSection,
     /// pin-buffer's settings.

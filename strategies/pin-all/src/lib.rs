@@ -11,10 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
 use spe_policy::arch::{BufferEvent, BufferEventKind};
+use spe_policy::config::PinKind;
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{DisableReason, Event, MigrationMode, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
 use spe_policy::saved::{STATE_VERSION, SavedMemslot};
+use spe_policy::strategy::notice_for;
 use spe_policy::{
     BackingStrategy, GuestMemoryRead, HostBacking, HostError, Memslot, PolicyError, StrategyStats,
     VcpuId,
@@ -60,12 +62,14 @@ pub struct PinAllConfig {
     pub pin_at: PinAt,
     /// What migration does.
     pub migration: PinAllMigration,
+    /// What the host's pins are: with `mlock`, PA-06 applies.
+    pub pin: PinKind,
 }
 
 const NAME: &str = "pin-all";
 
 /// The errata of pin-all.
-pub static ERRATA: [Erratum; 5] = [
+pub static ERRATA: [Erratum; 6] = [
     Erratum {
         id: "PA-01",
         title: "No memory overcommit for the whole VM",
@@ -115,6 +119,16 @@ pub static ERRATA: [Erratum; 5] = [
         mitigation: "Raise RLIMIT_MEMLOCK to the VM's RAM, or pin at VM start so the failure stops the VM before it runs.",
         guest_told: GuestTold::NoticeBit(bits::SPE_DISABLED),
         scenario: "lock-limit",
+    },
+    Erratum {
+        id: "PA-06",
+        title: "With mlock pins, the host still moves guest pages under the SPU",
+        trigger: "`pin = mlock` and a THP collapse (khugepaged, MADV_COLLAPSE) or compaction of guest RAM; file writeback (msync) of a file-backed memslot write-protects the pages too.",
+        guest_visible: "The SPU takes a stage 2 fault on memory pin-all believes pinned: the guest receives it (EC=0x25) and Linux stops the perf session.",
+        host_visible: "mlock keeps a page resident, not mapped: on the real kernel MADV_COLLAPSE of a 4 MiB mlocked buffer zapped 1024 of 1024 stage 2 mappings (`spe-policy stage2-check`), while a long-term pin made the collapse fail (EAGAIN) and kept them all.",
+        mitigation: "Pin with a long-term pin (`pin = long-term`: io_uring registered buffers, VFIO, pin_user_pages with FOLL_LONGTERM), or keep THP collapse off guest RAM (MADV_NOHUGEPAGE).",
+        guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
+        scenario: "thp-collapse-mlock",
     },
 ];
 
@@ -302,6 +316,16 @@ impl BackingStrategy for PinAll {
 
     fn errata(&self) -> &'static [Erratum] {
         &ERRATA
+    }
+
+    fn guest_notice(&self) -> spe_policy::guest_notice::GuestNotice {
+        // PA-06 is the mlock pin's: a long-term pin keeps stage 2.
+        let applies = |e: &&Erratum| e.id != "PA-06" || self.config.pin == PinKind::Mlock;
+        notice_for(
+            self.id(),
+            self.errata().iter().filter(applies),
+            self.buffer_cap_bytes(),
+        )
     }
 
     fn stats(&self) -> StrategyStats {

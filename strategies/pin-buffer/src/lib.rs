@@ -21,12 +21,13 @@ use parking_lot::Mutex;
 use spe_policy::arch::walk::{RangeLimits, Stage1Regs, WalkError, WalkOptions, Walker};
 use spe_policy::arch::{BufferEvent, BufferEventKind, Pmbidr, Stage};
 use spe_policy::buffer_recovery::{RecoverySettings, recover_buffer};
-use spe_policy::config::defaults;
+use spe_policy::config::{PinKind, defaults};
 use spe_policy::errata::{Erratum, GuestTold, Profile, Property};
 use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome, Refusal};
 use spe_policy::guest_notice::{StrategyId, bits};
 use spe_policy::pin_ledger::PinLedger;
 use spe_policy::saved::{STATE_VERSION, SavedStage1};
+use spe_policy::strategy::notice_for;
 use spe_policy::{
     BackingStrategy, Granule, GuestMemoryRead, Gva, HostBacking, HostError, Ipa, IpaRange,
     PolicyError, StrategyStats, VcpuId,
@@ -43,6 +44,8 @@ pub struct PinBufferConfig {
     pub recovery: RecoverySettings,
     /// The implementation the walks model (PAMax, features), as the SPU's walk does.
     pub walk: WalkOptions,
+    /// What the host's pins are: with `mlock`, PB-09 applies.
+    pub pin: PinKind,
 }
 
 impl Default for PinBufferConfig {
@@ -56,6 +59,7 @@ impl Default for PinBufferConfig {
                 allow_recursive_tables: true,
                 ..WalkOptions::default()
             },
+            pin: PinKind::LongTerm,
         }
     }
 }
@@ -63,7 +67,7 @@ impl Default for PinBufferConfig {
 const NAME: &str = "pin-buffer";
 
 /// The errata of pin-buffer.
-pub static ERRATA: [Erratum; 8] = [
+pub static ERRATA: [Erratum; 9] = [
     Erratum {
         id: "PB-01",
         title: "Buffers larger than the per-vCPU cap are refused",
@@ -143,6 +147,16 @@ pub static ERRATA: [Erratum; 8] = [
         mitigation: "Raise RLIMIT_MEMLOCK to vCPUs x cap.",
         guest_told: GuestTold::NoticeBit(bits::BUFFER_CAP),
         scenario: "lock-limit",
+    },
+    Erratum {
+        id: "PB-09",
+        title: "With mlock pins, the host still moves buffer and table pages under the SPU",
+        trigger: "`pin = mlock` and a THP collapse (khugepaged, MADV_COLLAPSE) or compaction of the buffer's pages or its stage 1 tables; file writeback (msync) of a file-backed memslot write-protects them too.",
+        guest_visible: "The SPU stops at a stage 2 fault on a pinned page; the host maps it again and resumes after a DL=1 recovery (PMBPTR may be rewound, records after it lost).",
+        host_visible: "mlock keeps a page resident, not mapped: on the real kernel MADV_COLLAPSE of a 4 MiB mlocked buffer zapped 1024 of 1024 stage 2 mappings and the next pass took 2 faults (one per new 2 MiB mapping; `spe-policy stage2-check`); a long-term pin made the collapse fail (EAGAIN) and took no fault.",
+        mitigation: "Pin with a long-term pin (`pin = long-term`: io_uring registered buffers, VFIO, pin_user_pages with FOLL_LONGTERM), or keep THP collapse off guest RAM (MADV_NOHUGEPAGE).",
+        guest_told: GuestTold::NoticeBit(bits::REWIND),
+        scenario: "thp-collapse-mlock",
     },
 ];
 
@@ -800,6 +814,16 @@ impl BackingStrategy for PinBuffer {
         &ERRATA
     }
 
+    fn guest_notice(&self) -> spe_policy::guest_notice::GuestNotice {
+        // PB-09 is the mlock pin's: a long-term pin keeps stage 2.
+        let applies = |e: &&Erratum| e.id != "PB-09" || self.config.pin == PinKind::Mlock;
+        notice_for(
+            self.id(),
+            self.errata().iter().filter(applies),
+            self.buffer_cap_bytes(),
+        )
+    }
+
     fn stats(&self) -> StrategyStats {
         self.state.lock().stats
     }
@@ -1064,6 +1088,23 @@ impl PinBuffer {
                 return Ok(pass);
             }
             Err(e) => return Err(err("pinning a remapped buffer page")(e)),
+        }
+        // Held is not always mapped: an mlock pin (PB-09) keeps the page resident while THP
+        // collapse or compaction still moves it and zaps stage 2. Map what faulted again, or
+        // the SPU would fault at the same PMBPTR forever.
+        let faulted = host_pages(page.1, unit, granule)
+            .chain(tables.iter().flat_map(|t| host_pages(*t, unit, granule)))
+            .filter(|p| !host.page_state(*p).present)
+            .collect::<Vec<_>>();
+        for p in faulted {
+            match host.fault_in(p) {
+                Ok(_) => {}
+                Err(HostError::NotInMemslot(_)) | Err(HostError::Unavailable { .. }) => {
+                    st.stats.injected += 1;
+                    return Ok(pass);
+                }
+                Err(e) => return Err(err("mapping a pinned page the host moved")(e)),
+            }
         }
         // No enable seen for this buffer (or it was disabled since): no record boundary is
         // known before the fault, so nothing before it is judged.
