@@ -15,6 +15,8 @@ struct Row {
     function: String,
     param: String,
     mean_ns: f64,
+    /// When criterion wrote it: of two results for the same benchmark, the newer counts.
+    written: std::time::SystemTime,
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
@@ -39,11 +41,24 @@ fn collect(dir: &Path, out: &mut BTreeMap<String, Vec<Row>>) {
             let function = b["function_id"].as_str().unwrap_or("").to_string();
             let param = b["value_str"].as_str().unwrap_or("").to_string();
             if let Some(mean) = est["mean"]["point_estimate"].as_f64() {
-                out.entry(group).or_default().push(Row {
+                let written = std::fs::metadata(new.join("estimates.json"))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                let rows = out.entry(group).or_default();
+                let row = Row {
                     function,
                     param,
                     mean_ns: mean,
-                });
+                    written,
+                };
+                match rows
+                    .iter_mut()
+                    .find(|r| r.function == row.function && r.param == row.param)
+                {
+                    Some(old) if old.written >= row.written => {}
+                    Some(old) => *old = row,
+                    None => rows.push(row),
+                }
             }
         } else {
             collect(&path, out);
@@ -98,12 +113,18 @@ fn machine() -> String {
 }
 
 fn main() {
-    let dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"));
+    // criterion writes under the workspace's target/ or, for some benches, the package's own:
+    // both are read unless a directory is given.
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dirs: Vec<PathBuf> = match std::env::args().nth(1) {
+        Some(d) => vec![PathBuf::from(d)],
+        None => vec![here.join("../target/criterion"), here.join("target/criterion")],
+    };
+    let dir = dirs[0].clone();
     let mut groups = BTreeMap::new();
-    collect(&dir, &mut groups);
+    for d in &dirs {
+        collect(d, &mut groups);
+    }
     if groups.is_empty() {
         eprintln!(
             "error: no criterion results under {}; run `cargo bench -p spe-policy-bench` first",
@@ -180,6 +201,12 @@ fn main() {
             );
         }
         let _ = writeln!(s);
+    }
+    // The side-by-side with Linux perf's decoder is measured by a harness outside criterion
+    // (perf's code is built from a kernel tree); its write-up is kept beside it.
+    let perf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("perf_compare/RESULTS.md");
+    if let Ok(text) = std::fs::read_to_string(&perf) {
+        let _ = write!(s, "{text}");
     }
     print!("{s}");
 }
