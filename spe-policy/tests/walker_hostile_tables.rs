@@ -122,3 +122,59 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_range_walk_translates_every_page_as_single_walks_do_on_any_tables(
+        words in prop::collection::vec(any::<u64>(), 16 * 512),
+        start_page in 0u64..4096,
+        pages in 1u64..64,
+        tcr_low in any::<u32>(),
+    ) {
+        // The range walk resumes at a neighbour's last-level table: it must give, page by page,
+        // the single walk's IPA, the same first fault, and the same table pages.
+        let base = 0x4000_0000;
+        let ram = hostile_ram(&words, base);
+        let tcr = Tcr::from_bits(u64::from(tcr_low) & 0x7fff_ffff).with_t0sz(25).with_t1sz(25);
+        let regs = Stage1Regs {
+            tcr,
+            ttbr0: Ttbr::from_bits(base),
+            ttbr1: Ttbr::from_bits(base + 0x1000),
+            sctlr: Sctlr::new().with_m(true),
+            hw_af: true,
+            hw_dbm: true,
+        };
+        let opts = WalkOptions { allow_recursive_tables: true, ..WalkOptions::default() };
+        let w = Walker::with_options(regs, opts, &ram);
+        let start = start_page * 0x1000;
+        let Ok(r) = w.translate_range(Gva(start), pages * 0x1000, RangeLimits::default()) else {
+            return Ok(());
+        };
+        let mut tables = std::collections::BTreeSet::new();
+        let mut va = start;
+        for run in &r.runs {
+            let mut off = 0;
+            while off < run.len {
+                let t = w.translate(Gva(va)).expect("a page the range walk mapped");
+                prop_assert_eq!(t.ipa.0, run.ipa.0 + off, "VA {:#x}", va);
+                tables.extend(t.tables_touched.as_slice().iter().copied());
+                let step = 0x1000 - (va & 0xfff);
+                off += step;
+                va += step;
+            }
+        }
+        if let Some(f) = &r.fault {
+            match w.translate(Gva(va)) {
+                Err(WalkError::Fault(g)) => {
+                    prop_assert_eq!(g.fsc(), f.fsc());
+                    tables.extend(g.tables_touched.as_slice().iter().copied());
+                }
+                other => prop_assert!(false, "range fault {} but single walk {:?}", f, other),
+            }
+        }
+        let range_tables: std::collections::BTreeSet<_> = r.tables_touched.iter().copied().collect();
+        prop_assert_eq!(range_tables, tables);
+    }
+}

@@ -118,7 +118,10 @@ fn main() {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dirs: Vec<PathBuf> = match std::env::args().nth(1) {
         Some(d) => vec![PathBuf::from(d)],
-        None => vec![here.join("../target/criterion"), here.join("target/criterion")],
+        None => vec![
+            here.join("../target/criterion"),
+            here.join("target/criterion"),
+        ],
     };
     let dir = dirs[0].clone();
     let mut groups = BTreeMap::new();

@@ -101,6 +101,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         // for resuming below the levels a neighbouring VA shares: a software walk cache.
         let mut states: [Option<WalkState>; MAX_WALK_DEPTH] = [None; MAX_WALK_DEPTH];
         let mut prev: Option<(u64, u8)> = None;
+        let mut last_params: Option<&super::regime::HalfParams> = None;
         let mut va = start.0;
         while va < end {
             if out.steps >= limits.max_steps {
@@ -111,66 +112,88 @@ impl<M: GuestMemoryRead> Walker<M> {
                 });
             }
             out.steps += 1;
-            let result = match self.params(Gva(va)) {
-                Err(fault) => Err(WalkError::Fault(fault)),
-                Ok(None) => self.flat(Gva(va)),
-                Ok(Some(p)) => {
-                    let half = Stage1Regs::ttbr_index(Gva(va));
-                    // The table at level L is shared when the indices of every level above L
-                    // agree: the VA bits from level_shift(L) + stride up.
-                    let mut resume = 0;
-                    if let Some((prev_va, prev_half)) = prev.filter(|(_, h)| *h == half) {
-                        for (i, st) in states.iter().enumerate().skip(1) {
-                            match st {
-                                Some(st)
-                                    if (va ^ prev_va)
-                                        >> (level_shift(p.granule, st.level)
-                                            + p.granule.stride())
-                                        == 0 =>
-                                {
-                                    resume = i;
+            // The common step: the next page of the same last-level table as the previous VA
+            // (same half, same upper indices, so the same parameters and checks held): resume
+            // at that table with one descriptor read, no parameter or resume-level search.
+            let leaf_level = states.iter().rposition(|s| s.is_some());
+            let neighbour = match (prev, last_params, leaf_level.and_then(|i| states[i])) {
+                (Some((prev_va, _)), Some(p), Some(st))
+                    if st.level == 3
+                        && (va ^ prev_va) >> (level_shift(p.granule, 3) + p.granule.stride())
+                            == 0 =>
+                {
+                    Some((p, st))
+                }
+                _ => None,
+            };
+            let result = if let Some((p, st)) = neighbour {
+                let r = self.walk_from(Gva(va), p, st, None);
+                prev = Some((va, Stage1Regs::ttbr_index(Gva(va))));
+                // Only the leaf table was read, and it is the previous page's.
+                r
+            } else {
+                match self.params(Gva(va)) {
+                    Err(fault) => Err(WalkError::Fault(fault)),
+                    Ok(None) => self.flat(Gva(va)),
+                    Ok(Some(p)) => {
+                        let half = Stage1Regs::ttbr_index(Gva(va));
+                        // The table at level L is shared when the indices of every level above L
+                        // agree: the VA bits from level_shift(L) + stride up.
+                        let mut resume = 0;
+                        if let Some((prev_va, prev_half)) = prev.filter(|(_, h)| *h == half) {
+                            for (i, st) in states.iter().enumerate().skip(1) {
+                                match st {
+                                    Some(st)
+                                        if (va ^ prev_va)
+                                            >> (level_shift(p.granule, st.level)
+                                                + p.granule.stride())
+                                            == 0 =>
+                                    {
+                                        resume = i;
+                                    }
+                                    _ => break,
                                 }
-                                _ => break,
                             }
+                            debug_assert_eq!(prev_half, half);
                         }
-                        debug_assert_eq!(prev_half, half);
-                    }
-                    let from = match states[resume] {
-                        Some(st) if prev.is_some_and(|(_, h)| h == half) => st,
-                        _ => WalkState::root(p),
-                    };
-                    // Levels below the resume point are walked again: forget their old states.
-                    for slot in states.iter_mut().skip(resume + 1) {
-                        *slot = None;
-                    }
-                    let r = self.walk_from(Gva(va), p, from, Some(&mut states));
-                    prev = Some((va, half));
-                    let touched = match &r {
-                        Ok(t) => t.tables_touched.as_slice(),
-                        Err(e) => e.tables_touched(),
-                    };
-                    for page in touched.iter().skip(resume) {
-                        if out.tables_touched.last() == Some(page) {
-                            continue;
-                        }
-                        let new = match &mut seen {
-                            Some(set) => set.insert(*page),
-                            None if out.tables_touched.len() < 32 => {
-                                !out.tables_touched.contains(page)
-                            }
-                            None => {
-                                let mut set: HashSet<Ipa> =
-                                    out.tables_touched.iter().copied().collect();
-                                let new = set.insert(*page);
-                                seen = Some(set);
-                                new
-                            }
+                        let from = match states[resume] {
+                            Some(st) if prev.is_some_and(|(_, h)| h == half) => st,
+                            _ => WalkState::root(p),
                         };
-                        if new {
-                            out.tables_touched.push(*page);
+                        // Levels below the resume point are walked again: forget their old states.
+                        for slot in states.iter_mut().skip(resume + 1) {
+                            *slot = None;
                         }
+                        let r = self.walk_from(Gva(va), p, from, Some(&mut states));
+                        prev = Some((va, half));
+                        let touched = match &r {
+                            Ok(t) => t.tables_touched.as_slice(),
+                            Err(e) => e.tables_touched(),
+                        };
+                        last_params = Some(p);
+                        for page in touched.iter().skip(resume) {
+                            if out.tables_touched.last() == Some(page) {
+                                continue;
+                            }
+                            let new = match &mut seen {
+                                Some(set) => set.insert(*page),
+                                None if out.tables_touched.len() < 32 => {
+                                    !out.tables_touched.contains(page)
+                                }
+                                None => {
+                                    let mut set: HashSet<Ipa> =
+                                        out.tables_touched.iter().copied().collect();
+                                    let new = set.insert(*page);
+                                    seen = Some(set);
+                                    new
+                                }
+                            };
+                            if new {
+                                out.tables_touched.push(*page);
+                            }
+                        }
+                        r
                     }
-                    r
                 }
             };
             match result {

@@ -627,6 +627,41 @@ fn a_range_walk_returns_scattered_pages_and_each_table_page_once_sharing_upper_l
 }
 
 #[test]
+fn a_range_walk_across_a_last_level_table_boundary_walks_the_next_table() {
+    // Eight pages from 16 KiB below a 2 MiB boundary: the last four are in the next L3 table
+    // (same L2 table). A range walk resumes neighbours at their shared L3 table; across the
+    // boundary it must not.
+    let (mut b, r) = lower(Granule::K4, 16);
+    let base = Gva(0x40_0000 - 0x4000);
+    let pages: Vec<Ipa> = (0..8u64)
+        .map(|i| Ipa(0x9000_0000 + (7 - i) * 0x3000))
+        .collect();
+    b.map_pages(base, pages.iter().copied(), LEAF_RW)
+        .expect("map");
+    let w = Walker::new(r, b.ram());
+    let rt = w
+        .translate_range(base, 8 * 0x1000, RangeLimits::default())
+        .expect("range");
+    assert!(rt.fault.is_none());
+    assert_eq!(rt.ipa_pages(Granule::K4), pages);
+    for (i, ipa) in pages.iter().enumerate() {
+        let t = w.translate(Gva(base.0 + i as u64 * 0x1000)).expect("walk");
+        assert_eq!(t.ipa, *ipa, "page {i}");
+    }
+    // Both L3 tables are listed.
+    let l3: Vec<_> = (0..8u64)
+        .map(|i| {
+            w.translate(Gva(base.0 + i * 0x1000))
+                .expect("walk")
+                .tables_touched
+                .as_slice()[3]
+        })
+        .collect();
+    assert_ne!(l3[3], l3[4]);
+    assert!(rt.tables_touched.contains(&l3[3]) && rt.tables_touched.contains(&l3[4]));
+}
+
+#[test]
 fn a_range_walk_stops_at_the_first_fault_and_reports_its_va() {
     let (mut b, r) = lower(Granule::K4, 16);
     b.map_pages(
