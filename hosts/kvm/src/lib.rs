@@ -15,6 +15,7 @@
 //! io_uring pin) and dirty logging, classic and manual-protect. Not yet: the `HostBacking`
 //! implementation, the dirty ring, userfaultfd, guest_memfd.
 
+pub mod backing;
 pub mod check;
 mod guest;
 mod stats;
@@ -301,6 +302,88 @@ impl KvmVm {
         }
         // SAFETY: in bounds of the mapping (checked above).
         Ok(unsafe { self.memory.addr.add(ipa as usize) }.cast())
+    }
+
+    /// Copies guest memory at `ipa` into `buf` (the VMM's view of its RAM; the vCPU is parked
+    /// between passes, so nothing writes it meanwhile).
+    pub fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), KvmError> {
+        let end = ipa.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.ram()) {
+            return Err(KvmError::Layout {
+                what: "read ipa",
+                value: ipa,
+                fix: "inside RAM",
+            });
+        }
+        // SAFETY: `ipa..ipa + len` is inside the mapping (checked above); `buf` is ours.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.memory.addr.add(ipa as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` into guest memory at `ipa` through the VMM's ordinary path (a host
+    /// write: the kernel faults the page in, marks it dirty, and KVM maps it at stage 2 at
+    /// the vCPU's next access).
+    pub fn write(&self, ipa: u64, bytes: &[u8]) -> Result<(), KvmError> {
+        let end = ipa.checked_add(bytes.len() as u64);
+        if end.is_none_or(|e| e > self.ram()) || ipa < guest::FIRST_FREE {
+            return Err(KvmError::Layout {
+                what: "write ipa",
+                value: ipa,
+                fix: "inside RAM, above first_buffer_ipa() (the guest's code and tables live below)",
+            });
+        }
+        // SAFETY: `ipa..ipa + len` is inside the mapping and above the guest's image (checked
+        // above); the vCPU is parked; `bytes` does not overlap the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.memory.addr.add(ipa as usize),
+                bytes.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether dirty logging is on for the memslot.
+    pub fn dirty_logging(&self) -> bool {
+        self.dirty_logging
+    }
+
+    /// Makes the host pages of `[ipa, ipa + len)` resident and writable now
+    /// (`MADV_POPULATE_WRITE`): KVM maps them at stage 2 at the vCPU's next access.
+    pub fn populate(&self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        self.on_host_range(
+            ipa,
+            len,
+            "madvise(MADV_POPULATE_WRITE)",
+            "needs Linux 5.14 or later",
+            // SAFETY: a page-aligned range inside our own anonymous mapping; populating does
+            // not change its contents.
+            |addr, len| unsafe { libc::madvise(addr, len, libc::MADV_POPULATE_WRITE) },
+        )
+    }
+
+    /// Whether the host page of `ipa` is resident (`mincore`): what userspace can know. Its
+    /// stage 2 mapping is KVM's and not visible from here.
+    pub fn resident(&self, ipa: u64) -> Result<bool, KvmError> {
+        let page = ipa & !(PAGE - 1);
+        let addr = self.host_range(page, PAGE)?;
+        let mut vec = [0u8; 1];
+        // SAFETY: one page of our own mapping, one result byte.
+        if unsafe { libc::mincore(addr, PAGE as usize, vec.as_mut_ptr()) } != 0 {
+            return Err(KvmError::call(
+                "mincore",
+                std::io::Error::last_os_error(),
+                "the range must be mapped",
+            ));
+        }
+        Ok(vec[0] & 1 != 0)
     }
 
     /// Runs a memory-management call on the host pages behind `[ipa, ipa + len)`; a non-zero

@@ -300,3 +300,89 @@ fn the_model_and_the_kernel_differ_only_where_a_named_kernel_behaviour_explains_
     let unpinned = row(HostEvent::ThpCollapse, PinKind::None);
     assert!(unpinned.agree, "{unpinned:?}");
 }
+
+/// pin-buffer on the real kernel through `KvmBacking`, with stage 1 off (the buffer's VAs are
+/// its IPAs): the enable pins the buffer with `pin`, a THP collapse of it runs, and the next
+/// write pass counts the stage 2 faults the SPU would have taken. VM stop unpins it all.
+fn pin_buffer_through_a_collapse(pin: spe_policy::config::PinKind) -> Option<(u64, u64, u64)> {
+    use spe_host_kvm::backing::KvmBacking;
+    use spe_policies::{PinBuffer, PinBufferConfig};
+    use spe_policy::arch::walk::Stage1Regs;
+    use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
+    use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
+    use spe_policy::{BackingStrategy, Gva, Ipa, IpaRange, Memslot, VcpuId};
+    let vm = vm_or_skip(&format!("pin-buffer on KvmBacking, {}", pin.as_str()))?;
+    let host = KvmBacking::new(vm, pin);
+    let s = PinBuffer::new(PinBufferConfig {
+        pin,
+        ..PinBufferConfig::default()
+    });
+    let slots = [Memslot {
+        slot: 0,
+        range: IpaRange::new(Ipa(0), RAM),
+    }];
+    s.on_event(&Event::VmStart { memslots: &slots }, &host, &host)
+        .expect("start");
+    let enable = Event::BufferWrite {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmblimitr,
+        regs: BufferRegs {
+            pmbptr: Pmbptr::from_bits(BUFFER_IPA),
+            pmblimitr: Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill),
+            ..BufferRegs::default()
+        },
+        stage1: Stage1Regs::default(),
+    };
+    assert_eq!(
+        s.on_event(&enable, &host, &host).expect("enable"),
+        Outcome::Resume
+    );
+    let pinned = host.pinned_bytes();
+    let mut vm = host.vm();
+    faults_of_a_pass(&mut vm);
+    let mapped = vm.vm_stat("pages_4k").expect("pages_4k");
+    // khugepaged's work: the kernel does not ask the strategy (no MMU-notifier veto).
+    let _ = vm.collapse(BUFFER_IPA, BUFFER);
+    let zapped = mapped.saturating_sub(vm.vm_stat("pages_4k").expect("pages_4k"));
+    let faults = faults_of_a_pass(&mut vm);
+    drop(vm);
+    s.on_event(&Event::VmStop, &host, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0, "VM stop unpins everything");
+    assert_eq!(
+        host.vm().long_term_pins(),
+        0,
+        "and no io_uring registration is left"
+    );
+    Some((pinned, zapped, faults))
+}
+
+#[test]
+fn pin_buffer_with_a_long_term_pin_takes_no_fault_through_a_thp_collapse() {
+    // Issue 14: the strategies on the real kernel, through the HostBacking over KVM.
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((pinned, zapped, faults)) =
+        pin_buffer_through_a_collapse(spe_policy::config::PinKind::LongTerm)
+    else {
+        return;
+    };
+    eprintln!("pin-buffer, long-term: {pinned} bytes pinned, {zapped} zapped, {faults} faults");
+    assert!(pinned >= BUFFER, "the enable pinned the buffer");
+    assert_eq!((zapped, faults), (0, 0), "a long-term pin keeps stage 2");
+}
+
+#[test]
+fn pin_buffer_with_mlock_takes_the_faults_pb_09_states_through_a_thp_collapse() {
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((pinned, zapped, faults)) =
+        pin_buffer_through_a_collapse(spe_policy::config::PinKind::Mlock)
+    else {
+        return;
+    };
+    eprintln!("pin-buffer, mlock: {pinned} bytes pinned, {zapped} zapped, {faults} faults");
+    assert!(pinned >= BUFFER);
+    assert_eq!(zapped, BUFFER / PAGE, "mlock did not stop the collapse");
+    assert!(
+        faults > 0,
+        "the SPU would have faulted on the 'pinned' buffer (PB-09)"
+    );
+}

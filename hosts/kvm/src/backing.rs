@@ -1,0 +1,214 @@
+//! `HostBacking` and `GuestMemoryRead` over a real KVM VM ([`KvmBacking`]): the strategies run
+//! unchanged against the real kernel's stage 2.
+//!
+//! What userspace can and cannot do here, and so what each call means:
+//! * `pin`: a long-term pin (io_uring registered buffer, `FOLL_LONGTERM`) or `mlock`, as the
+//!   config's `pin` says: the kernel's own pins, measured by `stage2-check`.
+//! * `fault_in`: the host page is made resident (`MADV_POPULATE_WRITE`). KVM maps it at stage 2
+//!   at the vCPU's next access; from userspace no ioctl maps an x86 guest page ahead of that
+//!   (`KVM_PRE_FAULT_MEMORY` is for private memory on TDP MMUs), so "present" below is the
+//!   host page's residency (`mincore`), not the stage 2 mapping.
+//! * `page_state`: resident (`mincore`), pinned (this backing's own ledger), exempt and
+//!   write-protected by dirty logging (as this backing asked for them).
+//! * `write_guest`: a host write into the memslot's memory; `inject`, `disable_spe`: recorded
+//!   (the stand-in vCPU has no SPU to tell).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use parking_lot::Mutex;
+use spe_policy::arch::{Pmbptr, Pmbsr};
+use spe_policy::config::PinKind;
+use spe_policy::host::{FaultIn, HostBacking, HostError, HostGranule, PageState};
+use spe_policy::{Granule, GuestMemoryRead, Ipa, IpaRange, UnbackedIpa, VcpuId};
+
+use crate::{KvmError, KvmVm, PAGE};
+
+/// A real KVM VM as a host backing for the strategies.
+#[derive(Debug)]
+pub struct KvmBacking {
+    vm: Mutex<KvmVm>,
+    pin: PinKind,
+    state: Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Pinned ranges, `ipa -> len`, exactly as pinned.
+    pins: BTreeMap<u64, u64>,
+    /// Pages exempt from dirty-log write protection.
+    exempt: BTreeSet<u64>,
+    injected: Vec<(VcpuId, Pmbsr, Pmbptr)>,
+    disabled: Vec<VcpuId>,
+    sent_before_switchover: u64,
+}
+
+fn host_error(e: KvmError) -> HostError {
+    match e {
+        KvmError::Call {
+            call: "mlock", err, ..
+        } if err.raw_os_error() == Some(libc::ENOMEM) => HostError::LockLimit {
+            requested: 0,
+            limit: 0,
+        },
+        other => HostError::Other(other.to_string()),
+    }
+}
+
+impl KvmBacking {
+    /// The VM `vm`, pinned with `pin`.
+    pub fn new(vm: KvmVm, pin: PinKind) -> Self {
+        KvmBacking {
+            vm: Mutex::new(vm),
+            pin,
+            state: Mutex::new(Ledger::default()),
+        }
+    }
+
+    /// The VM, for host events and write passes (the strategies' calls take the same lock).
+    pub fn vm(&self) -> parking_lot::MutexGuard<'_, KvmVm> {
+        self.vm.lock()
+    }
+
+    /// Bytes pinned through this backing now.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.state.lock().pins.values().sum()
+    }
+
+    /// Buffer management events the strategies injected.
+    pub fn injected(&self) -> Vec<(VcpuId, Pmbsr, Pmbptr)> {
+        self.state.lock().injected.clone()
+    }
+
+    fn check(&self, range: IpaRange) -> Result<(), HostError> {
+        let ram = self.vm.lock().ram();
+        if range.start.0 >= ram || range.end() > ram {
+            return Err(HostError::NotInMemslot(range.start));
+        }
+        Ok(())
+    }
+}
+
+impl GuestMemoryRead for KvmBacking {
+    type Error = UnbackedIpa;
+
+    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), UnbackedIpa> {
+        self.vm.lock().read(ipa.0, buf).map_err(|_| UnbackedIpa {
+            ipa,
+            len: buf.len() as u64,
+        })
+    }
+}
+
+impl HostBacking for KvmBacking {
+    fn granule(&self) -> HostGranule {
+        Granule::K4
+    }
+
+    fn pin(&self, range: IpaRange) -> Result<(), HostError> {
+        self.check(range)?;
+        let mut st = self.state.lock();
+        if st.pins.contains_key(&range.start.0) {
+            return Err(HostError::Other(format!(
+                "IPA {} pinned twice: the strategy must count references",
+                range.start
+            )));
+        }
+        let mut vm = self.vm.lock();
+        match self.pin {
+            PinKind::LongTerm => vm.pin_long_term(range.start.0, range.len),
+            PinKind::Mlock => vm.mlock(range.start.0, range.len),
+        }
+        .map_err(host_error)?;
+        st.pins.insert(range.start.0, range.len);
+        Ok(())
+    }
+
+    fn unpin(&self, range: IpaRange) -> Result<(), HostError> {
+        let mut st = self.state.lock();
+        match st.pins.get(&range.start.0) {
+            Some(len) if *len == range.len => {}
+            Some(len) => {
+                return Err(HostError::Other(format!(
+                    "unpin of IPA {} for {:#x} bytes, but {len:#x} were pinned there: a KVM backing unpins ranges exactly as pinned",
+                    range.start, range.len
+                )));
+            }
+            None => return Err(HostError::NotPinned(range.start)),
+        }
+        let mut vm = self.vm.lock();
+        match self.pin {
+            PinKind::LongTerm => vm.unpin_long_term(range.start.0, range.len),
+            PinKind::Mlock => vm.munlock(range.start.0, range.len),
+        }
+        .map_err(host_error)?;
+        st.pins.remove(&range.start.0);
+        Ok(())
+    }
+
+    fn fault_in(&self, ipa: Ipa) -> Result<FaultIn, HostError> {
+        self.check(IpaRange::new(ipa, 1))?;
+        let vm = self.vm.lock();
+        let page = ipa.0 & !(PAGE - 1);
+        if vm.resident(page).map_err(host_error)? {
+            return Ok(FaultIn::AlreadyPresent);
+        }
+        vm.populate(page, PAGE).map_err(host_error)?;
+        Ok(FaultIn::MadePresent)
+    }
+
+    fn page_state(&self, ipa: Ipa) -> PageState {
+        let vm = self.vm.lock();
+        if ipa.0 >= vm.ram() {
+            return PageState::default();
+        }
+        let page = ipa.0 & !(PAGE - 1);
+        let st = self.state.lock();
+        let pinned = st
+            .pins
+            .range(..=page)
+            .next_back()
+            .is_some_and(|(start, len)| page < start + len);
+        let exempt = st.exempt.contains(&page);
+        PageState {
+            present: vm.resident(page).unwrap_or(false),
+            write_protected: vm.dirty_logging() && !exempt,
+            pinned,
+            dirty_log_exempt: exempt,
+            in_memslot: true,
+        }
+    }
+
+    fn set_dirty_log_exempt(&self, range: IpaRange, exempt: bool) -> Result<(), HostError> {
+        self.check(range)?;
+        let mut st = self.state.lock();
+        for p in range.pages(Granule::K4) {
+            if exempt {
+                st.exempt.insert(p.0);
+            } else {
+                st.exempt.remove(&p.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_before_switchover(&self, range: IpaRange) -> Result<(), HostError> {
+        self.check(range)?;
+        self.state.lock().sent_before_switchover += range.len;
+        Ok(())
+    }
+
+    fn write_guest(&self, ipa: Ipa, bytes: &[u8]) -> Result<(), HostError> {
+        self.check(IpaRange::new(ipa, bytes.len() as u64))?;
+        self.vm.lock().write(ipa.0, bytes).map_err(host_error)
+    }
+
+    fn inject(&self, vcpu: VcpuId, pmbsr: Pmbsr, pmbptr: Pmbptr) -> Result<(), HostError> {
+        self.state.lock().injected.push((vcpu, pmbsr, pmbptr));
+        Ok(())
+    }
+
+    fn disable_spe(&self, vcpu: VcpuId) -> Result<(), HostError> {
+        self.state.lock().disabled.push(vcpu);
+        Ok(())
+    }
+}
