@@ -44,6 +44,22 @@ fn hostile_ram(seed_words: &[u64], base: u64) -> GuestRam {
     ram
 }
 
+/// Registers for range walks over `hostile_ram` at `base`: a valid-ish TCR (random low bits,
+/// 39-bit VAs) so walks get somewhere.
+fn range_regs(base: u64, tcr_low: u32) -> Stage1Regs {
+    let tcr = Tcr::from_bits(u64::from(tcr_low) & 0x7fff_ffff)
+        .with_t0sz(25)
+        .with_t1sz(25);
+    Stage1Regs {
+        tcr,
+        ttbr0: Ttbr::from_bits(base),
+        ttbr1: Ttbr::from_bits(base + 0x1000),
+        sctlr: Sctlr::new().with_m(true),
+        hw_af: true,
+        hw_dbm: true,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -91,17 +107,7 @@ proptest! {
     ) {
         let base = 0x4000_0000;
         let ram = hostile_ram(&words, base);
-        // A valid-ish TCR so range walks get somewhere.
-        let tcr = Tcr::from_bits(u64::from(tcr_low) & 0x7fff_ffff).with_t0sz(25).with_t1sz(25);
-        let regs = Stage1Regs {
-            tcr,
-            ttbr0: Ttbr::from_bits(base),
-            ttbr1: Ttbr::from_bits(base + 0x1000),
-            sctlr: Sctlr::new().with_m(true),
-            hw_af: true,
-            hw_dbm: true,
-        };
-        let w = Walker::new(regs, &ram);
+        let w = Walker::new(range_regs(base, tcr_low), &ram);
         let limits = RangeLimits { max_steps: 4096 };
         match w.translate_range(Gva(start), len, limits) {
             Ok(r) => {
@@ -137,17 +143,8 @@ proptest! {
         // the single walk's IPA, the same first fault, and the same table pages.
         let base = 0x4000_0000;
         let ram = hostile_ram(&words, base);
-        let tcr = Tcr::from_bits(u64::from(tcr_low) & 0x7fff_ffff).with_t0sz(25).with_t1sz(25);
-        let regs = Stage1Regs {
-            tcr,
-            ttbr0: Ttbr::from_bits(base),
-            ttbr1: Ttbr::from_bits(base + 0x1000),
-            sctlr: Sctlr::new().with_m(true),
-            hw_af: true,
-            hw_dbm: true,
-        };
         let opts = WalkOptions { allow_recursive_tables: true, ..WalkOptions::default() };
-        let w = Walker::with_options(regs, opts, &ram);
+        let w = Walker::with_options(range_regs(base, tcr_low), opts, &ram);
         let start = start_page * 0x1000;
         let Ok(r) = w.translate_range(Gva(start), pages * 0x1000, RangeLimits::default()) else {
             return Ok(());

@@ -307,46 +307,47 @@ impl KvmVm {
     /// Copies guest memory at `ipa` into `buf` (the VMM's view of its RAM; the vCPU is parked
     /// between passes, so nothing writes it meanwhile).
     pub fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), KvmError> {
-        let end = ipa.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.ram()) {
+        let at = self.bytes_at(ipa, buf.len(), 0, "read ipa", "inside RAM")?;
+        // SAFETY: `at..at + len` is inside the mapping (bytes_at); `buf` is ours.
+        unsafe { std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// The host address of `[ipa, ipa + len)` if it lies inside RAM and at or above `floor`.
+    fn bytes_at(
+        &self,
+        ipa: u64,
+        len: usize,
+        floor: u64,
+        what: &'static str,
+        fix: &'static str,
+    ) -> Result<*mut u8, KvmError> {
+        let end = ipa.checked_add(len as u64);
+        if end.is_none_or(|e| e > self.ram()) || ipa < floor {
             return Err(KvmError::Layout {
-                what: "read ipa",
+                what,
                 value: ipa,
-                fix: "inside RAM",
+                fix,
             });
         }
-        // SAFETY: `ipa..ipa + len` is inside the mapping (checked above); `buf` is ours.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.memory.addr.add(ipa as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            );
-        }
-        Ok(())
+        // SAFETY: in bounds of the mapping (checked above).
+        Ok(unsafe { self.memory.addr.add(ipa as usize) })
     }
 
     /// Writes `bytes` into guest memory at `ipa` through the VMM's ordinary path (a host
     /// write: the kernel faults the page in, marks it dirty, and KVM maps it at stage 2 at
     /// the vCPU's next access).
     pub fn write(&self, ipa: u64, bytes: &[u8]) -> Result<(), KvmError> {
-        let end = ipa.checked_add(bytes.len() as u64);
-        if end.is_none_or(|e| e > self.ram()) || ipa < guest::FIRST_FREE {
-            return Err(KvmError::Layout {
-                what: "write ipa",
-                value: ipa,
-                fix: "inside RAM, above first_buffer_ipa() (the guest's code and tables live below)",
-            });
-        }
-        // SAFETY: `ipa..ipa + len` is inside the mapping and above the guest's image (checked
-        // above); the vCPU is parked; `bytes` does not overlap the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.memory.addr.add(ipa as usize),
-                bytes.len(),
-            );
-        }
+        let at = self.bytes_at(
+            ipa,
+            bytes.len(),
+            guest::FIRST_FREE,
+            "write ipa",
+            "inside RAM, above first_buffer_ipa() (the guest's code and tables live below)",
+        )?;
+        // SAFETY: `at..at + len` is inside the mapping and above the guest's image
+        // (bytes_at); the vCPU is parked; `bytes` does not overlap the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
         Ok(())
     }
 
