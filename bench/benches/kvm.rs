@@ -68,6 +68,43 @@ fn write_pass(c: &mut Criterion) {
     g.finish();
 }
 
+/// Post-copy with userfaultfd: a pass whose pages must all be demanded from the source, and one
+/// after three quarters were sent before switch-over, against the pass with no event.
+fn post_copy(c: &mut Criterion) {
+    let group_name = "kvm_post_copy_4MiB[real]";
+    let Some(mut vm) = vm(16 << 20, group_name) else {
+        return;
+    };
+    let mut g = c.benchmark_group(group_name);
+    g.throughput(Throughput::Bytes(BUFFER));
+    g.sample_size(20);
+    g.bench_function("baseline_no_event", |b| {
+        b.iter(|| vm.write_pass(BUFFER_IPA, BUFFER).expect("pass"));
+    });
+    for (name, sent_quarters) in [("all_pages_demanded", 0u64), ("three_quarters_sent", 3)] {
+        let sent: Vec<u64> = (0..BUFFER / PAGE * sent_quarters / 4)
+            .map(|i| BUFFER_IPA + i * PAGE)
+            .collect();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let pc = spe_host_kvm::post_copy::PostCopy::switch_over(
+                        &mut vm, BUFFER_IPA, BUFFER, &sent, 0,
+                    )
+                    .expect("switch-over");
+                    let t = Instant::now();
+                    vm.write_pass(BUFFER_IPA, BUFFER).expect("pass");
+                    total += t.elapsed();
+                    pc.finish().expect("finish");
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
 /// Pinning `size` bytes: mlock (resident only) and a long-term pin, against first touch (a
 /// discard then a pass: what faulting the range in costs) in the same run.
 fn pins(c: &mut Criterion) {
@@ -108,5 +145,5 @@ fn pins(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, write_pass, pins);
+criterion_group!(benches, write_pass, post_copy, pins);
 criterion_main!(benches);

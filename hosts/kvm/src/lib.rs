@@ -18,6 +18,7 @@
 pub mod backing;
 pub mod check;
 mod guest;
+pub mod post_copy;
 mod stats;
 
 use std::os::fd::AsRawFd;
@@ -385,6 +386,11 @@ impl KvmVm {
             ));
         }
         Ok(vec[0] & 1 != 0)
+    }
+
+    /// The host address of `[ipa, ipa + len)` (page-aligned, inside RAM).
+    pub(crate) fn host_address(&self, ipa: u64, len: u64) -> Result<*mut u8, KvmError> {
+        self.host_range(ipa, len).map(|p| p.cast())
     }
 
     /// Runs a memory-management call on the host pages behind `[ipa, ipa + len)`; a non-zero
