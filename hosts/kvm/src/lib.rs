@@ -21,7 +21,7 @@ mod guest;
 pub mod post_copy;
 mod stats;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -103,6 +103,10 @@ struct HostMemory {
 }
 
 const HUGE: usize = 2 << 20;
+/// `GUEST_MEMFD_FLAG_MMAP` and `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18 uAPI; not yet in
+/// kvm-bindings 0.14).
+const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
+const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 
 impl HostMemory {
     fn new(len: usize) -> Result<Self, KvmError> {
@@ -144,6 +148,37 @@ impl HostMemory {
     }
 }
 
+impl HostMemory {
+    /// The whole of a guest_memfd, mapped shared (`GUEST_MEMFD_FLAG_MMAP`): the VMM's view of
+    /// the memory KVM maps the guest from.
+    fn of_guest_memfd(fd: &OwnedFd, len: usize) -> Result<Self, KvmError> {
+        // SAFETY: a new shared mapping of our own guest_memfd; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(KvmError::call(
+                "mmap(guest_memfd)",
+                std::io::Error::last_os_error(),
+                "the guest_memfd must be created with GUEST_MEMFD_FLAG_MMAP | INIT_SHARED",
+            ));
+        }
+        Ok(HostMemory {
+            base: base.cast(),
+            mapped: len,
+            addr: base.cast(),
+            len,
+        })
+    }
+}
+
 impl Drop for HostMemory {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once; the VM holding it is dropped first
@@ -175,6 +210,8 @@ pub struct KvmVm {
     long_term: Vec<LongTermPin>,
     // Dropped after the VM and vCPU (fields drop in order), so KVM never maps freed memory.
     memory: HostMemory,
+    /// The guest_memfd behind the memslot, when the VM was made with one.
+    guest_memfd: Option<OwnedFd>,
     vcpu_stats: Stats,
     vm_stats: Stats,
     dirty_logging: bool,
@@ -246,7 +283,113 @@ impl KvmVm {
             vm_stats,
             dirty_logging: false,
             long_term: Vec::new(),
+            guest_memfd: None,
         })
+    }
+
+    /// A VM like [`KvmVm::new`] whose memslot is a guest_memfd (`KVM_CREATE_GUEST_MEMFD` with
+    /// `GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED`, the memory the KVM SPE RFC v7
+    /// pins), mapped shared by the VMM.
+    pub fn new_guest_memfd(ram: u64) -> Result<Self, KvmError> {
+        if !(4 << 20..=1 << 30).contains(&ram) || ram % (2 << 20) != 0 {
+            return Err(KvmError::Layout {
+                what: "ram",
+                value: ram,
+                fix: "a multiple of 2 MiB from 4 MiB to 1 GiB (the guest's identity map)",
+            });
+        }
+        let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.into()))?;
+        let vm = kvm.create_vm().map_err(|e| {
+            KvmError::call(
+                "KVM_CREATE_VM",
+                e,
+                "check dmesg: the KVM module refused a VM",
+            )
+        })?;
+        let gmem = vm
+            .create_guest_memfd(kvm_bindings::kvm_create_guest_memfd {
+                size: ram,
+                flags: GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
+                reserved: [0; 6],
+            })
+            .map_err(|e| {
+                KvmError::call(
+                    "KVM_CREATE_GUEST_MEMFD(MMAP | INIT_SHARED)",
+                    e,
+                    "needs Linux 6.18 (KVM_CAP_GUEST_MEMFD_FLAGS with MMAP and INIT_SHARED)",
+                )
+            })?;
+        // SAFETY: a new fd nothing else owns.
+        let gmem = unsafe { OwnedFd::from_raw_fd(gmem) };
+        let memory = HostMemory::of_guest_memfd(&gmem, ram as usize)?;
+        guest::write_image(&memory, ram);
+        let region = kvm_bindings::kvm_userspace_memory_region2 {
+            slot: 0,
+            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: 0,
+            memory_size: ram,
+            userspace_addr: memory.addr as u64,
+            guest_memfd_offset: 0,
+            guest_memfd: gmem.as_raw_fd() as u32,
+            pad1: 0,
+            pad2: [0; 14],
+        };
+        // SAFETY: the mapping and the guest_memfd are owned by the returned value, which
+        // outlives the VM (drop order), and are never remapped while the slot exists.
+        unsafe { vm.set_user_memory_region2(region) }.map_err(|e| {
+            KvmError::call(
+                "KVM_SET_USER_MEMORY_REGION2(slot 0, guest_memfd)",
+                e,
+                "the host refused a guest_memfd memslot",
+            )
+        })?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| KvmError::call("KVM_CREATE_VCPU(0)", e, "the host refused a vCPU"))?;
+        guest::set_up_vcpu(&kvm, &vcpu)?;
+        let vcpu_stats = Stats::open(vcpu.as_raw_fd(), "KVM_GET_STATS_FD(vcpu)")?;
+        let vm_stats = Stats::open(vm.as_raw_fd(), "KVM_GET_STATS_FD(vm)")?;
+        Ok(KvmVm {
+            vcpu,
+            vm,
+            _kvm: kvm,
+            memory,
+            vcpu_stats,
+            vm_stats,
+            dirty_logging: false,
+            long_term: Vec::new(),
+            guest_memfd: Some(gmem),
+        })
+    }
+
+    /// `fallocate(PUNCH_HOLE)` of `[ipa, ipa + len)` in the guest_memfd: the pages are freed
+    /// and their stage 2 mappings zapped (the guest_memfd's invalidation, not an MMU notifier).
+    pub fn punch_hole(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        let Some(fd) = &self.guest_memfd else {
+            return Err(KvmError::Layout {
+                what: "punch_hole on a VM without guest_memfd",
+                value: ipa,
+                fix: "make the VM with KvmVm::new_guest_memfd",
+            });
+        };
+        self.host_range(ipa, len)?;
+        // SAFETY: a plain system call on our own fd, inside its size (checked above).
+        let r = unsafe {
+            libc::fallocate(
+                fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                ipa as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(KvmError::call(
+                "fallocate(guest_memfd, PUNCH_HOLE)",
+                std::io::Error::last_os_error(),
+                "the range must be page-aligned and inside the guest_memfd",
+            ));
+        }
+        Ok(())
     }
 
     /// The guest RAM size.
