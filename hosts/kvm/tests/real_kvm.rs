@@ -305,18 +305,37 @@ fn the_model_and_the_kernel_differ_only_where_a_named_kernel_behaviour_explains_
 /// its IPAs): the enable pins the buffer with `pin`, a THP collapse of it runs, and the next
 /// write pass counts the stage 2 faults the SPU would have taken. VM stop unpins it all.
 fn pin_buffer_through_a_collapse(pin: spe_policy::config::PinKind) -> Option<(u64, u64, u64)> {
+    let s = spe_policies::PinBuffer::new(spe_policies::PinBufferConfig {
+        pin,
+        ..spe_policies::PinBufferConfig::default()
+    });
+    through_a_collapse("pin-buffer", s, pin)
+}
+
+/// pin-all (pinning all RAM at VM start) the same way.
+fn pin_all_through_a_collapse(pin: spe_policy::config::PinKind) -> Option<(u64, u64, u64)> {
+    let s = spe_policies::PinAll::new(spe_policies::PinAllConfig {
+        pin,
+        ..spe_policies::PinAllConfig::default()
+    });
+    through_a_collapse("pin-all", s, pin)
+}
+
+/// `s` on the real kernel through `KvmBacking`: VM start, the buffer enabled, a THP collapse
+/// of the buffer (the kernel does not ask the strategy), one write pass; returns the bytes
+/// pinned, the buffer mappings zapped and the pass's faults, and checks VM stop unpins it all.
+fn through_a_collapse<S: spe_policy::BackingStrategy>(
+    name: &str,
+    s: S,
+    pin: spe_policy::config::PinKind,
+) -> Option<(u64, u64, u64)> {
     use spe_host_kvm::backing::KvmBacking;
-    use spe_policies::{PinBuffer, PinBufferConfig};
     use spe_policy::arch::walk::Stage1Regs;
     use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
     use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
-    use spe_policy::{BackingStrategy, Gva, Ipa, IpaRange, Memslot, VcpuId};
-    let vm = vm_or_skip(&format!("pin-buffer on KvmBacking, {}", pin.as_str()))?;
+    use spe_policy::{Gva, Ipa, IpaRange, Memslot, VcpuId};
+    let vm = vm_or_skip(&format!("{name} on KvmBacking, {}", pin.as_str()))?;
     let host = KvmBacking::new(vm, pin);
-    let s = PinBuffer::new(PinBufferConfig {
-        pin,
-        ..PinBufferConfig::default()
-    });
     let slots = [Memslot {
         slot: 0,
         range: IpaRange::new(Ipa(0), RAM),
@@ -368,6 +387,36 @@ fn pin_buffer_with_a_long_term_pin_takes_no_fault_through_a_thp_collapse() {
     eprintln!("pin-buffer, long-term: {pinned} bytes pinned, {zapped} zapped, {faults} faults");
     assert!(pinned >= BUFFER, "the enable pinned the buffer");
     assert_eq!((zapped, faults), (0, 0), "a long-term pin keeps stage 2");
+}
+
+#[test]
+fn pin_all_with_a_long_term_pin_takes_no_fault_through_a_thp_collapse() {
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((pinned, zapped, faults)) =
+        pin_all_through_a_collapse(spe_policy::config::PinKind::LongTerm)
+    else {
+        return;
+    };
+    eprintln!("pin-all, long-term: {pinned} bytes pinned, {zapped} zapped, {faults} faults");
+    assert_eq!(pinned, RAM, "all of guest RAM, at VM start");
+    assert_eq!((zapped, faults), (0, 0), "a long-term pin keeps stage 2");
+}
+
+#[test]
+fn pin_all_with_mlock_takes_the_fault_pa_06_states_through_a_thp_collapse() {
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((pinned, zapped, faults)) =
+        pin_all_through_a_collapse(spe_policy::config::PinKind::Mlock)
+    else {
+        return;
+    };
+    eprintln!("pin-all, mlock: {pinned} bytes pinned, {zapped} zapped, {faults} faults");
+    assert_eq!(pinned, RAM);
+    assert_eq!(zapped, BUFFER / PAGE, "mlock did not stop the collapse");
+    assert!(
+        faults > 0,
+        "the SPU would have faulted on RAM pin-all believes pinned (PA-06)"
+    );
 }
 
 #[test]
