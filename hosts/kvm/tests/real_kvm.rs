@@ -507,3 +507,79 @@ fn a_guest_memfd_punch_hole_zaps_exactly_the_punched_pages_and_the_next_pass_fau
         "outside the guest_memfd: an error"
     );
 }
+
+#[test]
+fn shadow_buffer_on_the_real_kernel_copies_every_record_into_buffer_pages_the_host_discarded() {
+    // Issue 14: shadow-buffer's SPU writes into host memory, so no host event can fault it;
+    // its copies go through the VMM's write path (KvmBacking::write_guest), which brings the
+    // discarded pages back. Stage 1 off: the buffer's VAs are its IPAs.
+    use spe_host_kvm::backing::KvmBacking;
+    use spe_policies::{ShadowBuffer, ShadowBufferConfig, SpuWrite};
+    use spe_policy::arch::walk::Stage1Regs;
+    use spe_policy::arch::{BufferEvent, BufferMode, Pmblimitr, Pmbptr};
+    use spe_policy::event::{BufferReg, BufferRegs, Event};
+    use spe_policy::{BackingStrategy, GuestMemoryRead, Gva, Ipa, IpaRange, Memslot, VcpuId};
+    let Some(vm) = vm_or_skip("shadow-buffer on KvmBacking") else {
+        return;
+    };
+    let host = KvmBacking::new(vm, spe_policy::config::PinKind::LongTerm);
+    let s = ShadowBuffer::new(ShadowBufferConfig::default());
+    let slots = [Memslot {
+        slot: 0,
+        range: IpaRange::new(Ipa(0), RAM),
+    }];
+    s.on_event(&Event::VmStart { memslots: &slots }, &host, &host)
+        .expect("start");
+    let regs = BufferRegs {
+        pmbptr: Pmbptr::from_bits(BUFFER_IPA),
+        pmblimitr: Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill),
+        ..BufferRegs::default()
+    };
+    for reg in [BufferReg::Pmbptr, BufferReg::Pmblimitr, BufferReg::Pmbsr] {
+        let ev = Event::BufferWrite {
+            vcpu: VcpuId(0),
+            reg,
+            regs,
+            stage1: Stage1Regs::default(),
+        };
+        s.on_event(&ev, &host, &host).expect("enable");
+    }
+    // The host takes the buffer's first 64 pages back before the copy.
+    host.vm().discard(BUFFER_IPA, 64 * PAGE).expect("discard");
+    let record = [0x5a_u8; 64];
+    let mut written = 0u64;
+    loop {
+        match s.spu_write(VcpuId(0), &record) {
+            SpuWrite::Written => written += 64,
+            SpuWrite::HostBufferFull => {
+                written += 64;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let full = Event::BufferManagement {
+        vcpu: VcpuId(0),
+        regs: BufferRegs {
+            pmbsr: BufferEvent::buffer_full().encode(),
+            ..BufferRegs::default()
+        },
+        stage1: Stage1Regs::default(),
+    };
+    s.on_event(&full, &host, &host).expect("copy");
+    let mut back = vec![0u8; written as usize];
+    host.read(Ipa(BUFFER_IPA), &mut back).expect("read");
+    assert!(
+        back.iter().all(|b| *b == 0x5a),
+        "every record reached the guest's buffer"
+    );
+    assert_eq!(s.shadow_stats().bytes_copied, written);
+    assert_eq!(s.shadow_stats().bytes_dropped, 0);
+    assert!(
+        host.vm().resident(BUFFER_IPA).expect("mincore"),
+        "the write path brought the discarded page back"
+    );
+    eprintln!("shadow-buffer: {written} bytes copied into buffer pages the host had discarded");
+    s.on_event(&Event::VmStop, &host, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}
