@@ -149,26 +149,43 @@ impl HostMemory {
 }
 
 impl HostMemory {
-    /// The whole of a guest_memfd, mapped shared (`GUEST_MEMFD_FLAG_MMAP`): the VMM's view of
-    /// the memory KVM maps the guest from.
-    fn of_guest_memfd(fd: &OwnedFd, len: usize) -> Result<Self, KvmError> {
-        // SAFETY: a new shared mapping of our own guest_memfd; no existing memory is affected.
+    /// A file of `len` bytes mapped shared (a VMM's file memory backend): its pages are the
+    /// page cache's, written back by `msync`.
+    fn of_file(file: &std::fs::File, len: usize) -> Result<Self, KvmError> {
+        file.set_len(len as u64).map_err(|e| {
+            KvmError::call(
+                "ftruncate(guest RAM file)",
+                e,
+                "the directory must be writable",
+            )
+        })?;
+        Self::shared(
+            file.as_raw_fd(),
+            len,
+            "mmap(guest RAM file)",
+            "the file must be on a disk (not tmpfs)",
+        )
+    }
+
+    fn shared(
+        fd: i32,
+        len: usize,
+        call: &'static str,
+        fix: &'static str,
+    ) -> Result<Self, KvmError> {
+        // SAFETY: a new shared mapping of our own fd; no existing memory is affected.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                fd,
                 0,
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(KvmError::call(
-                "mmap(guest_memfd)",
-                std::io::Error::last_os_error(),
-                "the guest_memfd must be created with GUEST_MEMFD_FLAG_MMAP | INIT_SHARED",
-            ));
+            return Err(KvmError::call(call, std::io::Error::last_os_error(), fix));
         }
         Ok(HostMemory {
             base: base.cast(),
@@ -176,6 +193,17 @@ impl HostMemory {
             addr: base.cast(),
             len,
         })
+    }
+
+    /// The whole of a guest_memfd, mapped shared (`GUEST_MEMFD_FLAG_MMAP`): the VMM's view of
+    /// the memory KVM maps the guest from.
+    fn of_guest_memfd(fd: &OwnedFd, len: usize) -> Result<Self, KvmError> {
+        Self::shared(
+            fd.as_raw_fd(),
+            len,
+            "mmap(guest_memfd)",
+            "the guest_memfd must be created with GUEST_MEMFD_FLAG_MMAP | INIT_SHARED",
+        )
     }
 }
 
@@ -185,6 +213,17 @@ impl Drop for HostMemory {
         // (field order in `KvmVm`).
         unsafe { libc::munmap(self.base.cast(), self.mapped) };
     }
+}
+
+/// What backs the guest RAM.
+#[derive(Debug)]
+enum Backing {
+    /// Private anonymous memory.
+    Anonymous,
+    /// A file mapped shared (kept open for the mapping's life).
+    File { _file: std::fs::File },
+    /// A guest_memfd mapped shared.
+    GuestMemfd(OwnedFd),
 }
 
 /// One long-term pinned range: an io_uring whose registered fixed buffer is the range.
@@ -210,8 +249,8 @@ pub struct KvmVm {
     long_term: Vec<LongTermPin>,
     // Dropped after the VM and vCPU (fields drop in order), so KVM never maps freed memory.
     memory: HostMemory,
-    /// The guest_memfd behind the memslot, when the VM was made with one.
-    guest_memfd: Option<OwnedFd>,
+    /// What the memory is (and the file or guest_memfd behind it, closed after the mapping).
+    backing: Backing,
     vcpu_stats: Stats,
     vm_stats: Stats,
     dirty_logging: bool,
@@ -235,55 +274,19 @@ unsafe impl Send for KvmVm {}
 impl KvmVm {
     /// A VM with `ram` bytes of guest RAM at IPA 0 (a multiple of 2 MiB, 4 MiB to 1 GiB).
     pub fn new(ram: u64) -> Result<Self, KvmError> {
-        if !(4 << 20..=1 << 30).contains(&ram) || ram % (2 << 20) != 0 {
-            return Err(KvmError::Layout {
-                what: "ram",
-                value: ram,
-                fix: "a multiple of 2 MiB from 4 MiB to 1 GiB (the guest's identity map)",
-            });
-        }
-        let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.into()))?;
-        let vm = kvm.create_vm().map_err(|e| {
-            KvmError::call(
-                "KVM_CREATE_VM",
-                e,
-                "check dmesg: the KVM module refused a VM",
-            )
-        })?;
-        let memory = HostMemory::new(ram as usize)?;
-        guest::write_image(&memory, ram);
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram,
-            userspace_addr: memory.addr as u64,
-        };
-        // SAFETY: the region is the mapping owned by the returned value, which outlives the VM
-        // (drop order) and is never remapped while the slot exists.
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| {
-            KvmError::call(
-                "KVM_SET_USER_MEMORY_REGION(slot 0)",
-                e,
-                "the host refused the memslot",
-            )
-        })?;
-        let vcpu = vm
-            .create_vcpu(0)
-            .map_err(|e| KvmError::call("KVM_CREATE_VCPU(0)", e, "the host refused a vCPU"))?;
-        guest::set_up_vcpu(&kvm, &vcpu)?;
-        let vcpu_stats = Stats::open(vcpu.as_raw_fd(), "KVM_GET_STATS_FD(vcpu)")?;
-        let vm_stats = Stats::open(vm.as_raw_fd(), "KVM_GET_STATS_FD(vm)")?;
-        Ok(KvmVm {
-            vcpu,
-            vm,
-            _kvm: kvm,
-            memory,
-            vcpu_stats,
-            vm_stats,
-            dirty_logging: false,
-            long_term: Vec::new(),
-            guest_memfd: None,
+        Self::build(ram, |_| {
+            Ok((HostMemory::new(ram as usize)?, Backing::Anonymous))
+        })
+    }
+
+    /// A VM like [`KvmVm::new`] whose guest RAM is `file` mapped shared (a VMM's file memory
+    /// backend, `MAP_SHARED`): its pages are the page cache's, written back by [`KvmVm::msync`].
+    pub fn new_file_backed(ram: u64, file: std::fs::File) -> Result<Self, KvmError> {
+        Self::build(ram, |_| {
+            Ok((
+                HostMemory::of_file(&file, ram as usize)?,
+                Backing::File { _file: file },
+            ))
         })
     }
 
@@ -291,6 +294,32 @@ impl KvmVm {
     /// `GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED`, the memory the KVM SPE RFC v7
     /// pins), mapped shared by the VMM.
     pub fn new_guest_memfd(ram: u64) -> Result<Self, KvmError> {
+        Self::build(ram, |vm| {
+            let gmem = vm
+                .create_guest_memfd(kvm_bindings::kvm_create_guest_memfd {
+                    size: ram,
+                    flags: GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
+                    reserved: [0; 6],
+                })
+                .map_err(|e| {
+                    KvmError::call(
+                        "KVM_CREATE_GUEST_MEMFD(MMAP | INIT_SHARED)",
+                        e,
+                        "needs Linux 6.18 (KVM_CAP_GUEST_MEMFD_FLAGS with MMAP and INIT_SHARED)",
+                    )
+                })?;
+            // SAFETY: a new fd nothing else owns.
+            let gmem = unsafe { OwnedFd::from_raw_fd(gmem) };
+            let memory = HostMemory::of_guest_memfd(&gmem, ram as usize)?;
+            Ok((memory, Backing::GuestMemfd(gmem)))
+        })
+    }
+
+    /// The VM, its memslot over the memory `make` provides, and the writer vCPU.
+    fn build(
+        ram: u64,
+        make: impl FnOnce(&VmFd) -> Result<(HostMemory, Backing), KvmError>,
+    ) -> Result<Self, KvmError> {
         if !(4 << 20..=1 << 30).contains(&ram) || ram % (2 << 20) != 0 {
             return Err(KvmError::Layout {
                 what: "ram",
@@ -306,43 +335,51 @@ impl KvmVm {
                 "check dmesg: the KVM module refused a VM",
             )
         })?;
-        let gmem = vm
-            .create_guest_memfd(kvm_bindings::kvm_create_guest_memfd {
-                size: ram,
-                flags: GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
-                reserved: [0; 6],
-            })
-            .map_err(|e| {
-                KvmError::call(
-                    "KVM_CREATE_GUEST_MEMFD(MMAP | INIT_SHARED)",
-                    e,
-                    "needs Linux 6.18 (KVM_CAP_GUEST_MEMFD_FLAGS with MMAP and INIT_SHARED)",
-                )
-            })?;
-        // SAFETY: a new fd nothing else owns.
-        let gmem = unsafe { OwnedFd::from_raw_fd(gmem) };
-        let memory = HostMemory::of_guest_memfd(&gmem, ram as usize)?;
+        let (memory, backing) = make(&vm)?;
         guest::write_image(&memory, ram);
-        let region = kvm_bindings::kvm_userspace_memory_region2 {
-            slot: 0,
-            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
-            guest_phys_addr: 0,
-            memory_size: ram,
-            userspace_addr: memory.addr as u64,
-            guest_memfd_offset: 0,
-            guest_memfd: gmem.as_raw_fd() as u32,
-            pad1: 0,
-            pad2: [0; 14],
-        };
-        // SAFETY: the mapping and the guest_memfd are owned by the returned value, which
-        // outlives the VM (drop order), and are never remapped while the slot exists.
-        unsafe { vm.set_user_memory_region2(region) }.map_err(|e| {
-            KvmError::call(
-                "KVM_SET_USER_MEMORY_REGION2(slot 0, guest_memfd)",
-                e,
-                "the host refused a guest_memfd memslot",
-            )
-        })?;
+        match &backing {
+            Backing::GuestMemfd(gmem) => {
+                let region = kvm_bindings::kvm_userspace_memory_region2 {
+                    slot: 0,
+                    flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
+                    guest_phys_addr: 0,
+                    memory_size: ram,
+                    userspace_addr: memory.addr as u64,
+                    guest_memfd_offset: 0,
+                    guest_memfd: gmem.as_raw_fd() as u32,
+                    pad1: 0,
+                    pad2: [0; 14],
+                };
+                // SAFETY: the mapping and the guest_memfd are owned by the returned value,
+                // which outlives the VM (drop order), and are never remapped while the slot
+                // exists.
+                unsafe { vm.set_user_memory_region2(region) }.map_err(|e| {
+                    KvmError::call(
+                        "KVM_SET_USER_MEMORY_REGION2(slot 0, guest_memfd)",
+                        e,
+                        "the host refused a guest_memfd memslot",
+                    )
+                })?;
+            }
+            Backing::Anonymous | Backing::File { .. } => {
+                let region = kvm_userspace_memory_region {
+                    slot: 0,
+                    flags: 0,
+                    guest_phys_addr: 0,
+                    memory_size: ram,
+                    userspace_addr: memory.addr as u64,
+                };
+                // SAFETY: the region is the mapping owned by the returned value, which
+                // outlives the VM (drop order) and is never remapped while the slot exists.
+                unsafe { vm.set_user_memory_region(region) }.map_err(|e| {
+                    KvmError::call(
+                        "KVM_SET_USER_MEMORY_REGION(slot 0)",
+                        e,
+                        "the host refused the memslot",
+                    )
+                })?;
+            }
+        }
         let vcpu = vm
             .create_vcpu(0)
             .map_err(|e| KvmError::call("KVM_CREATE_VCPU(0)", e, "the host refused a vCPU"))?;
@@ -358,14 +395,34 @@ impl KvmVm {
             vm_stats,
             dirty_logging: false,
             long_term: Vec::new(),
-            guest_memfd: Some(gmem),
+            backing,
         })
+    }
+
+    /// `msync(MS_SYNC)` of `[ipa, ipa + len)` of a file-backed VM: the dirty pages are written
+    /// back, and writeback write-protects them (their stage 2 mappings too).
+    pub fn msync(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        if !matches!(self.backing, Backing::File { .. }) {
+            return Err(KvmError::Layout {
+                what: "msync on a VM without a file backend",
+                value: ipa,
+                fix: "make the VM with KvmVm::new_file_backed",
+            });
+        }
+        self.on_host_range(
+            ipa,
+            len,
+            "msync(MS_SYNC)",
+            "the range must be mapped",
+            // SAFETY: a page-aligned range of our own shared file mapping.
+            |addr, len| unsafe { libc::msync(addr, len, libc::MS_SYNC) },
+        )
     }
 
     /// `fallocate(PUNCH_HOLE)` of `[ipa, ipa + len)` in the guest_memfd: the pages are freed
     /// and their stage 2 mappings zapped (the guest_memfd's invalidation, not an MMU notifier).
     pub fn punch_hole(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
-        let Some(fd) = &self.guest_memfd else {
+        let Backing::GuestMemfd(fd) = &self.backing else {
             return Err(KvmError::Layout {
                 what: "punch_hole on a VM without guest_memfd",
                 value: ipa,

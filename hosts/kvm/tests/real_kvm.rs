@@ -583,3 +583,66 @@ fn shadow_buffer_on_the_real_kernel_copies_every_record_into_buffer_pages_the_ho
     s.on_event(&Event::VmStop, &host, &host).expect("stop");
     assert_eq!(host.pinned_bytes(), 0);
 }
+
+/// A file-backed VM (a VMM's `MAP_SHARED` file memory backend) on the project's disk, with the
+/// buffer written and mapped; `None` when KVM is not usable.
+fn file_backed_or_skip(test: &str) -> Option<(KvmVm, std::path::PathBuf)> {
+    vm_or_skip(test)?;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("guest-ram-{}-{}", std::process::id(), test.len()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("the RAM file");
+    let mut vm = KvmVm::new_file_backed(RAM, file).expect("a file-backed VM");
+    for _ in 0..2 {
+        vm.write_pass(BUFFER_IPA, BUFFER).expect("warm-up pass");
+    }
+    Some((vm, path))
+}
+
+#[test]
+fn msync_writeback_write_protects_even_mlocked_buffer_pages_and_the_next_pass_faults() {
+    // Issue 14: writeback of a file-backed memslot cleans the pages and write-protects them,
+    // stage 2 included: an mlock does not prevent it (PA-06, PB-09's "file writeback").
+    let Some((mut vm, path)) = file_backed_or_skip("msync writeback of mlocked pages") else {
+        return;
+    };
+    vm.mlock(BUFFER_IPA, BUFFER).expect("mlock");
+    assert_eq!(faults_of_a_pass(&mut vm), 0, "warm and locked");
+    vm.msync(BUFFER_IPA, BUFFER).expect("msync");
+    let faults = faults_of_a_pass(&mut vm);
+    eprintln!("msync of a 4 MiB mlocked file-backed buffer: {faults} faults on the next pass");
+    assert!(faults > 0, "writeback write-protected the locked pages");
+    assert_eq!(
+        faults_of_a_pass(&mut vm),
+        0,
+        "and the faults made them writable again"
+    );
+    vm.munlock(BUFFER_IPA, BUFFER).expect("munlock");
+    drop(vm);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_long_term_pin_of_a_file_backed_memslot_is_refused_and_leaves_nothing_pinned() {
+    // FOLL_LONGTERM refuses pages of a regular file (their writeback cannot wait for the pin):
+    // a VMM with a file memory backend has no long-term pin to give pin-all or pin-buffer.
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut vm, path)) = file_backed_or_skip("long-term pin of a file mapping") else {
+        return;
+    };
+    let r = vm.pin_long_term(BUFFER_IPA, BUFFER);
+    eprintln!("long-term pin of a file-backed buffer: {r:?}");
+    assert!(
+        matches!(&r, Err(KvmError::Call { err, .. })
+            if matches!(err.raw_os_error(), Some(libc::EFAULT) | Some(libc::EOPNOTSUPP))),
+        "refused: {r:?}"
+    );
+    assert_eq!(vm.long_term_pins(), 0, "nothing half pinned");
+    drop(vm);
+    let _ = std::fs::remove_file(path);
+}
