@@ -215,6 +215,34 @@ impl Drop for HostMemory {
     }
 }
 
+/// `struct kvm_dirty_gfn`: 16 bytes (`flags`, `slot`, `offset`).
+const DIRTY_GFN_BYTES: u64 = 16;
+const DIRTY_GFN_F_DIRTY: u32 = 1;
+const DIRTY_GFN_F_RESET: u32 = 2;
+/// `_IO(KVMIO, 0xc7)`.
+const KVM_RESET_DIRTY_RINGS: libc::c_ulong = 0xaec7;
+
+/// A vCPU's dirty ring, mapped from its fd.
+#[derive(Debug)]
+struct DirtyRing {
+    gfns: *mut kvm_bindings::kvm_dirty_gfn,
+    entries: u32,
+    /// The next entry to collect.
+    next: u32,
+}
+
+impl Drop for DirtyRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new_with_dirty_ring, unmapped once.
+        unsafe {
+            libc::munmap(
+                self.gfns.cast(),
+                (u64::from(self.entries) * DIRTY_GFN_BYTES) as usize,
+            )
+        };
+    }
+}
+
 /// What backs the guest RAM.
 #[derive(Debug)]
 enum Backing {
@@ -251,6 +279,8 @@ pub struct KvmVm {
     memory: HostMemory,
     /// What the memory is (and the file or guest_memfd behind it, closed after the mapping).
     backing: Backing,
+    /// The vCPU's dirty ring, when the VM was made with one.
+    ring: Option<DirtyRing>,
     vcpu_stats: Stats,
     vm_stats: Stats,
     dirty_logging: bool,
@@ -313,6 +343,96 @@ impl KvmVm {
             let memory = HostMemory::of_guest_memfd(&gmem, ram as usize)?;
             Ok((memory, Backing::GuestMemfd(gmem)))
         })
+    }
+
+    /// A VM like [`KvmVm::new`] with KVM's dirty ring (`KVM_CAP_DIRTY_LOG_RING`, `entries`
+    /// per vCPU, a power of two) instead of the dirty bitmap: with dirty logging on, the pages
+    /// the vCPU writes are pushed to its ring ([`KvmVm::harvest_dirty_ring`]).
+    pub fn new_with_dirty_ring(ram: u64, entries: u32) -> Result<Self, KvmError> {
+        let mut vm = Self::build(ram, |vm| {
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_DIRTY_LOG_RING,
+                args: [u64::from(entries) * DIRTY_GFN_BYTES, 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).map_err(|e| {
+                KvmError::call(
+                    "KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING)",
+                    e,
+                    "a power-of-two ring no larger than the host allows (KVM_CHECK_EXTENSION)",
+                )
+            })?;
+            Ok((HostMemory::new(ram as usize)?, Backing::Anonymous))
+        })?;
+        let bytes = u64::from(entries) * DIRTY_GFN_BYTES;
+        // SAFETY: maps the vCPU's dirty ring, `bytes` long at the uAPI's page offset; shared
+        // with KVM, unmapped in Drop.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vm.vcpu.as_raw_fd(),
+                i64::from(kvm_bindings::KVM_DIRTY_LOG_PAGE_OFFSET) * PAGE as i64,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(KvmError::call(
+                "mmap(vcpu dirty ring)",
+                std::io::Error::last_os_error(),
+                "the dirty ring must be enabled before the vCPU is created",
+            ));
+        }
+        vm.ring = Some(DirtyRing {
+            gfns: ring.cast(),
+            entries,
+            next: 0,
+        });
+        Ok(vm)
+    }
+
+    /// The dirty ring's entries since the last harvest, as guest page numbers, each marked
+    /// collected; then `KVM_RESET_DIRTY_RINGS`, which write-protects every collected page
+    /// again (the ring has no "collect but keep writable": an exempt page cannot be skipped
+    /// without stalling the ring behind it).
+    pub fn harvest_dirty_ring(&mut self) -> Result<Vec<u64>, KvmError> {
+        let Some(ring) = &mut self.ring else {
+            return Err(KvmError::Layout {
+                what: "harvest_dirty_ring on a VM without a dirty ring",
+                value: 0,
+                fix: "make the VM with KvmVm::new_with_dirty_ring",
+            });
+        };
+        let mut pages = Vec::new();
+        for _ in 0..ring.entries {
+            let i = (ring.next % ring.entries) as usize;
+            // SAFETY: `i` < entries: inside the ring mapping.
+            let gfn = unsafe { ring.gfns.add(i) };
+            // SAFETY: that entry's flags word (4-byte aligned), shared with KVM: accessed only
+            // atomically, the uAPI's acquire/release protocol.
+            let flags = unsafe {
+                &*(std::ptr::addr_of!((*gfn).flags) as *const std::sync::atomic::AtomicU32)
+            };
+            if flags.load(std::sync::atomic::Ordering::Acquire) & DIRTY_GFN_F_DIRTY == 0 {
+                break;
+            }
+            // SAFETY: the entry is ours to read once its DIRTY flag was seen (acquire above);
+            // KVM does not touch it until it is marked collected.
+            pages.push(unsafe { std::ptr::addr_of!((*gfn).offset).read_volatile() });
+            flags.store(DIRTY_GFN_F_RESET, std::sync::atomic::Ordering::Release);
+            ring.next = ring.next.wrapping_add(1);
+        }
+        // SAFETY: a plain ioctl on our VM fd, no argument.
+        let r = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_RESET_DIRTY_RINGS) };
+        if r < 0 {
+            return Err(KvmError::call(
+                "KVM_RESET_DIRTY_RINGS",
+                std::io::Error::last_os_error(),
+                "the VM must have a dirty ring",
+            ));
+        }
+        Ok(pages)
     }
 
     /// The VM, its memslot over the memory `make` provides, and the writer vCPU.
@@ -396,6 +516,7 @@ impl KvmVm {
             dirty_logging: false,
             long_term: Vec::new(),
             backing,
+            ring: None,
         })
     }
 
