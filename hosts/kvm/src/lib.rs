@@ -865,6 +865,20 @@ impl KvmVm {
         )
     }
 
+    /// `MADV_MERGEABLE` on `[ipa, ipa + len)`: KSM may merge identical pages of the range
+    /// (when `/sys/kernel/mm/ksm/run` is 1), write-protecting them and zapping their stage 2
+    /// mappings.
+    pub fn mergeable(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        self.on_host_range(
+            ipa,
+            len,
+            "madvise(MADV_MERGEABLE)",
+            "needs a kernel with CONFIG_KSM",
+            // SAFETY: advice on a range of our own anonymous mapping.
+            |addr, len| unsafe { libc::madvise(addr, len, libc::MADV_MERGEABLE) },
+        )
+    }
+
     /// `munlock` of `[ipa, ipa + len)`.
     pub fn munlock(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
         self.on_host_range(

@@ -952,10 +952,16 @@ impl Sim<'_> {
         }
         if data.write_protected {
             // Mapped read-only for dirty logging or KSM: a Permission fault (spec sheet §3.9).
+            // A pinned page write-protected anyway: KSM's scan under an mlock pin (PB-09).
+            let origin = if data.pinned {
+                FaultOrigin::PinnedMoved
+            } else {
+                FaultOrigin::WriteProtected
+            };
             return Err(SpuFault::Stage2 {
                 fsc: FaultStatusCode::Permission(3),
                 outside_ram: false,
-                origin: FaultOrigin::WriteProtected,
+                origin,
             });
         }
         self.cpus[v as usize].last_page = Some((page, ipa, generation));
@@ -1688,7 +1694,10 @@ impl Sim<'_> {
                     let range = IpaRange::new(page, unit * 4096);
                     let ev = Event::HostInvalidation { range, cause };
                     let out = self.on_event(&ev)?;
-                    if self.config.pin == PinKind::Mlock
+                    if self.config.pin == PinKind::Mlock && kind == HostEventKind::KsmMerge {
+                        // KSM's scan write-protects mlocked pages too (measured).
+                        self.host.model.ksm_merge_mlocked_too(range);
+                    } else if self.config.pin == PinKind::Mlock
                         && matches!(kind, HostEventKind::ThpCollapse | HostEventKind::Compaction)
                     {
                         // An mlock pin does not stop the kernel moving the page (a refusal

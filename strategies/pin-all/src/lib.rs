@@ -123,9 +123,9 @@ pub static ERRATA: [Erratum; 6] = [
     Erratum {
         id: "PA-06",
         title: "With mlock pins, the host still moves guest pages under the SPU",
-        trigger: "`pin = mlock` and a THP collapse (khugepaged, MADV_COLLAPSE) or compaction of guest RAM; file writeback (msync) of a file-backed memslot write-protects the pages too.",
+        trigger: "`pin = mlock` and a THP collapse (khugepaged, MADV_COLLAPSE), compaction or a KSM scan of guest RAM; file writeback (msync) of a file-backed memslot write-protects the pages too.",
         guest_visible: "The SPU takes a stage 2 fault on memory pin-all believes pinned: the guest receives it (EC=0x25) and Linux stops the perf session.",
-        host_visible: "mlock keeps a page resident, not mapped: on the real kernel MADV_COLLAPSE of a 4 MiB mlocked buffer zapped 1024 of 1024 stage 2 mappings (`spe-policy stage2-check`), while a long-term pin made the collapse fail (EAGAIN) and kept them all; msync writeback of an mlocked file-backed buffer write-protected all 1024 pages (1024 faults on the next pass).",
+        host_visible: "mlock keeps a page resident, not mapped: on the real kernel MADV_COLLAPSE of a 4 MiB mlocked buffer zapped 1024 of 1024 stage 2 mappings (`spe-policy stage2-check`), while a long-term pin made the collapse fail (EAGAIN) and kept them all; msync writeback of an mlocked file-backed buffer write-protected all 1024 pages, and so did a KSM scan of an mlocked buffer (1024 faults on the next pass each).",
         mitigation: "Pin with a long-term pin (`pin = long-term`: io_uring registered buffers, VFIO, pin_user_pages with FOLL_LONGTERM) over anonymous, shmem or guest_memfd memory (the kernel refuses a long-term pin of a regular file mapping with EFAULT, measured), or keep THP collapse off guest RAM (MADV_NOHUGEPAGE).",
         guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
         scenario: "thp-collapse-mlock",

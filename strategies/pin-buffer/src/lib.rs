@@ -151,9 +151,9 @@ pub static ERRATA: [Erratum; 9] = [
     Erratum {
         id: "PB-09",
         title: "With mlock pins, the host still moves buffer and table pages under the SPU",
-        trigger: "`pin = mlock` and a THP collapse (khugepaged, MADV_COLLAPSE) or compaction of the buffer's pages or its stage 1 tables; file writeback (msync) of a file-backed memslot write-protects them too.",
+        trigger: "`pin = mlock` and a THP collapse (khugepaged, MADV_COLLAPSE), compaction or a KSM scan of the buffer's pages or its stage 1 tables; file writeback (msync) of a file-backed memslot write-protects them too.",
         guest_visible: "The SPU stops at a stage 2 fault on a pinned page; the host maps it again and resumes after a DL=1 recovery (PMBPTR may be rewound, records after it lost).",
-        host_visible: "mlock keeps a page resident, not mapped: on the real kernel MADV_COLLAPSE of a 4 MiB mlocked buffer zapped 1024 of 1024 stage 2 mappings and the next pass took 2 faults (one per new 2 MiB mapping; `spe-policy stage2-check`); a long-term pin made the collapse fail (EAGAIN) and took no fault; msync writeback of an mlocked file-backed buffer write-protected all 1024 pages (1024 faults on the next pass).",
+        host_visible: "mlock keeps a page resident, not mapped: on the real kernel MADV_COLLAPSE of a 4 MiB mlocked buffer zapped 1024 of 1024 stage 2 mappings and the next pass took 2 faults (one per new 2 MiB mapping; `spe-policy stage2-check`); a long-term pin made the collapse fail (EAGAIN) and took no fault; msync writeback of an mlocked file-backed buffer write-protected all 1024 pages, and so did a KSM scan of an mlocked buffer (1024 faults on the next pass each).",
         mitigation: "Pin with a long-term pin (`pin = long-term`: io_uring registered buffers, VFIO, pin_user_pages with FOLL_LONGTERM) over anonymous, shmem or guest_memfd memory (the kernel refuses a long-term pin of a regular file mapping with EFAULT, measured), or keep THP collapse off guest RAM (MADV_NOHUGEPAGE).",
         guest_told: GuestTold::NoticeBit(bits::REWIND),
         scenario: "thp-collapse-mlock",
@@ -1089,12 +1089,13 @@ impl PinBuffer {
             }
             Err(e) => return Err(err("pinning a remapped buffer page")(e)),
         }
-        // Held is not always mapped: an mlock pin (PB-09) keeps the page resident while THP
-        // collapse or compaction still moves it and zaps stage 2. Map what faulted again, or
-        // the SPU would fault at the same PMBPTR forever.
+        // Held is not always mapped writable: an mlock pin (PB-09) keeps the page resident
+        // while THP collapse or compaction still moves it (stage 2 zapped) and KSM's scan
+        // write-protects it. Map what faulted again, or the SPU would fault at the same PMBPTR
+        // forever.
         let faulted = host_pages(page.1, unit, granule)
             .chain(tables.iter().flat_map(|t| host_pages(*t, unit, granule)))
-            .filter(|p| !host.page_state(*p).present)
+            .filter(|p| !host.page_state(*p).writable())
             .collect::<Vec<_>>();
         for p in faulted {
             match host.fault_in(p) {
