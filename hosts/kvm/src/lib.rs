@@ -773,6 +773,41 @@ impl KvmVm {
         Ok(())
     }
 
+    /// Removes the memslot (size 0: KVM zaps every stage 2 mapping of it) and adds it back
+    /// over the same memory, as a VMM does to resize or replace a memslot.
+    pub fn readd_memslot(&mut self) -> Result<(), KvmError> {
+        if !matches!(self.backing, Backing::Anonymous | Backing::File { .. }) {
+            return Err(KvmError::Layout {
+                what: "readd_memslot on a guest_memfd VM",
+                value: 0,
+                fix: "a guest_memfd memslot is re-added with KVM_SET_USER_MEMORY_REGION2",
+            });
+        }
+        for size in [0, self.ram()] {
+            let region = kvm_userspace_memory_region {
+                slot: 0,
+                flags: if self.dirty_logging {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
+                guest_phys_addr: 0,
+                memory_size: size,
+                userspace_addr: self.memory.addr as u64,
+            };
+            // SAFETY: the same region as at creation (or its removal); the mapping outlives
+            // the VM.
+            unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
+                KvmError::call(
+                    "KVM_SET_USER_MEMORY_REGION(remove / re-add)",
+                    e,
+                    "the host refused the memslot change",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// `KVM_GET_DIRTY_LOG`: the pages written since the last call, as page numbers. Without
     /// manual protection the call write-protects them again, so the next writes fault.
     pub fn take_dirty_pages(&mut self) -> Result<Vec<u64>, KvmError> {

@@ -698,3 +698,24 @@ fn with_the_dirty_ring_every_harvest_write_protects_the_buffer_again() {
         "until a harvest, written pages stay writable"
     );
 }
+
+#[test]
+fn removing_and_re_adding_the_memslot_zaps_every_mapping_and_the_next_pass_faults_again() {
+    // Issue 14: memslot delete / re-add (a VMM resizing or replacing guest memory): KVM drops
+    // the whole slot's stage 2, pinned or not; the strategies get MemslotRemoved/Added.
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut vm) = vm_or_skip("memslot remove and re-add") else {
+        return;
+    };
+    vm.pin_long_term(BUFFER_IPA, BUFFER).expect("pin");
+    assert_eq!(faults_of_a_pass(&mut vm), 0, "warm and pinned");
+    vm.readd_memslot().expect("remove and re-add");
+    let faults = faults_of_a_pass(&mut vm);
+    eprintln!("memslot re-added: {faults} faults on the pinned buffer");
+    assert!(
+        faults > 0,
+        "even long-term pinned pages lose their mappings with the slot"
+    );
+    assert_eq!(faults_of_a_pass(&mut vm), 0, "then mapped again");
+    vm.unpin_long_term(BUFFER_IPA, BUFFER).expect("unpin");
+}
