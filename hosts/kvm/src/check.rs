@@ -112,6 +112,10 @@ pub fn model_pages(event: HostEvent, pin: PinKind) -> u64 {
             }
             model.dirty_log_protect(None);
         }
+        HostEvent::ThpCollapse if pin == PinKind::Mlock => {
+            // The model's mlock (`[spe] pin = "mlock"`): a collapse moves locked pages anyway.
+            model.unmap_moving_mlocked(buffer(), Absence::NeverTouched);
+        }
         HostEvent::ThpCollapse => {
             model.unmap(buffer(), Absence::Swapped);
         }
@@ -133,8 +137,8 @@ fn explanation(event: HostEvent, pin: PinKind, agree: bool) -> &'static str {
         (HostEvent::DirtyLogRound, PinKind::Mlock | PinKind::LongTerm, false) => {
             "dirty logging write-protects pinned pages too: a pin does not exempt a page from the log; a strategy that pins must also exempt the range (set_dirty_log_exempt), which the model folds into its pin"
         }
-        (HostEvent::ThpCollapse, PinKind::Mlock, false) => {
-            "mlock is not a stage 2 pin: a THP collapse copies locked pages into a huge page and zaps every mapping (compaction can move them too)"
+        (HostEvent::ThpCollapse, PinKind::Mlock, true) => {
+            "mlock is not a stage 2 pin: a THP collapse copies locked pages into a huge page and zaps every mapping, and the model (pin = mlock) does the same (PA-06, PB-09)"
         }
         (HostEvent::ThpCollapse, PinKind::LongTerm, _) => {
             "the kernel refuses to collapse long-term pinned pages (EAGAIN): the pin holds stage 2"
