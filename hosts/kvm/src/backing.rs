@@ -42,16 +42,36 @@ struct Ledger {
     sent_before_switchover: u64,
 }
 
-fn host_error(e: KvmError) -> HostError {
+/// The locked-memory limit (RLIMIT_MEMLOCK), bytes.
+fn memlock_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: fills our own rlimit structure.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return 0;
+    }
+    r.rlim_cur
+}
+
+/// A failed pin of `requested` bytes as the strategies see it: ENOMEM from mlock or from an
+/// io_uring registration is the locked-memory limit (with the limit named); the rest keeps
+/// the call, the errno and the fix in its message.
+fn pin_error(e: KvmError, requested: u64) -> HostError {
     match e {
-        KvmError::Call {
-            call: "mlock", err, ..
-        } if err.raw_os_error() == Some(libc::ENOMEM) => HostError::LockLimit {
-            requested: 0,
-            limit: 0,
-        },
+        KvmError::Call { err, .. } if err.raw_os_error() == Some(libc::ENOMEM) => {
+            HostError::LockLimit {
+                requested,
+                limit: memlock_limit(),
+            }
+        }
         other => HostError::Other(other.to_string()),
     }
+}
+
+fn host_error(e: KvmError) -> HostError {
+    HostError::Other(e.to_string())
 }
 
 impl KvmBacking {
@@ -118,7 +138,7 @@ impl HostBacking for KvmBacking {
             PinKind::LongTerm => vm.pin_long_term(range.start.0, range.len),
             PinKind::Mlock => vm.mlock(range.start.0, range.len),
         }
-        .map_err(host_error)?;
+        .map_err(|e| pin_error(e, range.len))?;
         st.pins.insert(range.start.0, range.len);
         Ok(())
     }
@@ -210,5 +230,38 @@ impl HostBacking for KvmBacking {
     fn disable_spe(&self, vcpu: VcpuId) -> Result<(), HostError> {
         self.state.lock().disabled.push(vcpu);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enomem_pin_is_the_locked_memory_limit_naming_the_limit_and_other_errors_keep_the_call() {
+        let enomem = KvmError::Call {
+            call: "io_uring_register(IORING_REGISTER_BUFFERS)",
+            err: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            fix: "raise RLIMIT_MEMLOCK",
+        };
+        assert_eq!(
+            pin_error(enomem, 4096),
+            HostError::LockLimit {
+                requested: 4096,
+                limit: memlock_limit(),
+            }
+        );
+        let efault = KvmError::Call {
+            call: "io_uring_register(IORING_REGISTER_BUFFERS)",
+            err: std::io::Error::from_raw_os_error(libc::EFAULT),
+            fix: "EFAULT: the range is a file mapping",
+        };
+        let HostError::Other(msg) = pin_error(efault, 4096) else {
+            panic!("EFAULT is not a lock limit");
+        };
+        assert!(
+            msg.contains("IORING_REGISTER_BUFFERS") && msg.contains("file mapping"),
+            "{msg}"
+        );
     }
 }

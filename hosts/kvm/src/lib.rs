@@ -900,6 +900,19 @@ impl KvmVm {
         )
     }
 
+    /// `MADV_PAGEOUT` of `[ipa, ipa + len)`: the host reclaims the pages now (written back
+    /// first if they are file pages), and the MMU notifier zaps their stage 2 mappings.
+    pub fn pageout(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
+        self.on_host_range(
+            ipa,
+            len,
+            "madvise(MADV_PAGEOUT)",
+            "needs Linux 5.4 or later; locked pages are not paged out",
+            // SAFETY: advice on a range of our own mapping; contents survive (written back).
+            |addr, len| unsafe { libc::madvise(addr, len, libc::MADV_PAGEOUT) },
+        )
+    }
+
     /// `MADV_MERGEABLE` on `[ipa, ipa + len)`: KSM may merge identical pages of the range
     /// (when `/sys/kernel/mm/ksm/run` is 1), write-protecting them and zapping their stage 2
     /// mappings.

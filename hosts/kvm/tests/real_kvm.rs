@@ -725,3 +725,26 @@ fn removing_and_re_adding_the_memslot_zaps_every_mapping_and_the_next_pass_fault
     assert_eq!(faults_of_a_pass(&mut vm), 0, "then mapped again");
     vm.unpin_long_term(BUFFER_IPA, BUFFER).expect("unpin");
 }
+
+#[test]
+fn a_pageout_of_file_backed_buffer_pages_zaps_them_and_the_next_pass_faults_on_each() {
+    // Issue 14: reclaim of a file memory backend (`msync` + `MADV_PAGEOUT`): the pages are
+    // written back and dropped, their mappings zapped; the next writes read them back.
+    let Some((mut vm, path)) = file_backed_or_skip("pageout of file-backed pages") else {
+        return;
+    };
+    vm.msync(BUFFER_IPA, 64 * PAGE).expect("msync");
+    faults_of_a_pass(&mut vm); // the writeback's write protection, repaired
+    let mapped = vm.vm_stat("pages_4k").expect("pages_4k");
+    vm.pageout(BUFFER_IPA, 64 * PAGE).expect("pageout");
+    let zapped = mapped.saturating_sub(vm.vm_stat("pages_4k").expect("pages_4k"));
+    let faults = faults_of_a_pass(&mut vm);
+    eprintln!("pageout of 64 file-backed pages: {zapped} zapped, {faults} faults");
+    assert_eq!(zapped, 64, "reclaim zaps exactly the paged-out pages");
+    assert!(
+        (1..=64).contains(&faults),
+        "and the next writes fault them back in"
+    );
+    drop(vm);
+    let _ = std::fs::remove_file(path);
+}
