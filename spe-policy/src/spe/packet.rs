@@ -441,6 +441,21 @@ pub(crate) fn single_header_packet(class: HeaderClass, h: u8, v: u64) -> Option<
     })
 }
 
+/// A whole packet with a single-byte header (every class but extended and unknown) at the start
+/// of `buf`, or `None` for any other header or a packet cut short: the common case, shared by
+/// [`parse`] and the packet iterator's inline fast path.
+#[inline(always)]
+pub(crate) fn parse_single_header(buf: &[u8]) -> Option<(Packet, usize)> {
+    let &h = buf.first()?;
+    let class = HEADER_CLASS[h as usize];
+    let len = PACKET_LEN[h as usize] as usize;
+    if matches!(class, HeaderClass::Extended | HeaderClass::Unknown) || buf.len() < len {
+        return None;
+    }
+    let v = read_payload(buf, 1, len - 1);
+    single_header_packet(class, h, v).map(|p| (p, len))
+}
+
 /// Parses one packet at the start of `buf`; returns it and its length in bytes.
 ///
 /// Never panics and never allocates. `offset` is the packet's offset in the stream; only perf's
@@ -454,16 +469,15 @@ pub fn parse(buf: &[u8], mode: DecodeMode, offset: usize) -> Result<(Packet, usi
         // Padding is the most common byte of real buffers (spec sheet §2.8).
         return Ok((Packet::Pad, 1));
     }
+    if let Some(whole) = parse_single_header(buf) {
+        return Ok(whole);
+    }
     let class = HEADER_CLASS[h as usize];
     if class != HeaderClass::Extended && class != HeaderClass::Unknown {
-        let len = PACKET_LEN[h as usize] as usize;
-        if buf.len() < len {
-            return Err(ParseError::Truncated { needed: len });
-        }
-        let v = read_payload(buf, 1, len - 1);
-        if let Some(packet) = single_header_packet(class, h, v) {
-            return Ok((packet, len));
-        }
+        // A single-byte header whose packet the slice cuts short.
+        return Err(ParseError::Truncated {
+            needed: PACKET_LEN[h as usize] as usize,
+        });
     }
     let (h1, hdr_len, index_hi) = if h & 0xfc == 0x20 {
         let Some(&h1) = buf.get(1) else {

@@ -10,10 +10,7 @@
 //! * PAD runs: perf prints up to 16 consecutive 0x00 bytes as one `PAD` line. [`Packets`] yields
 //!   single-byte PADs in architecture mode and perf's groups in perf mode.
 
-use crate::spe::packet::{
-    DecodeMode, HEADER_CLASS, HeaderClass, PACKET_LEN, Packet, ParseError, parse, read_payload,
-    single_header_packet,
-};
+use crate::spe::packet::{DecodeMode, Packet, ParseError, parse, parse_single_header};
 
 /// One item of a packet stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,18 +101,13 @@ impl<'a> Iterator for Packets<'a> {
                 packet: Packet::Pad,
             });
         }
-        let class = HEADER_CLASS[h as usize];
-        let len = PACKET_LEN[h as usize] as usize;
-        if !matches!(class, HeaderClass::Extended | HeaderClass::Unknown) && rest.len() >= len {
-            let v = read_payload(rest, 1, len - 1);
-            if let Some(packet) = single_header_packet(class, h, v) {
-                self.pos += len;
-                return Some(StreamItem::Packet {
-                    offset,
-                    bytes: &rest[..len],
-                    packet,
-                });
-            }
+        if let Some((packet, len)) = parse_single_header(rest) {
+            self.pos += len;
+            return Some(StreamItem::Packet {
+                offset,
+                bytes: &rest[..len],
+                packet,
+            });
         }
         self.slow(rest, offset)
     }
