@@ -27,7 +27,10 @@ use crate::{KvmError, KvmVm, PAGE};
 #[derive(Debug)]
 pub struct KvmBacking {
     vm: Mutex<KvmVm>,
+    /// The VM's RAM size, fixed at creation: bounds checks need no lock.
+    ram: u64,
     pin: PinKind,
+    /// Taken before `vm` whenever both are held.
     state: Mutex<Ledger>,
 }
 
@@ -78,6 +81,7 @@ impl KvmBacking {
     /// The VM `vm`, pinned with `pin`.
     pub fn new(vm: KvmVm, pin: PinKind) -> Self {
         KvmBacking {
+            ram: vm.ram(),
             vm: Mutex::new(vm),
             pin,
             state: Mutex::new(Ledger::default()),
@@ -100,8 +104,7 @@ impl KvmBacking {
     }
 
     fn check(&self, range: IpaRange) -> Result<(), HostError> {
-        let ram = self.vm.lock().ram();
-        if range.start.0 >= ram || range.end() > ram {
+        if range.start.0 >= self.ram || range.end() > self.ram {
             return Err(HostError::NotInMemslot(range.start));
         }
         Ok(())
@@ -177,12 +180,13 @@ impl HostBacking for KvmBacking {
     }
 
     fn page_state(&self, ipa: Ipa) -> PageState {
-        let vm = self.vm.lock();
-        if ipa.0 >= vm.ram() {
+        if ipa.0 >= self.ram {
             return PageState::default();
         }
         let page = ipa.0 & !(PAGE - 1);
+        // The ledger before the VM, as `pin` and `unpin` take them: never the other order.
         let st = self.state.lock();
+        let vm = self.vm.lock();
         let pinned = st
             .pins
             .range(..=page)
