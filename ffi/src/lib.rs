@@ -415,21 +415,13 @@ pub unsafe extern "C" fn spe_policy_new(
             return Err((SpeStatus::BadArgument, "out is null".into()));
         }
         // SAFETY: by the contract above.
-        let text = unsafe { text_arg(text, len) }?;
-        let config = load(text, format)?;
-        let vm = if vm.is_null() {
-            VmSpec::default()
-        } else {
-            // SAFETY: non-null, and by the contract above it points to one SpeVm.
-            vm_spec(unsafe { &*vm })
-        };
+        let (config, vm) = unsafe { config_and_vm(text, len, format, vm) }?;
         vm.validate()
             .map_err(|e| (SpeStatus::Invalid, e.to_string()))?;
         let policy =
             Policy::from_config(&config, &vm).map_err(|e| (SpeStatus::Invalid, e.to_string()))?;
-        let boxed = Box::into_raw(Box::new(SpePolicy { policy }));
         // SAFETY: `out` is non-null and writable for one pointer (contract above).
-        unsafe { out.write(boxed) };
+        unsafe { hand_out(out, policy) };
         Ok(())
     })
 }
@@ -586,14 +578,7 @@ pub unsafe extern "C" fn spe_policy_restore(
             return Err((SpeStatus::BadArgument, "host is null".into()));
         };
         // SAFETY: by the contract above.
-        let text = unsafe { text_arg(text, len) }?;
-        let config = load(text, format)?;
-        let vm = if vm.is_null() {
-            VmSpec::default()
-        } else {
-            // SAFETY: non-null, and by the contract above it points to one SpeVm.
-            vm_spec(unsafe { &*vm })
-        };
+        let (config, vm) = unsafe { config_and_vm(text, len, format, vm) }?;
         // SAFETY: non-null and `state_len` bytes long (contract above).
         let bytes = unsafe { std::slice::from_raw_parts(state, state_len) };
         let saved: spe_policies::PolicyState = serde_json::from_slice(bytes)
@@ -603,9 +588,8 @@ pub unsafe extern "C" fn spe_policy_restore(
             spe_policies::RestoreError::Host(_) => (SpeStatus::Host, e.to_string()),
             _ => (SpeStatus::Invalid, e.to_string()),
         })?;
-        let boxed = Box::into_raw(Box::new(SpePolicy { policy }));
         // SAFETY: `out` is non-null and writable for one pointer (contract above).
-        unsafe { out.write(boxed) };
+        unsafe { hand_out(out, policy) };
         Ok(())
     })
 }
@@ -706,6 +690,37 @@ fn write_err(err: *mut c_char, err_len: usize, msg: &str) {
         std::ptr::copy_nonoverlapping(msg.as_ptr().cast::<c_char>(), err, n);
         err.add(n).write(0);
     }
+}
+
+/// The config a text names and the VM `vm` describes (null: the default VM).
+///
+/// # Safety
+/// As [`text_arg`], and `vm` is null or points to one `SpeVm`.
+unsafe fn config_and_vm(
+    text: *const c_char,
+    len: usize,
+    format: u32,
+    vm: *const SpeVm,
+) -> Result<(SpeConfig, VmSpec), (SpeStatus, String)> {
+    // SAFETY: by the contract above.
+    let config = load(unsafe { text_arg(text, len) }?, format)?;
+    let vm = if vm.is_null() {
+        VmSpec::default()
+    } else {
+        // SAFETY: non-null, and by the contract above it points to one SpeVm.
+        vm_spec(unsafe { &*vm })
+    };
+    Ok((config, vm))
+}
+
+/// Gives C the policy: boxed, freed by `spe_policy_free`.
+///
+/// # Safety
+/// `out` is non-null and writable for one pointer.
+unsafe fn hand_out(out: *mut *mut SpePolicy, policy: Policy) {
+    let boxed = Box::into_raw(Box::new(SpePolicy { policy }));
+    // SAFETY: by the contract above.
+    unsafe { out.write(boxed) };
 }
 
 /// The config text as a `&str`.
