@@ -155,6 +155,13 @@ impl BackingStrategy for Policy {
 }
 
 impl StrategyConfig {
+    /// [`StrategyConfig::from_spe`] after validating the policy against the VM: what
+    /// [`Policy::from_config`] and [`Policy::restore`] build from.
+    pub fn validated(c: &SpeConfig, vm: &VmSpec) -> Result<Self, ConfigErrors> {
+        c.validate_for(vm)?;
+        StrategyConfig::from_spe(c, vm)
+    }
+
     /// The strategy configuration an `[spe]` table describes for the VM `vm` (validate both
     /// first; see [`Policy::from_config`]).
     pub fn from_spe(c: &SpeConfig, vm: &VmSpec) -> Result<Self, ConfigErrors> {
@@ -235,8 +242,7 @@ impl Policy {
     /// VMM at run time: its vCPUs, RAM, page sizes, the SPU's record size) and builds the
     /// strategy it names.
     pub fn from_config(c: &SpeConfig, vm: &VmSpec) -> Result<Self, ConfigErrors> {
-        c.validate_for(vm)?;
-        StrategyConfig::from_spe(c, vm).map(Policy::new)
+        StrategyConfig::validated(c, vm).map(Policy::new)
     }
 }
 

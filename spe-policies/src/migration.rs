@@ -11,7 +11,7 @@ use spe_policy::config::{ConfigErrors, SpeConfig};
 use spe_policy::saved::STATE_VERSION;
 use spe_policy::{GuestMemoryRead, HostBacking, PolicyError, VmSpec};
 
-use crate::Policy;
+use crate::{Policy, StrategyConfig};
 
 /// One strategy's saved state, tagged with its name.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -121,29 +121,30 @@ impl Policy {
         if state.version() != STATE_VERSION {
             return Err(RestoreError::Version(state.version()));
         }
-        let fresh = Policy::from_config(config, vm).map_err(RestoreError::Config)?;
-        let other = |fresh: &Policy| RestoreError::OtherStrategy {
-            saved: state.strategy(),
-            config: spe_policy::BackingStrategy::name(fresh),
-        };
-        Ok(match (&fresh, state) {
+        let strategy = StrategyConfig::validated(config, vm).map_err(RestoreError::Config)?;
+        Ok(match (strategy, state) {
             #[cfg(feature = "pin-all")]
-            (Policy::PinAll(p), PolicyState::PinAll(s)) => {
-                Policy::PinAll(crate::PinAll::restore(p.config(), s, host)?)
+            (StrategyConfig::PinAll(c), PolicyState::PinAll(s)) => {
+                Policy::PinAll(crate::PinAll::restore(c, s, host)?)
             }
             #[cfg(feature = "pin-buffer")]
-            (Policy::PinBuffer(p), PolicyState::PinBuffer(s)) => {
-                Policy::PinBuffer(crate::PinBuffer::restore(p.config(), s, guest, host)?)
+            (StrategyConfig::PinBuffer(c), PolicyState::PinBuffer(s)) => {
+                Policy::PinBuffer(crate::PinBuffer::restore(c, s, guest, host)?)
             }
             #[cfg(feature = "fault-translate")]
-            (Policy::FaultTranslate(p), PolicyState::FaultTranslate(s)) => {
-                Policy::FaultTranslate(crate::FaultTranslate::restore(p.config(), s))
+            (StrategyConfig::FaultTranslate(c), PolicyState::FaultTranslate(s)) => {
+                Policy::FaultTranslate(crate::FaultTranslate::restore(c, s))
             }
             #[cfg(feature = "shadow-buffer")]
-            (Policy::ShadowBuffer(p), PolicyState::ShadowBuffer(s)) => {
-                Policy::ShadowBuffer(crate::ShadowBuffer::restore(p.config(), s)?)
+            (StrategyConfig::ShadowBuffer(c), PolicyState::ShadowBuffer(s)) => {
+                Policy::ShadowBuffer(crate::ShadowBuffer::restore(c, s)?)
             }
-            _ => return Err(other(&fresh)),
+            _ => {
+                return Err(RestoreError::OtherStrategy {
+                    saved: state.strategy(),
+                    config: config.strategy.as_str(),
+                });
+            }
         })
     }
 }
