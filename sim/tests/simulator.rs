@@ -1046,3 +1046,25 @@ fn an_mlock_pin_does_not_stop_thp_collapse_and_a_long_term_pin_does() {
         assert_eq!((m.stage2_faults, m.samples_lost), (0, 0), "{s}: {m:?}");
     }
 }
+
+#[test]
+fn a_vm_start_pin_all_cannot_pin_loses_all_its_profiling_to_pa_05() {
+    // Found by the scenario fuzzer: pin-all pinning at VM start over the lock limit. The VM
+    // does not start; what it would have profiled is PA-05's, not an unexplained loss.
+    let sc = Scenario::from_toml(
+        "vm-start-lock-limit.toml",
+        "name = \"vm-start-lock-limit\"\ndescription = \"d\"\nduration_ms = 20.0\n\
+         [spe.pin_all]\npin_at = \"vm-start\"\n[host]\nlock_available = \"4KiB\"\n",
+    )
+    .expect("scenario");
+    let r = compare_on("", &[sc], RunOptions::default());
+    let pa = get(&r, "vm-start-lock-limit", "pin-all");
+    assert!(pa.samples_due > 0 && pa.fatal_events == 1, "{pa:?}");
+    assert_eq!(pa.unexplained_loss, 0, "{pa:?}");
+    assert_eq!(
+        pa.loss_by_erratum.get("PA-05").copied(),
+        Some(pa.samples_lost),
+        "{pa:?}"
+    );
+    assert_eq!(pa.pinned_after_stop, 0);
+}

@@ -400,7 +400,7 @@ impl Loss {
             (C::CopyWait, O::CopyBusy) => &["SB-06"],
             (C::Fatal, O::SizeTooLarge { lock_limit: false }) => &["PB-01"],
             (C::Fatal, O::SizeTooLarge { lock_limit: true }) => &["PB-08"],
-            (C::Fatal, O::SpeDisabled) => &["PA-05"],
+            (C::Fatal, O::SpeDisabled | O::VmStartRefused) => &["PA-05"],
             (C::Fatal, O::Stage2Handed) => &["FT-05", "SB-05"],
             _ => &[],
         };
@@ -427,6 +427,9 @@ pub enum LossOrigin {
     },
     /// The host disabled SPE for the vCPU.
     SpeDisabled,
+    /// The host refused the VM's start (pin-all could not pin its RAM at VM start): the VMM
+    /// gets the error and the VM runs no profiling at all.
+    VmStartRefused,
     /// The guest was handed a stage 2 fault (EC 0x25) that the host did not repair.
     Stage2Handed,
     /// Any other outcome that ended the session.
@@ -444,6 +447,7 @@ impl LossOrigin {
             LossOrigin::SizeTooLarge { lock_limit: false } => "size-too-large",
             LossOrigin::SizeTooLarge { lock_limit: true } => "size-too-large/lock-limit",
             LossOrigin::SpeDisabled => "spe-disabled",
+            LossOrigin::VmStartRefused => "vm-start-refused",
             LossOrigin::Stage2Handed => "stage2-fault-handed-to-guest",
             LossOrigin::Other => "other",
         }

@@ -749,7 +749,7 @@ pub fn run(
                 starts: Vec::new(),
                 windows: Windows::new(),
                 fatal: !started,
-                fatal_cause: Loss::new(LossCause::Fatal, LossOrigin::Other),
+                fatal_cause: Loss::new(LossCause::Fatal, LossOrigin::VmStartRefused),
                 remapped: Vec::new(),
                 disabled: false,
                 task,

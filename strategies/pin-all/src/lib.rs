@@ -113,9 +113,9 @@ pub static ERRATA: [Erratum; 6] = [
     Erratum {
         id: "PA-05",
         title: "SPE disabled when the host cannot pin the memory",
-        trigger: "The locked-memory limit (RLIMIT_MEMLOCK) or a memslot that cannot be pinned at first enable.",
-        guest_visible: "SPE is disabled for the vCPU that enabled its buffer; its perf session stops.",
-        host_visible: "A typed error names the limit and the bytes requested.",
+        trigger: "The locked-memory limit (RLIMIT_MEMLOCK) or a memslot that cannot be pinned, at first enable or (pin_at = vm-start) at VM start.",
+        guest_visible: "At first enable: SPE is disabled for the vCPU that enabled its buffer; its perf session stops. At VM start: the VM does not start, so it profiles nothing.",
+        host_visible: "A typed error names the limit and the bytes requested; at VM start it is the VMM's start-up error.",
         mitigation: "Raise RLIMIT_MEMLOCK to the VM's RAM, or pin at VM start so the failure stops the VM before it runs.",
         guest_told: GuestTold::NoticeBit(bits::SPE_DISABLED),
         scenario: "lock-limit",
