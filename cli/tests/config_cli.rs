@@ -558,10 +558,15 @@ fn stage2_check_prints_model_and_kernel_side_by_side_or_exits_4_without_kvm() {
     }
     assert_eq!(code, 0, "{err}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON rows");
-    assert_eq!(rows.len(), 12, "4 events x 3 pin kinds");
+    assert_eq!(
+        rows.len(),
+        30,
+        "10 events x 3 pin kinds (KSM's rows are opt-in)"
+    );
     for r in &rows {
         for key in [
             "event",
+            "memory",
             "strategy",
             "pin",
             "model_pages",

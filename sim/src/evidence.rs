@@ -44,7 +44,7 @@ pub fn observables(id: &str) -> &'static [&'static str] {
         "SB-04" => &["lost_by_cause", "loss_by_origin"],
         "SB-06" => &["stall_by_kind", "copy_wait_ns"],
         "SB-07" => &["bytes_dropped"],
-        "PA-06" | "PB-09" => &["loss_by_origin"],
+        "PA-06" | "PB-09" | "PA-07" | "PB-10" => &["loss_by_origin"],
         _ => &[],
     }
 }
@@ -132,6 +132,16 @@ pub fn reproduced(id: &str, m: &Metrics, cost: &CostModel) -> Option<bool> {
         }
         "PB-09" => {
             started_by(LossOrigin::Stage2Fault(FaultOrigin::PinnedMoved)) && m.fatal_events == 0
+        }
+        // A KSM scan unmapped pinned pages it could not merge: pin-all hands the fault to the
+        // guest, pin-buffer repairs it.
+        "PA-07" => {
+            started_by(LossOrigin::Stage2Fault(FaultOrigin::PinnedZappedByKsm))
+                && saw("stage2-fault")
+        }
+        "PB-10" => {
+            started_by(LossOrigin::Stage2Fault(FaultOrigin::PinnedZappedByKsm))
+                && m.fatal_events == 0
         }
         // A remap met at copy time drops the records the SPU took after the fault point.
         "SB-07" => m.bytes_dropped > 0 && saw("stage1-fault"),

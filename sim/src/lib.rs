@@ -50,6 +50,7 @@ pub const BUILTIN_SCENARIOS: &[(&str, &str)] = &builtin_scenarios![
     "hot-unplug",
     "idle-pins",
     "ksm",
+    "ksm-pinned-mergeable",
     "lock-limit",
     "post-copy",
     "pre-copy",

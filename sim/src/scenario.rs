@@ -180,6 +180,11 @@ pub struct HostModel {
     /// or of the host's memory): pins beyond it fail at run time however the VM was
     /// configured. Absent: `vm.lock_limit`.
     pub lock_available: Option<spe_policy::config::ByteSize>,
+    /// The VMM left pinned guest RAM mergeable (MADV_MERGEABLE; QEMU's mem-merge is on by
+    /// default), against PA-07 and PB-10's mitigation: a KSM scan then unmaps the pinned pages
+    /// it cannot merge, as measured on the real kernel. Default: the VMM keeps what it pins
+    /// out of KSM (MADV_UNMERGEABLE, or `mem-merge=off`), and the scan leaves pinned pages be.
+    pub pinned_ram_mergeable: bool,
 }
 
 /// Most events one scenario may schedule.

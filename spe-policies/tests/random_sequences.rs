@@ -111,7 +111,7 @@ fn apply(p: &Policy, g: &GuestFixture, host: &Stage2Model, s: Step) -> Result<()
             };
             if on(&Event::HostInvalidation { range, cause })? == Outcome::Resume {
                 if ksm {
-                    host.ksm_merge(range);
+                    host.ksm_merge_unpinned(range);
                 } else {
                     host.unmap(range, Absence::Swapped);
                 }

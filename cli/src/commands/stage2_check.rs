@@ -22,6 +22,14 @@ pub struct Stage2CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Adds the KSM rows: runs the host-wide KSM daemon while they run (root; its knobs are
+    /// put back after). Off by default because it scans every process's mergeable memory.
+    #[arg(long)]
+    pub ksm: bool,
+    /// A directory on a disk file system for the file memory backend's 16 MiB file, removed
+    /// after (default: the system's temporary directory; on tmpfs writeback never happens).
+    #[arg(long, value_name = "DIR")]
+    pub file_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the matrix: 0 when every difference is explained, 1 when one is not, 4 without KVM.
@@ -33,7 +41,14 @@ pub fn run(args: &Stage2CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
         );
         return exit::ENVIRONMENT;
     }
-    let rows = match check::run() {
+    let mut opts = check::Options {
+        ksm: args.ksm,
+        ..check::Options::default()
+    };
+    if let Some(dir) = &args.file_dir {
+        opts.file_dir.clone_from(dir);
+    }
+    let rows = match check::run(&opts) {
         Ok(rows) => rows,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -48,28 +63,41 @@ pub fn run(args: &Stage2CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
             let mut t = Table::new();
             t.load_preset(UTF8_FULL_CONDENSED)
                 .set_content_arrangement(ContentArrangement::Dynamic)
-                .set_width(100)
+                .set_width(110)
                 .set_header([
-                    "event", "strategy", "pin", "model", "zapped", "faults", "refused", "agree",
+                    "event", "memory", "strategy", "pin", "model", "zapped", "faults", "refused",
+                    "agree",
                 ]);
             for r in &rows {
+                let faults = match r.kvm_demanded {
+                    Some(d) => format!("{} ({d} demanded)", r.kvm_faults),
+                    None => r.kvm_faults.to_string(),
+                };
+                let refused = [
+                    r.kvm_pin_refused.as_ref().map(|e| format!("pin: {e}")),
+                    r.kvm_refused.clone(),
+                ];
                 t.add_row([
                     kebab(&r.event),
+                    kebab(&r.memory),
                     r.strategy.to_string(),
                     kebab(&r.pin),
                     r.model_pages.to_string(),
                     r.kvm_pages_zapped.to_string(),
-                    r.kvm_faults.to_string(),
-                    r.kvm_refused.clone().unwrap_or_default(),
+                    faults,
+                    refused.into_iter().flatten().collect::<Vec<_>>().join(", "),
                     if r.agree { "yes" } else { "NO" }.to_string(),
                 ]);
             }
             writeln!(
                 out,
-                "Stage 2 under host events, the model (hosts/model) against the kernel (KVM,\n4 MiB buffer = 1024 pages): pages the model says fault, mappings KVM zapped, faults\nthe next SPU-like write pass took.\n{t}"
+                "Stage 2 under host events, the model (hosts/model) against the kernel (KVM,\n4 MiB buffer = 1024 pages): pages the model says fault, mappings KVM zapped, faults\nthe next SPU-like write pass took (post-copy: and the pages it demanded from the source).\n{t}"
             )
             .and_then(|()| {
-                for r in rows.iter().filter(|r| !r.agree || r.kvm_refused.is_some()) {
+                for r in rows
+                    .iter()
+                    .filter(|r| !r.agree || r.kvm_refused.is_some() || r.kvm_pin_refused.is_some())
+                {
                     writeln!(out, "- {} / {}: {}", kebab(&r.event), kebab(&r.pin), r.explanation)?;
                 }
                 Ok(())

@@ -10,14 +10,18 @@
 //! never takes a stage 2 fault. The kernel's own counters ([`Stats`], from `KVM_GET_STATS_FD`)
 //! say how many faults a pass took and how many mappings a host event zapped.
 //!
-//! What is here: the VM, an anonymous memslot, the writer vCPU, the counters, host events
-//! (`MADV_DONTNEED`, THP collapse), pins of two kinds (`mlock`, resident only, and a long-term
-//! io_uring pin) and dirty logging, classic and manual-protect. Not yet: the `HostBacking`
-//! implementation, the dirty ring, userfaultfd, guest_memfd.
+//! What is here: the VM over anonymous, file-backed (`MAP_SHARED`) or guest_memfd memory, the
+//! writer vCPU, the counters, host events (`MADV_DONTNEED`, `msync`, `MADV_PAGEOUT`, THP
+//! collapse, KSM, guest_memfd hole punch, memslot delete and re-add), pins of two kinds
+//! (`mlock`, resident only, and a long-term io_uring pin), dirty logging (classic,
+//! manual-protect and the dirty ring), post-copy over userfaultfd ([`post_copy`]), the
+//! [`backing::KvmBacking`] that gives the strategies this VM as their `HostBacking`, and
+//! [`check`], the host model against this kernel.
 
 pub mod backing;
 pub mod check;
 mod guest;
+pub mod ksm;
 pub mod post_copy;
 mod stats;
 
@@ -67,7 +71,11 @@ pub enum KvmError {
 }
 
 impl KvmError {
-    fn call(call: &'static str, err: impl Into<std::io::Error>, fix: &'static str) -> Self {
+    pub(crate) fn call(
+        call: &'static str,
+        err: impl Into<std::io::Error>,
+        fix: &'static str,
+    ) -> Self {
         KvmError::Call {
             call,
             err: err.into(),

@@ -265,9 +265,13 @@ fn the_model_and_the_kernel_differ_only_where_a_named_kernel_behaviour_explains_
     if vm_or_skip("stage2-check matrix").is_none() {
         return;
     }
-    use spe_host_kvm::check::{HostEvent, PinKind, run};
-    let rows = run().expect("the matrix");
-    assert_eq!(rows.len(), 12);
+    use spe_host_kvm::check::{HostEvent, Options, PinKind, run};
+    let opts = Options {
+        file_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        ..Options::default()
+    };
+    let rows = run(&opts).expect("the matrix");
+    assert_eq!(rows.len(), 30, "10 events x 3 pin kinds");
     for r in &rows {
         eprintln!(
             "{:?}/{:?}: model {} zapped {} faults {} refused {:?} agree {}",
@@ -305,6 +309,39 @@ fn the_model_and_the_kernel_differ_only_where_a_named_kernel_behaviour_explains_
     }
     let unpinned = row(HostEvent::ThpCollapse, PinKind::None);
     assert!(unpinned.agree, "{unpinned:?}");
+    // The events added with the real kernel, each a relation within the row.
+    for pin in [PinKind::None, PinKind::Mlock, PinKind::LongTerm] {
+        // A hole punch and a memslot re-add take the pages whatever pins them.
+        let punch = row(HostEvent::PunchHole, pin);
+        assert!(punch.agree && punch.kvm_pages_zapped == 64, "{punch:?}");
+        let readd = row(HostEvent::MemslotReadd, pin);
+        assert!(
+            readd.agree && readd.kvm_pages_zapped >= BUFFER / PAGE && readd.kvm_faults > 0,
+            "{readd:?}"
+        );
+        // Writeback write-protects mlocked pages too; a long-term pin of a file is refused.
+        let wb = row(HostEvent::MsyncWriteback, pin);
+        assert!(wb.agree && wb.kvm_faults == BUFFER / PAGE, "{wb:?}");
+        assert_eq!(
+            wb.kvm_pin_refused.is_some(),
+            pin == PinKind::LongTerm,
+            "{wb:?}"
+        );
+        // The ring re-protects pinned pages at every harvest: no pin exempts them.
+        let ring = row(HostEvent::DirtyRingHarvest, pin);
+        assert_eq!(ring.kvm_faults, BUFFER / PAGE, "{ring:?}");
+        assert_eq!(ring.agree, pin == PinKind::None, "{ring:?}");
+    }
+    // Post-copy: exactly the pages not sent are demanded; the pinned buffer was sent whole.
+    let pc = row(HostEvent::PostCopy, PinKind::None);
+    assert!(
+        pc.agree && pc.kvm_demanded == Some(BUFFER / PAGE * 3 / 4),
+        "{pc:?}"
+    );
+    for pin in [PinKind::Mlock, PinKind::LongTerm] {
+        let pc = row(HostEvent::PostCopy, pin);
+        assert!(pc.agree && pc.kvm_demanded == Some(0), "{pc:?}");
+    }
 }
 
 /// pin-buffer on the real kernel through `KvmBacking`, with stage 1 off (the buffer's VAs are

@@ -385,11 +385,14 @@ impl Loss {
             // that caused the fault.
             // A page pinned with mlock that the host moved anyway.
             (C::Recovery | C::Fatal, O::Stage2Fault(F::PinnedMoved)) => &["PB-09", "PA-06"],
+            // A pinned page KSM could not merge but unmapped anyway.
+            (C::Recovery | C::Fatal, O::Stage2Fault(F::PinnedZappedByKsm)) => &["PB-10", "PA-07"],
             (C::Recovery, O::Stage2Fault(F::Remapped)) => &["FT-01", "PB-03"],
             (C::Recovery, O::Stage2Fault(_)) => &["FT-01"],
             // The SPU stood stopped at a fault: the erratum of what made the page fault.
             (C::SpuStopped | C::BackgroundService, O::Stage2Fault(f)) => match f {
                 F::PinnedMoved => &["PB-09", "PA-06"],
+                F::PinnedZappedByKsm => &["PB-10", "PA-07"],
                 F::Remapped => &["PB-03", "FT-07"],
                 F::TablePage => &["FT-03"],
                 F::WriteProtected => &["FT-04"],
@@ -470,6 +473,8 @@ pub enum FaultOrigin {
     /// A page the strategy had pinned with `mlock` that the host moved anyway (THP collapse,
     /// compaction): an mlock pin keeps a page resident, not mapped.
     PinnedMoved,
+    /// A pinned page (any pin kind) a KSM scan could not merge but unmapped at stage 2 anyway.
+    PinnedZappedByKsm,
 }
 
 impl FaultOrigin {
@@ -482,6 +487,7 @@ impl FaultOrigin {
             FaultOrigin::TablePage => "stage2-fault/table-page",
             FaultOrigin::Remapped => "stage2-fault/remapped",
             FaultOrigin::PinnedMoved => "stage2-fault/mlocked-page-moved",
+            FaultOrigin::PinnedZappedByKsm => "stage2-fault/pinned-page-zapped-by-ksm",
         }
     }
 }

@@ -505,6 +505,11 @@ struct Sim<'a> {
     tasks: Option<[(u64, u64); 2]>,
     /// The SPU's walk on this VM (its PAMax).
     walk: WalkOptions,
+    /// Pinned pages whose stage 2 mapping a KSM scan zapped (it cannot merge a pinned page,
+    /// but its attempt unmaps it first): what a fault on such a page started at.
+    ksm_zapped_pins: std::collections::BTreeSet<u64>,
+    /// `[host] pinned_ram_mergeable`.
+    pinned_ram_mergeable: bool,
 }
 
 /// Refuses what the simulator cannot simulate, naming the limit.
@@ -711,6 +716,8 @@ pub fn run(
             pa_bits: vm.pa_bits,
             ..WalkOptions::default()
         },
+        ksm_zapped_pins: std::collections::BTreeSet::new(),
+        pinned_ram_mergeable: scenario.host.pinned_ram_mergeable,
     };
     // A VM start the host refuses (pin-all over the lock limit) runs no profiling at all.
     let before = sim.host.model.counters();
@@ -929,11 +936,19 @@ impl Sim<'_> {
         if !tables_present || !data.present {
             let moved_pin = |s: spe_policy::host::PageState| s.pinned && !s.present;
             let mut table_moved = false;
+            let mut ksm_zapped = false;
             for t in tables.as_slice() {
-                table_moved |= moved_pin(self.page_state(*t, generation));
+                let moved = moved_pin(self.page_state(*t, generation));
+                table_moved |= moved;
+                ksm_zapped |= moved && self.ksm_zapped_pins.contains(&t.0);
             }
+            let data_moved = tables_present && moved_pin(data);
+            ksm_zapped |=
+                data_moved && self.ksm_zapped_pins.contains(&ipa.page_base(Granule::K4).0);
             let c = &self.cpus[v as usize];
-            let origin = if table_moved || (tables_present && moved_pin(data)) {
+            let origin = if ksm_zapped {
+                FaultOrigin::PinnedZappedByKsm
+            } else if table_moved || data_moved {
                 FaultOrigin::PinnedMoved
             } else if !tables_present {
                 FaultOrigin::TablePage
@@ -1294,7 +1309,12 @@ impl Sim<'_> {
             Outcome::Inject { pmbsr, pmbptr } => {
                 let loss = if fault.guest_error() {
                     Loss::baseline(LossCause::GuestError)
-                } else if origin == LossOrigin::Stage2Fault(FaultOrigin::PinnedMoved) {
+                } else if matches!(
+                    origin,
+                    LossOrigin::Stage2Fault(
+                        FaultOrigin::PinnedMoved | FaultOrigin::PinnedZappedByKsm
+                    )
+                ) {
                     // What the guest was handed started at a pin that did not hold.
                     Loss::new(LossCause::Fatal, origin)
                 } else {
@@ -1697,6 +1717,17 @@ impl Sim<'_> {
                     if self.config.pin == PinKind::Mlock && kind == HostEventKind::KsmMerge {
                         // KSM's scan write-protects mlocked pages too (measured).
                         self.host.model.ksm_merge_mlocked_too(range);
+                    } else if kind == HostEventKind::KsmMerge && self.pinned_ram_mergeable {
+                        // The kernel does not ask (no MMU-notifier veto): the scan merges the
+                        // unpinned pages and zaps the stage 2 of the pinned ones (measured on
+                        // the real kernel, PA-07 / PB-10), whatever the strategy answered.
+                        let host = &self.host.model;
+                        for p in range.pages(Granule::K4) {
+                            if host.is_pinned(p) && host.page_state(p).present {
+                                self.ksm_zapped_pins.insert(p.0);
+                            }
+                        }
+                        host.ksm_merge(range);
                     } else if self.config.pin == PinKind::Mlock
                         && matches!(kind, HostEventKind::ThpCollapse | HostEventKind::Compaction)
                     {
@@ -1712,7 +1743,7 @@ impl Sim<'_> {
                                 host.unmap(range, Absence::Swapped);
                             }
                             HostEventKind::KsmMerge => {
-                                host.ksm_merge(range);
+                                host.ksm_merge_unpinned(range);
                             }
                             // Moved or remapped: back on the next touch, no I/O.
                             _ => {

@@ -69,7 +69,7 @@ pub struct PinAllConfig {
 const NAME: &str = "pin-all";
 
 /// The errata of pin-all.
-pub static ERRATA: [Erratum; 6] = [
+pub static ERRATA: [Erratum; 7] = [
     Erratum {
         id: "PA-01",
         title: "No memory overcommit for the whole VM",
@@ -129,6 +129,16 @@ pub static ERRATA: [Erratum; 6] = [
         mitigation: "Pin with a long-term pin (`pin = long-term`: io_uring registered buffers, VFIO, pin_user_pages with FOLL_LONGTERM) over anonymous, shmem or guest_memfd memory (the kernel refuses a long-term pin of a regular file mapping with EFAULT, measured), or keep THP collapse off guest RAM (MADV_NOHUGEPAGE).",
         guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
         scenario: "thp-collapse-mlock",
+    },
+    Erratum {
+        id: "PA-07",
+        title: "A KSM scan unmaps pinned pages it cannot merge",
+        trigger: "KSM running on the host over guest RAM the VMM marked mergeable (MADV_MERGEABLE, PR_SET_MEMORY_MERGE; QEMU's mem-merge is on by default), whatever the pin kind.",
+        guest_visible: "The SPU takes a stage 2 fault on memory pin-all pinned: the guest receives it (EC=0x25) and Linux stops the perf session.",
+        host_visible: "KSM write-protects each candidate page under an MMU-notifier invalidation before it checks the page's references; a pinned page fails the check and is not merged, but its stage 2 mapping is gone: on the real kernel a KSM scan of a 4 MiB long-term pinned buffer merged none of it and zapped 1023 of 1024 mappings (`spe-policy stage2-check --ksm`). The pin keeps the memory, so the page comes back with a cheap fault.",
+        mitigation: "Required of the VMM (the guest notice assumes it): keep what is pinned out of KSM (MADV_UNMERGEABLE over it, or QEMU `-machine mem-merge=off`), or keep KSM off on hosts that run SPE guests; pin-all gains nothing from KSM anyway (PA-01).",
+        guest_told: GuestTold::NoticeBit(bits::FATAL_FAULT),
+        scenario: "ksm-pinned-mergeable",
     },
 ];
 
@@ -319,8 +329,11 @@ impl BackingStrategy for PinAll {
     }
 
     fn guest_notice(&self) -> spe_policy::guest_notice::GuestNotice {
-        // PA-06 is the mlock pin's: a long-term pin keeps stage 2.
-        let applies = |e: &&Erratum| e.id != "PA-06" || self.config.pin == PinKind::Mlock;
+        // PA-06 is the mlock pin's: a long-term pin keeps stage 2. PA-07 needs pinned RAM left
+        // mergeable, which its mitigation asks the VMM never to do.
+        let applies = |e: &&Erratum| {
+            e.id != "PA-07" && (e.id != "PA-06" || self.config.pin == PinKind::Mlock)
+        };
         notice_for(
             self.id(),
             self.errata().iter().filter(applies),

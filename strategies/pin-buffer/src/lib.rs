@@ -67,7 +67,7 @@ impl Default for PinBufferConfig {
 const NAME: &str = "pin-buffer";
 
 /// The errata of pin-buffer.
-pub static ERRATA: [Erratum; 9] = [
+pub static ERRATA: [Erratum; 10] = [
     Erratum {
         id: "PB-01",
         title: "Buffers larger than the per-vCPU cap are refused",
@@ -157,6 +157,16 @@ pub static ERRATA: [Erratum; 9] = [
         mitigation: "Pin with a long-term pin (`pin = long-term`: io_uring registered buffers, VFIO, pin_user_pages with FOLL_LONGTERM) over anonymous, shmem or guest_memfd memory (the kernel refuses a long-term pin of a regular file mapping with EFAULT, measured), or keep THP collapse off guest RAM (MADV_NOHUGEPAGE).",
         guest_told: GuestTold::NoticeBit(bits::REWIND),
         scenario: "thp-collapse-mlock",
+    },
+    Erratum {
+        id: "PB-10",
+        title: "A KSM scan unmaps pinned buffer and table pages it cannot merge",
+        trigger: "KSM running on the host over guest RAM the VMM marked mergeable (MADV_MERGEABLE, PR_SET_MEMORY_MERGE; QEMU's mem-merge is on by default), whatever the pin kind.",
+        guest_visible: "The SPU stops at a stage 2 fault on a pinned page; the host maps it again and resumes after a DL=1 recovery (PMBPTR may be rewound, records after it lost).",
+        host_visible: "KSM write-protects each candidate page under an MMU-notifier invalidation before it checks the page's references; a pinned page fails the check and is not merged, but its stage 2 mapping is gone: on the real kernel a KSM scan of a 4 MiB long-term pinned buffer merged none of it and zapped 1023 of 1024 mappings (`spe-policy stage2-check --ksm`). The pin keeps the memory, so the repair is a cheap fault.",
+        mitigation: "Required of the VMM (the guest notice assumes it): keep what is pinned out of KSM (MADV_UNMERGEABLE over it, or QEMU `-machine mem-merge=off`), or keep KSM off on hosts that run SPE guests.",
+        guest_told: GuestTold::NoticeBit(bits::REWIND),
+        scenario: "ksm-pinned-mergeable",
     },
 ];
 
@@ -815,8 +825,11 @@ impl BackingStrategy for PinBuffer {
     }
 
     fn guest_notice(&self) -> spe_policy::guest_notice::GuestNotice {
-        // PB-09 is the mlock pin's: a long-term pin keeps stage 2.
-        let applies = |e: &&Erratum| e.id != "PB-09" || self.config.pin == PinKind::Mlock;
+        // PB-09 is the mlock pin's: a long-term pin keeps stage 2. PB-10 needs pinned RAM left
+        // mergeable, which its mitigation asks the VMM never to do.
+        let applies = |e: &&Erratum| {
+            e.id != "PB-10" && (e.id != "PB-09" || self.config.pin == PinKind::Mlock)
+        };
         notice_for(
             self.id(),
             self.errata().iter().filter(applies),
