@@ -785,3 +785,122 @@ fn a_pageout_of_file_backed_buffer_pages_zaps_them_and_the_next_pass_faults_on_e
     drop(vm);
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn fault_translate_on_the_real_kernel_faults_in_each_page_the_spu_stops_at_and_the_pass_completes()
+{
+    // Issue 14: fault-translate pins nothing; the host discards 64 buffer pages under it. The
+    // SPU stand-in stops at the first buffer page the kernel no longer backs (stage 2 was
+    // zapped before the page was freed, so an unbacked page is an unmapped one), the strategy
+    // is handed that stage 2 fault, and the SPU resumes where it says. Every stop must make
+    // progress: the strategy faults the page in (measured: one page per stop, so 64 stops),
+    // the recovery ends within the 64 stops and the resumed passes write every record.
+    use spe_host_kvm::backing::KvmBacking;
+    use spe_policy::arch::walk::Stage1Regs;
+    use spe_policy::arch::{BufferEvent, BufferMode, FaultStatusCode, Pmblimitr, Pmbptr, Stage};
+    use spe_policy::event::{BufferReg, BufferRegs, Event, InvalidationCause, Outcome};
+    use spe_policy::{BackingStrategy, Gva, Ipa, IpaRange, Memslot, VcpuId};
+    let Some(vm) = vm_or_skip("fault-translate recovering on KvmBacking") else {
+        return;
+    };
+    let host = KvmBacking::new(vm, spe_policy::config::PinKind::LongTerm);
+    let s = spe_policies::FaultTranslate::new(spe_policies::FaultTranslateConfig::default());
+    let slots = [Memslot {
+        slot: 0,
+        range: IpaRange::new(Ipa(0), RAM),
+    }];
+    s.on_event(&Event::VmStart { memslots: &slots }, &host, &host)
+        .expect("start");
+    let limit = Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill);
+    let regs = |ptr: u64, pmbsr| BufferRegs {
+        pmbptr: Pmbptr::from_bits(ptr),
+        pmblimitr: limit,
+        pmbsr,
+    };
+    let enable = Event::BufferWrite {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmblimitr,
+        regs: regs(BUFFER_IPA, Default::default()),
+        stage1: Stage1Regs::default(),
+    };
+    assert_eq!(
+        s.on_event(&enable, &host, &host).expect("enable"),
+        Outcome::Resume
+    );
+    faults_of_a_pass(&mut host.vm());
+    let discarded = IpaRange::new(Ipa(BUFFER_IPA + 128 * PAGE), 64 * PAGE);
+    host.vm()
+        .discard(discarded.start.0, discarded.len)
+        .expect("discard");
+    let inv = Event::HostInvalidation {
+        range: discarded,
+        cause: InvalidationCause::Swap,
+    };
+    assert_eq!(
+        s.on_event(&inv, &host, &host).expect("invalidation"),
+        Outcome::Resume,
+        "fault-translate pins nothing, so it lets the host take the pages"
+    );
+    assert_eq!(s.stats().pinned_bytes, 0);
+    // The SPU stand-in: write from `ptr` to the first page the kernel does not back; there the
+    // SPU stops with a stage 2 fault, and the strategy says where it resumes.
+    let (mut ptr, mut stops, mut faults) = (BUFFER_IPA, 0u32, 0u64);
+    let unbacked = |from: u64| {
+        let vm = host.vm();
+        (from / PAGE..(BUFFER_IPA + BUFFER) / PAGE)
+            .map(|p| p * PAGE)
+            .find(|p| !vm.resident(*p).expect("residency"))
+    };
+    while let Some(stop) = unbacked(ptr) {
+        assert!(
+            stops < 64,
+            "no progress: fault-translate resumed at {ptr:#x} again"
+        );
+        stops += 1;
+        if stop > ptr {
+            let mut vm = host.vm();
+            let before = vm.vcpu_stat("pf_fixed").expect("pf_fixed");
+            vm.write_pass(ptr, stop - ptr).expect("pass up to the stop");
+            faults += vm.vcpu_stat("pf_fixed").expect("pf_fixed") - before;
+        }
+        let pmbsr = BufferEvent::fault(Stage::Two, FaultStatusCode::Translation(3), false).encode();
+        let fault = Event::BufferManagement {
+            vcpu: VcpuId(0),
+            regs: regs(stop, pmbsr),
+            stage1: Stage1Regs::default(),
+        };
+        match s.on_event(&fault, &host, &host).expect("the fault") {
+            Outcome::Resume => {}
+            Outcome::ResumeAt { pmbptr } => {
+                assert!(
+                    pmbptr.0 <= stop && pmbptr.0 >= BUFFER_IPA,
+                    "rewound into the buffer: {pmbptr:?}"
+                );
+            }
+            other => panic!("fault-translate gave up on a page the host can bring back: {other:?}"),
+        }
+        assert!(
+            host.vm().resident(stop).expect("residency"),
+            "the strategy faulted in the page the SPU stopped at"
+        );
+        ptr = stop;
+    }
+    let mut vm = host.vm();
+    let before = vm.vcpu_stat("pf_fixed").expect("pf_fixed");
+    vm.write_pass(ptr, BUFFER_IPA + BUFFER - ptr)
+        .expect("the rest of the pass");
+    faults += vm.vcpu_stat("pf_fixed").expect("pf_fixed") - before;
+    let after = faults_of_a_pass(&mut vm);
+    drop(vm);
+    eprintln!(
+        "fault-translate: 64 pages discarded, {stops} SPU stops handed to it, {faults} stage 2 faults KVM then fixed, {after} on the next pass"
+    );
+    assert!((1..=64).contains(&stops), "{stops} stops");
+    assert!(
+        (1..=64).contains(&faults),
+        "the pages fault-translate brought back still needed their stage 2 mapping: {faults}"
+    );
+    assert_eq!(after, 0, "recovered: the buffer is mapped again");
+    s.on_event(&Event::VmStop, &host, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+}
