@@ -368,24 +368,13 @@ fn subject(event: HostEvent, opts: &Options) -> Result<Subject, KvmError> {
             let path = opts
                 .file_dir
                 .join(format!("spe-stage2-check-{}.ram", std::process::id()));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|e| {
-                    KvmError::call(
-                        "open(the file memory backend)",
-                        e,
-                        "pass a writable directory on a disk file system",
-                    )
-                })?;
-            let s = Subject {
-                vm: KvmVm::new_file_backed(RAM, file)?,
-                file: Some(path.clone()),
-            };
-            Ok(s)
+            let vm = KvmVm::new_file_backed_at(RAM, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })?;
+            Ok(Subject {
+                vm,
+                file: Some(path),
+            })
         }
     }
 }

@@ -328,6 +328,25 @@ impl KvmVm {
         })
     }
 
+    /// [`KvmVm::new_file_backed`] over a new file at `path` (created or truncated; the caller
+    /// removes it). Use a disk file system: on tmpfs the pages are shmem, never written back.
+    pub fn new_file_backed_at(ram: u64, path: &std::path::Path) -> Result<Self, KvmError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| {
+                KvmError::call(
+                    "open(the file memory backend)",
+                    e,
+                    "pass a writable directory on a disk file system",
+                )
+            })?;
+        Self::new_file_backed(ram, file)
+    }
+
     /// A VM like [`KvmVm::new`] whose memslot is a guest_memfd (`KVM_CREATE_GUEST_MEMFD` with
     /// `GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED`, the memory the KVM SPE RFC v7
     /// pins), mapped shared by the VMM.

@@ -633,14 +633,7 @@ fn file_backed_or_skip(test: &str) -> Option<(KvmVm, std::path::PathBuf)> {
     vm_or_skip(test)?;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let path = dir.join(format!("guest-ram-{}-{}", std::process::id(), test.len()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("the RAM file");
-    let mut vm = KvmVm::new_file_backed(RAM, file).expect("a file-backed VM");
+    let mut vm = KvmVm::new_file_backed_at(RAM, &path).expect("a file-backed VM");
     for _ in 0..2 {
         vm.write_pass(BUFFER_IPA, BUFFER).expect("warm-up pass");
     }

@@ -61,6 +61,17 @@ fn absence_of(f: u8) -> Option<Absence> {
     }
 }
 
+/// What a KSM scan does to a pinned page.
+#[derive(Clone, Copy)]
+enum PinnedUnderKsm {
+    /// Not merged, but unmapped by the attempt (a long-term pin, the kernel's behaviour).
+    Zapped,
+    /// Left alone (the VMM keeps pinned memory out of KSM).
+    Untouched,
+    /// Merged like any page (an mlock pin).
+    Merged,
+}
+
 /// Counters of the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stage2Counters {
@@ -370,46 +381,39 @@ impl Stage2Model {
     /// --ksm`: 1023 of 1024 long-term pinned pages zapped, none merged): it faults back in
     /// cheaply, its pin still holding the memory. Returns how many pages were merged.
     pub fn ksm_merge(&self, range: IpaRange) -> u64 {
-        let shift = self.shift();
-        let mut merged = 0;
-        self.change().for_each(range, shift, |_, f| {
-            if *f & (flag::KSM_SHARED | flag::ABSENCE) == 0 {
-                if *f & flag::PINNED != 0 {
-                    *f |= flag::NEVER_TOUCHED;
-                } else {
-                    *f |= flag::KSM_SHARED | flag::WRITE_PROTECTED;
-                    merged += 1;
-                }
-            }
-        });
-        merged
+        self.ksm_scan(range, PinnedUnderKsm::Zapped)
     }
 
     /// A KSM scan of `range` where the VMM keeps its pinned pages out of KSM (MADV_UNMERGEABLE
     /// over what it pins, PA-07 / PB-10's mitigation): only the unpinned pages are merged,
     /// pinned ones are not touched. Returns how many pages were merged.
     pub fn ksm_merge_unpinned(&self, range: IpaRange) -> u64 {
-        let shift = self.shift();
-        let mut merged = 0;
-        self.change().for_each(range, shift, |_, f| {
-            if *f & (flag::PINNED | flag::KSM_SHARED | flag::ABSENCE) == 0 {
-                *f |= flag::KSM_SHARED | flag::WRITE_PROTECTED;
-                merged += 1;
-            }
-        });
-        merged
+        self.ksm_scan(range, PinnedUnderKsm::Untouched)
     }
 
     /// KSM over pages pinned with mlock (measured on the real kernel, `hosts/kvm/tests/ksm.rs`):
     /// its scan write-protects them as it does any page (the next pass faulted on all 1024 of
     /// a locked 4 MiB buffer), so only absent or already shared pages are left alone.
     pub fn ksm_merge_mlocked_too(&self, range: IpaRange) -> u64 {
+        self.ksm_scan(range, PinnedUnderKsm::Merged)
+    }
+
+    /// Merges the present, unshared pages of `range` (shared and write-protected); a pinned
+    /// page as `pinned` says. Returns how many pages were merged.
+    fn ksm_scan(&self, range: IpaRange, pinned: PinnedUnderKsm) -> u64 {
         let shift = self.shift();
         let mut merged = 0;
         self.change().for_each(range, shift, |_, f| {
-            if *f & (flag::KSM_SHARED | flag::ABSENCE) == 0 {
-                *f |= flag::KSM_SHARED | flag::WRITE_PROTECTED;
-                merged += 1;
+            if *f & (flag::KSM_SHARED | flag::ABSENCE) != 0 {
+                return;
+            }
+            match pinned {
+                PinnedUnderKsm::Zapped if *f & flag::PINNED != 0 => *f |= flag::NEVER_TOUCHED,
+                PinnedUnderKsm::Untouched if *f & flag::PINNED != 0 => {}
+                _ => {
+                    *f |= flag::KSM_SHARED | flag::WRITE_PROTECTED;
+                    merged += 1;
+                }
             }
         });
         merged
