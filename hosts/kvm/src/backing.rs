@@ -88,6 +88,19 @@ impl KvmBacking {
         }
     }
 
+    /// One pre-copy dirty-log round as the VMM's migration thread runs it (manual protect:
+    /// `KVM_GET_DIRTY_LOG`, then `KVM_CLEAR_DIRTY_LOG` of every page but those a strategy made
+    /// exempt with `set_dirty_log_exempt`, which stay writable and reported dirty): returns the
+    /// dirty page numbers, to send again.
+    pub fn dirty_log_round(&self) -> Result<Vec<u64>, HostError> {
+        let st = self.state.lock();
+        let mut vm = self.vm.lock();
+        let dirty = vm.take_dirty_pages().map_err(host_error)?;
+        vm.clear_dirty_log_keeping(st.exempt.iter().map(|p| p / PAGE))
+            .map_err(host_error)?;
+        Ok(dirty)
+    }
+
     /// The VM, for host events and write passes (the strategies' calls take the same lock).
     pub fn vm(&self) -> parking_lot::MutexGuard<'_, KvmVm> {
         self.vm.lock()

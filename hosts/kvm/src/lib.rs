@@ -888,9 +888,18 @@ impl KvmVm {
     /// stops" of pre-copy with SPE enabled.
     pub fn clear_dirty_log_except(&mut self, ipa: u64, len: u64) -> Result<(), KvmError> {
         let pages = self.ram() / PAGE;
+        self.clear_dirty_log_keeping(ipa / PAGE..ipa.saturating_add(len).div_ceil(PAGE).min(pages))
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG` of every page but the page numbers `keep` (those stay writable
+    /// and reported dirty); numbers outside RAM are ignored.
+    pub fn clear_dirty_log_keeping(
+        &mut self,
+        keep: impl IntoIterator<Item = u64>,
+    ) -> Result<(), KvmError> {
+        let pages = self.ram() / PAGE;
         let mut bitmap = vec![u64::MAX; pages.div_ceil(64) as usize];
-        let exempt = ipa / PAGE..ipa.saturating_add(len).div_ceil(PAGE).min(pages);
-        for p in exempt {
+        for p in keep.into_iter().filter(|p| *p < pages) {
             bitmap[(p / 64) as usize] &= !(1u64 << (p % 64));
         }
         let mut clear = kvm_bindings::kvm_clear_dirty_log {

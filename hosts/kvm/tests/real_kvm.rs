@@ -897,3 +897,70 @@ fn fault_translate_on_the_real_kernel_faults_in_each_page_the_spu_stops_at_and_t
     s.on_event(&Event::VmStop, &host, &host).expect("stop");
     assert_eq!(host.pinned_bytes(), 0);
 }
+
+#[test]
+fn pin_buffer_keeps_its_pinned_buffer_writable_through_dirty_log_rounds_on_the_real_kernel() {
+    // Issue 14 / PB-05: a pin does not exempt a page from the dirty log (stage2-check), so
+    // pin-buffer asks for the exemption at DirtyLogStart; the VMM's rounds then clear every page
+    // but the buffer's. The SPU takes no fault in any round, and the buffer stays reported
+    // dirty, so the migration sends it again at stop-and-copy.
+    use spe_host_kvm::backing::KvmBacking;
+    use spe_policy::arch::walk::Stage1Regs;
+    use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
+    use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
+    use spe_policy::{BackingStrategy, Gva, Ipa, IpaRange, Memslot, VcpuId};
+    let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut vm) = vm_or_skip("pin-buffer through dirty-log rounds on KvmBacking") else {
+        return;
+    };
+    vm.enable_manual_dirty_protect().expect("manual protect");
+    let host = KvmBacking::new(vm, spe_policy::config::PinKind::LongTerm);
+    let s = spe_policies::PinBuffer::new(spe_policies::PinBufferConfig::default());
+    let slots = [Memslot {
+        slot: 0,
+        range: IpaRange::new(Ipa(0), RAM),
+    }];
+    s.on_event(&Event::VmStart { memslots: &slots }, &host, &host)
+        .expect("start");
+    let enable = Event::BufferWrite {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmblimitr,
+        regs: BufferRegs {
+            pmbptr: Pmbptr::from_bits(BUFFER_IPA),
+            pmblimitr: Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill),
+            ..BufferRegs::default()
+        },
+        stage1: Stage1Regs::default(),
+    };
+    assert_eq!(
+        s.on_event(&enable, &host, &host).expect("enable"),
+        Outcome::Resume
+    );
+    faults_of_a_pass(&mut host.vm());
+    // Pre-copy starts: the strategy exempts what it holds, then the VMM turns logging on.
+    s.on_event(&Event::DirtyLogStart, &host, &host)
+        .expect("dirty log start");
+    host.vm().set_dirty_logging(true).expect("dirty logging");
+    let buffer: Vec<u64> = (BUFFER_IPA / PAGE..(BUFFER_IPA + BUFFER) / PAGE).collect();
+    let mut faults = Vec::new();
+    for _ in 0..3 {
+        faults.push(faults_of_a_pass(&mut host.vm()));
+        let dirty = host.dirty_log_round().expect("a round");
+        let logged = dirty.iter().filter(|p| buffer.contains(p)).count() as u64;
+        assert_eq!(logged, BUFFER / PAGE, "the buffer stays reported dirty");
+        s.on_event(
+            &Event::DirtyLogClear(IpaRange::new(Ipa(0), RAM)),
+            &host,
+            &host,
+        )
+        .expect("clear");
+    }
+    faults.push(faults_of_a_pass(&mut host.vm()));
+    eprintln!("pin-buffer under 3 dirty-log rounds: buffer faults per pass {faults:?}");
+    assert_eq!(faults, [0, 0, 0, 0], "no round write-protected the buffer");
+    s.on_event(&Event::DirtyLogStop, &host, &host)
+        .expect("stop logging");
+    s.on_event(&Event::VmStop, &host, &host).expect("stop");
+    assert_eq!(host.pinned_bytes(), 0);
+    assert_eq!(host.vm().long_term_pins(), 0);
+}
