@@ -81,6 +81,23 @@ fn a_host_discard_zaps_the_discarded_pages_and_the_next_pass_faults_on_each() {
             "and then the buffer is whole again"
         );
     }
+    // Per page: the SPU would stop at exactly the discarded pages (their host memory is gone,
+    // so KVM's prefetch cannot map them ahead), each once.
+    let discarded: Vec<u64> = (0..21).map(|i| BUFFER_IPA + PAGE * (100 + 3 * i)).collect();
+    for p in &discarded {
+        vm.discard(*p, PAGE).expect("discard");
+    }
+    let faulted = vm.faulted_pages(BUFFER_IPA, BUFFER).expect("per page");
+    eprintln!(
+        "21 scattered pages discarded: the per-page pass faulted on {} of them",
+        faulted.len()
+    );
+    assert_eq!(faulted, discarded, "exactly the discarded pages, in order");
+    assert!(
+        vm.faulted_pages(BUFFER_IPA, BUFFER)
+            .expect("again")
+            .is_empty()
+    );
 }
 
 #[test]
