@@ -21,7 +21,7 @@ pub use regime::{Stage1Regs, TxSzOutOfRange, WalkOptions};
 use crate::addr::{Gva, Ipa};
 use crate::arch::pmbsr::FaultLevel;
 use crate::guest_memory::GuestMemoryRead;
-use regime::HalfParams;
+use regime::{HalfParams, OaLayout};
 
 /// The most table pages one walk reads: levels -1 to 3.
 pub const MAX_WALK_DEPTH: usize = 5;
@@ -81,6 +81,13 @@ pub struct Translation {
     pub sets_access_flag: bool,
     /// The write relied on a hardware dirty state update (DBM=1, AP`[2]` was 1).
     pub sets_dirty: bool,
+}
+
+/// A page descriptor the SPU writes through as it is (§3.10): AF set, writable (AP`[2]` = 0)
+/// and no APTable write removal above it, so no fault and no hardware update.
+#[inline(always)]
+fn plain_page(desc: u64, no_write: bool) -> bool {
+    desc & (1 << 10) != 0 && desc & (1 << 7) == 0 && !no_write
 }
 
 /// The walker: a stage 1 regime over a guest memory.
@@ -150,7 +157,93 @@ impl<M: GuestMemoryRead> Walker<M> {
     pub fn translate(&self, va: Gva) -> Result<Translation, WalkError> {
         match self.params(va).map_err(WalkError::Fault)? {
             None => self.flat(va),
-            Some(p) => self.walk_from(va, p, WalkState::root(p), None),
+            Some(p) => self.walk_plain(va, p, WalkState::root(p)),
+        }
+    }
+
+    /// The walk from `s` on, the common case straight through: little-endian tables with
+    /// 48-bit output addresses, every level a table or the last a page, each descriptor
+    /// readable and the leaf writable as it is. At the first level that is anything else (a
+    /// fault, a block, a table loop, another layout) it hands over to [`Walker::walk_from`]
+    /// with the descriptor it has read, so every descriptor is read once, as the SPU does,
+    /// and the full walk decides with every rule in order.
+    #[inline(always)]
+    pub(crate) fn walk_plain(
+        &self,
+        va: Gva,
+        p: &HalfParams,
+        mut s: WalkState,
+    ) -> Result<Translation, WalkError> {
+        if p.big_endian || p.layout != OaLayout::Bits48 {
+            return self.walk_from(va, p, s, None, None);
+        }
+        loop {
+            let level = s.level;
+            let desc_ipa = s.table | (p.index(va.0, level) << 3);
+            let Ok(raw) = self.memory.read_descriptor(Ipa(desc_ipa)) else {
+                // Unreadable: the full walk reads it and reports it.
+                return self.walk_from(va, p, s, None, None);
+            };
+            let desc = u64::from_le_bytes(raw);
+            let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
+            let page = Ipa(desc_ipa & p.page_mask);
+            // Valid and table (levels 0-2) or page (level 3): bits [1:0] = 0b11 (§3.4).
+            let plain = desc & 0b11 == 0b11
+                && p.oa_in_range(oa)
+                && if level == 3 {
+                    plain_page(desc, s.no_write)
+                } else {
+                    self.options.allow_recursive_tables
+                        || (Ipa(oa) != page && !s.tables.contains(Ipa(oa)))
+                };
+            if !plain {
+                return self.walk_from(va, p, s, None, Some(raw));
+            }
+            s.tables.push(page);
+            if level == 3 {
+                let size = 1u64 << p.page_shift;
+                return Ok(Translation {
+                    va,
+                    ipa: Ipa(oa | (va.0 & (size - 1))),
+                    level,
+                    block_size: size,
+                    leaf_descriptor: Some(Ipa(desc_ipa)),
+                    tables_touched: s.tables,
+                    sets_access_flag: false,
+                    sets_dirty: false,
+                });
+            }
+            s.no_write |= p.hierarchical && desc & (1 << 62) != 0;
+            s.table = oa;
+            s.level += 1;
+        }
+    }
+
+    /// The IPA of `va` when its level 3 table is `s`'s (a neighbour of the page `s` was
+    /// walked for) and the page descriptor there is plain, as [`Walker::walk_plain`] takes
+    /// it. Anything else is the full walk's to decide: `Err` with the descriptor read, if one
+    /// was, for [`Walker::walk_from`].
+    #[inline(always)]
+    pub(crate) fn plain_neighbour(
+        &self,
+        va: Gva,
+        p: &HalfParams,
+        s: &WalkState,
+    ) -> Result<Ipa, Option<[u8; 8]>> {
+        if s.level != 3 || p.big_endian || p.layout != OaLayout::Bits48 {
+            return Err(None);
+        }
+        let desc_ipa = s.table | (p.index(va.0, 3) << 3);
+        let raw = self
+            .memory
+            .read_descriptor(Ipa(desc_ipa))
+            .map_err(|_| None)?;
+        let desc = u64::from_le_bytes(raw);
+        let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
+        if desc & 0b11 == 0b11 && p.oa_in_range(oa) && plain_page(desc, s.no_write) {
+            Ok(Ipa(oa | (va.0 & !p.page_mask)))
+        } else {
+            Err(Some(raw))
         }
     }
 
@@ -226,6 +319,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         p: &HalfParams,
         mut s: WalkState,
         mut states: Option<&mut [Option<WalkState>; MAX_WALK_DEPTH]>,
+        mut pending: Option<[u8; 8]>,
     ) -> Result<Translation, WalkError> {
         let fault = |kind, level, cause, tables| {
             WalkError::Fault(Stage1Fault {
@@ -244,16 +338,19 @@ impl<M: GuestMemoryRead> Walker<M> {
             }
             let level = s.level;
             let desc_ipa = Ipa(s.table | (p.index(va.0, level) << 3));
-            let raw =
-                self.memory
-                    .read_descriptor(desc_ipa)
-                    .map_err(|e| WalkError::TableUnreadable {
+            // `pending`: the descriptor at `s`'s level, already read by the fast walk.
+            let raw = match pending.take() {
+                Some(raw) => raw,
+                None => self.memory.read_descriptor(desc_ipa).map_err(|e| {
+                    WalkError::TableUnreadable {
                         va,
                         level,
                         descriptor: desc_ipa,
                         tables_touched: s.tables,
                         source: Box::new(e),
-                    })?;
+                    }
+                })?,
+            };
             s.tables.push(Ipa(desc_ipa.0 & p.page_mask));
             let desc = if p.big_endian {
                 u64::from_be_bytes(raw)

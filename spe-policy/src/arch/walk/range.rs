@@ -127,10 +127,18 @@ impl<M: GuestMemoryRead> Walker<M> {
                 _ => None,
             };
             let result = if let Some((p, st)) = neighbour {
-                let r = self.walk_from(Gva(va), p, st, None);
                 prev = Some((va, Stage1Regs::ttbr_index(Gva(va))));
-                // Only the leaf table was read, and it is the previous page's.
-                r
+                match self.plain_neighbour(Gva(va), p, &st) {
+                    Ok(ipa) => {
+                        // A plain page: no translation to build, only the run to extend.
+                        let next = (va & p.page_mask).saturating_add(!p.page_mask + 1).min(end);
+                        push_run(&mut out.runs, Gva(va), ipa, next - va);
+                        va = next;
+                        continue;
+                    }
+                    // Only the leaf table was read, and it is the previous page's.
+                    Err(read) => self.walk_from(Gva(va), p, st, None, read),
+                }
             } else {
                 match self.params(Gva(va)) {
                     Err(fault) => Err(WalkError::Fault(fault)),
@@ -164,7 +172,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                         for slot in states.iter_mut().skip(resume + 1) {
                             *slot = None;
                         }
-                        let r = self.walk_from(Gva(va), p, from, Some(&mut states));
+                        let r = self.walk_from(Gva(va), p, from, Some(&mut states), None);
                         prev = Some((va, half));
                         let touched = match &r {
                             Ok(t) => t.tables_touched.as_slice(),
@@ -200,20 +208,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                 Ok(t) => {
                     let block_end = (va & !(t.block_size - 1)).saturating_add(t.block_size);
                     let next = block_end.min(end);
-                    let run_len = next - va;
-                    match out.runs.last_mut() {
-                        Some(run)
-                            if run.va.0 + run.len == va
-                                && run.ipa.0.wrapping_add(run.len) == t.ipa.0 =>
-                        {
-                            run.len += run_len;
-                        }
-                        _ => out.runs.push(MappedRun {
-                            va: Gva(va),
-                            ipa: t.ipa,
-                            len: run_len,
-                        }),
-                    }
+                    push_run(&mut out.runs, Gva(va), t.ipa, next - va);
                     va = next;
                 }
                 Err(WalkError::Fault(f)) => {
@@ -224,5 +219,16 @@ impl<M: GuestMemoryRead> Walker<M> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Adds `len` bytes at `va` -> `ipa` to `runs`, extending the last run when both continue it.
+#[inline(always)]
+fn push_run(runs: &mut Vec<MappedRun>, va: Gva, ipa: Ipa, len: u64) {
+    match runs.last_mut() {
+        Some(run) if run.va.0 + run.len == va.0 && run.ipa.0.wrapping_add(run.len) == ipa.0 => {
+            run.len += len;
+        }
+        _ => runs.push(MappedRun { va, ipa, len }),
     }
 }

@@ -729,3 +729,107 @@ fn the_output_address_limit_is_the_smaller_of_ips_and_pamax() {
         );
     }
 }
+
+mod plain_walk_agrees {
+    //! `translate` answers the common walk on a fast path (`walk_plain`) and everything else
+    //! with the full walk (`walk_from`): on hostile tables, where walks loop, fault, meet
+    //! blocks and read-only leaves, the two must give the same answer for every VA.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Descriptors mostly pointing back into a 16-page region, with random low bits (AF, AP,
+    /// valid, table) and APTable: deep walks, loops and every kind of leaf.
+    fn soup(words: &[u64], base: u64) -> GuestRam {
+        let mut bytes = Vec::with_capacity(words.len() * 8);
+        for (i, w) in words.iter().enumerate() {
+            let d = if w % 5 == 0 {
+                *w
+            } else {
+                (base + (w >> 8) % 16 * 0x1000) | (w & 0xfff) | ((i as u64 & 1) << 62)
+            };
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        let mut ram = GuestRam::new();
+        ram.insert(Ipa(base), bytes).expect("region");
+        ram
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_fast_walk_and_the_full_walk_agree_on_any_tables(
+            words in prop::collection::vec(any::<u64>(), 16 * 512),
+            vas in prop::collection::vec(any::<u64>(), 32),
+            recursive in any::<bool>(),
+            hierarchical_off in any::<bool>(),
+        ) {
+            let base = 0x4000_0000u64;
+            let ram = soup(&words, base);
+            let mut tcr = tcr(Granule::K4, 16, 16);
+            if hierarchical_off {
+                tcr = tcr.with_hpd0(true);
+            }
+            let r = regs(tcr, Ipa(base), Ipa(base + 0x1000));
+            let options = WalkOptions { allow_recursive_tables: recursive, ..WalkOptions::default() };
+            let w = Walker::with_options(r, options, &ram);
+            for va in vas.iter().map(|v| v & 0x0000_ffff_ffff_ffff) {
+                let va = Gva(va);
+                let fast = w.translate(va);
+                let full = match w.params(va) {
+                    Err(f) => Err(WalkError::Fault(f)),
+                    Ok(None) => w.flat(va),
+                    Ok(Some(p)) => w.walk_from(va, p, WalkState::root(p), None, None),
+                };
+                prop_assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_walk_answers_an_ordinary_mapping() {
+        let (mut b, r) = lower(Granule::K4, 16);
+        let va = Gva(0x7f00_0000_0000);
+        b.map_pages(va, (0..4).map(|i| Ipa(0x8000_0000 + i * 0x1000)), LEAF_RW)
+            .expect("map");
+        let ram = b.ram();
+        let w = Walker::new(r, &ram);
+        let p = w.params(va).expect("params").expect("stage 1 on");
+        let t = w
+            .walk_plain(Gva(va.0 + 0x1040), p, WalkState::root(p))
+            .expect("the walk answers");
+        assert_eq!(t.ipa, Ipa(0x8000_1040));
+        assert_eq!(t.tables_touched.as_slice().len(), 4);
+        let full = w
+            .walk_from(Gva(va.0 + 0x1040), p, WalkState::root(p), None, None)
+            .expect("walk");
+        assert_eq!(format!("{t:?}"), format!("{full:?}"));
+    }
+}
+
+#[test]
+fn a_walk_that_leaves_the_fast_path_reads_each_descriptor_once() {
+    // A block at level 2, a read-only page and an access-flag-clear page: the fast walk reads
+    // down to them and hands over to the full walk with the descriptor in hand; no descriptor
+    // is read twice (on shared memory a second read could see another value).
+    let (mut b, r) = lower(Granule::K4, 16);
+    let block = Gva(0x40_0000_0000);
+    b.map(block, Ipa(0x8020_0000), 2, LEAF_RW).expect("block");
+    let ro = Gva(0x50_0000_0000);
+    b.map(ro, Ipa(0x8000_0000), 3, LEAF_RW | (1 << 7))
+        .expect("read-only page");
+    let no_af = Gva(0x60_0000_0000);
+    b.map(no_af, Ipa(0x8000_1000), 3, LEAF_RW & !(1 << 10))
+        .expect("AF clear");
+    let mem = Counting {
+        ram: b.ram(),
+        reads: Cell::new(0),
+    };
+    let w = Walker::new(r, &mem);
+    for (va, reads, ok) in [(block, 3, true), (ro, 4, false), (no_af, 4, false)] {
+        mem.reads.set(0);
+        let t = w.translate(Gva(va.0 + 0x40));
+        assert_eq!(t.is_ok(), ok, "{va}: {t:?}");
+        assert_eq!(mem.reads.get(), reads, "{va}: each descriptor once");
+    }
+}
