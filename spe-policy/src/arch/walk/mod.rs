@@ -40,6 +40,12 @@ impl TablesTouched {
         &self.pages[..self.len as usize]
     }
 
+    /// The first `n` of `pages`.
+    #[inline(always)]
+    fn of(pages: [Ipa; MAX_WALK_DEPTH], n: u8) -> Self {
+        TablesTouched { len: n, pages }
+    }
+
     #[inline]
     fn push(&mut self, page: Ipa) {
         // A walk has at most MAX_WALK_DEPTH levels; the bound is structural.
@@ -177,6 +183,9 @@ impl<M: GuestMemoryRead> Walker<M> {
         if p.big_endian || p.layout != OaLayout::Bits48 {
             return self.walk_from(va, p, s, None, None);
         }
+        if s.level == 0 && s.tables.len == 0 {
+            return self.walk_plain_4_levels(va, p, s.table);
+        }
         loop {
             let level = s.level;
             let desc_ipa = s.table | (p.index(va.0, level) << 3);
@@ -217,6 +226,65 @@ impl<M: GuestMemoryRead> Walker<M> {
             s.table = oa;
             s.level += 1;
         }
+    }
+
+    /// [`Walker::walk_plain`] from a level 0 root (4 KB granule, 48-bit VAs: the common
+    /// regime), unrolled so the table pages stay in registers until the translation is built
+    /// (a table list stored and copied at once stalls on store forwarding).
+    #[inline(always)]
+    fn walk_plain_4_levels(
+        &self,
+        va: Gva,
+        p: &HalfParams,
+        root: u64,
+    ) -> Result<Translation, WalkError> {
+        let mut pages = [Ipa(0); MAX_WALK_DEPTH];
+        let mut table = root;
+        let mut no_write = false;
+        for level in 0..4u8 {
+            let desc_ipa = table | (p.index(va.0, level as FaultLevel) << 3);
+            let state = |pages, table, no_write| WalkState {
+                level: level as FaultLevel,
+                table,
+                no_write,
+                tables: TablesTouched::of(pages, level),
+            };
+            let Ok(raw) = self.memory.read_descriptor(Ipa(desc_ipa)) else {
+                return self.walk_from(va, p, state(pages, table, no_write), None, None);
+            };
+            let desc = u64::from_le_bytes(raw);
+            let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
+            let page = Ipa(desc_ipa & p.page_mask);
+            let seen = |a: Ipa| pages[..level as usize].contains(&a) || a == page;
+            let plain = desc & 0b11 == 0b11
+                && p.oa_in_range(oa)
+                && if level == 3 {
+                    plain_page(desc, no_write)
+                } else {
+                    self.options.allow_recursive_tables || !seen(Ipa(oa))
+                };
+            if !plain {
+                return self.walk_from(va, p, state(pages, table, no_write), None, Some(raw));
+            }
+            pages[level as usize] = page;
+            if level == 3 {
+                let size = 1u64 << p.page_shift;
+                return Ok(Translation {
+                    va,
+                    ipa: Ipa(oa | (va.0 & (size - 1))),
+                    level: 3,
+                    block_size: size,
+                    leaf_descriptor: Some(Ipa(desc_ipa)),
+                    tables_touched: TablesTouched::of(pages, 4),
+                    sets_access_flag: false,
+                    sets_dirty: false,
+                });
+            }
+            no_write |= p.hierarchical && desc & (1 << 62) != 0;
+            table = oa;
+        }
+        // Not reached (level 3 returns above); the full walk is the answer that cannot be wrong.
+        self.walk_from(va, p, WalkState::root(p), None, None)
     }
 
     /// The IPA of `va` when its level 3 table is `s`'s (a neighbour of the page `s` was

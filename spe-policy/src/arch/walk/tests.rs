@@ -763,17 +763,19 @@ mod plain_walk_agrees {
             vas in prop::collection::vec(any::<u64>(), 32),
             recursive in any::<bool>(),
             hierarchical_off in any::<bool>(),
+            // 48-bit VAs start at level 0 (the unrolled walk), 39-bit ones at level 1.
+            t0sz in prop::sample::select(vec![16u8, 25]),
         ) {
             let base = 0x4000_0000u64;
             let ram = soup(&words, base);
-            let mut tcr = tcr(Granule::K4, 16, 16);
+            let mut tcr = tcr(Granule::K4, t0sz, 16);
             if hierarchical_off {
                 tcr = tcr.with_hpd0(true);
             }
             let r = regs(tcr, Ipa(base), Ipa(base + 0x1000));
             let options = WalkOptions { allow_recursive_tables: recursive, ..WalkOptions::default() };
             let w = Walker::with_options(r, options, &ram);
-            for va in vas.iter().map(|v| v & 0x0000_ffff_ffff_ffff) {
+            for va in vas.iter().map(|v| v & ((1u64 << (64 - t0sz)) - 1)) {
                 let va = Gva(va);
                 let fast = w.translate(va);
                 let full = match w.params(va) {
