@@ -160,6 +160,7 @@ impl<M: GuestMemoryRead> Walker<M> {
     }
 
     /// Translates `va` for an SPU buffer write.
+    #[inline(always)]
     pub fn translate(&self, va: Gva) -> Result<Translation, WalkError> {
         match self.params(va).map_err(WalkError::Fault)? {
             None => self.flat(va),
@@ -181,7 +182,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         mut s: WalkState,
     ) -> Result<Translation, WalkError> {
         if p.big_endian || p.layout != OaLayout::Bits48 {
-            return self.walk_from(va, p, s, None, None);
+            return self.walk_full(va, p, s, None);
         }
         if s.level == 0 && s.tables.len == 0 {
             return self.walk_plain_4_levels(va, p, s.table);
@@ -191,7 +192,7 @@ impl<M: GuestMemoryRead> Walker<M> {
             let desc_ipa = s.table | (p.index(va.0, level) << 3);
             let Ok(raw) = self.memory.read_descriptor(Ipa(desc_ipa)) else {
                 // Unreadable: the full walk reads it and reports it.
-                return self.walk_from(va, p, s, None, None);
+                return self.walk_full(va, p, s, None);
             };
             let desc = u64::from_le_bytes(raw);
             let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
@@ -206,7 +207,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                         || (Ipa(oa) != page && !s.tables.contains(Ipa(oa)))
                 };
             if !plain {
-                return self.walk_from(va, p, s, None, Some(raw));
+                return self.walk_full(va, p, s, Some(raw));
             }
             s.tables.push(page);
             if level == 3 {
@@ -250,7 +251,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                 tables: TablesTouched::of(pages, level),
             };
             let Ok(raw) = self.memory.read_descriptor(Ipa(desc_ipa)) else {
-                return self.walk_from(va, p, state(pages, table, no_write), None, None);
+                return self.walk_full(va, p, state(pages, table, no_write), None);
             };
             let desc = u64::from_le_bytes(raw);
             let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
@@ -264,7 +265,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                     self.options.allow_recursive_tables || !seen(Ipa(oa))
                 };
             if !plain {
-                return self.walk_from(va, p, state(pages, table, no_write), None, Some(raw));
+                return self.walk_full(va, p, state(pages, table, no_write), Some(raw));
             }
             pages[level as usize] = page;
             if level == 3 {
@@ -284,7 +285,20 @@ impl<M: GuestMemoryRead> Walker<M> {
             table = oa;
         }
         // Not reached (level 3 returns above); the full walk is the answer that cannot be wrong.
-        self.walk_from(va, p, WalkState::root(p), None, None)
+        self.walk_full(va, p, WalkState::root(p), None)
+    }
+
+    /// The full walk from `s` for the plain walk's hand-over, out of line: the rare case must
+    /// not grow the common one.
+    #[inline(never)]
+    fn walk_full(
+        &self,
+        va: Gva,
+        p: &HalfParams,
+        s: WalkState,
+        pending: Option<[u8; 8]>,
+    ) -> Result<Translation, WalkError> {
+        self.walk_from(va, p, s, None, pending)
     }
 
     /// The IPA of `va` when its level 3 table is `s`'s (a neighbour of the page `s` was
