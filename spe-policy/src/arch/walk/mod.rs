@@ -18,7 +18,7 @@ pub use fault::{FaultCause, FaultKind, Stage1Fault, WalkError};
 pub use range::{MappedRun, RangeLimits, RangeTranslation};
 pub use regime::{Stage1Regs, TxSzOutOfRange, WalkOptions};
 
-use crate::addr::{Gva, Ipa};
+use crate::addr::{Granule, Gva, Ipa};
 use crate::arch::pmbsr::FaultLevel;
 use crate::guest_memory::GuestMemoryRead;
 use regime::{HalfParams, OaLayout};
@@ -184,7 +184,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         if p.big_endian || p.layout != OaLayout::Bits48 {
             return self.walk_full(va, p, s, None);
         }
-        if s.level == 0 && s.tables.len == 0 {
+        if s.level == 0 && s.tables.len == 0 && p.granule == Granule::K4 {
             return self.walk_plain_4_levels(va, p, s.table);
         }
         loop {
@@ -229,9 +229,10 @@ impl<M: GuestMemoryRead> Walker<M> {
         }
     }
 
-    /// [`Walker::walk_plain`] from a level 0 root (4 KB granule, 48-bit VAs: the common
-    /// regime), unrolled so the table pages stay in registers until the translation is built
-    /// (a table list stored and copied at once stalls on store forwarding).
+    /// [`Walker::walk_plain`] from a level 0 root with the 4 KB granule (48-bit VAs: the
+    /// common regime), unrolled so the table pages stay in registers until the translation is
+    /// built (a table list stored and copied at once stalls on store forwarding), with the 4 KB
+    /// layout's constants: VA`[47:39]`, `[38:30]`, `[29:21]`, `[20:12]` index levels 0-3.
     #[inline(always)]
     fn walk_plain_4_levels(
         &self,
@@ -243,7 +244,8 @@ impl<M: GuestMemoryRead> Walker<M> {
         let mut table = root;
         let mut no_write = false;
         for level in 0..4u8 {
-            let desc_ipa = table | (p.index(va.0, level as FaultLevel) << 3);
+            let index = (va.0 >> (39 - 9 * u32::from(level))) & 0x1ff;
+            let desc_ipa = table | (index << 3);
             let state = |pages, table, no_write| WalkState {
                 level: level as FaultLevel,
                 table,
@@ -254,8 +256,8 @@ impl<M: GuestMemoryRead> Walker<M> {
                 return self.walk_full(va, p, state(pages, table, no_write), None);
             };
             let desc = u64::from_le_bytes(raw);
-            let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
-            let page = Ipa(desc_ipa & p.page_mask);
+            let oa = desc & 0x0000_ffff_ffff_f000;
+            let page = Ipa(desc_ipa & !0xfff);
             let seen = |a: Ipa| pages[..level as usize].contains(&a) || a == page;
             let plain = desc & 0b11 == 0b11
                 && p.oa_in_range(oa)
@@ -269,7 +271,7 @@ impl<M: GuestMemoryRead> Walker<M> {
             }
             pages[level as usize] = page;
             if level == 3 {
-                let size = 1u64 << p.page_shift;
+                let size = 0x1000;
                 return Ok(Translation {
                     va,
                     ipa: Ipa(oa | (va.0 & (size - 1))),
