@@ -361,6 +361,38 @@ fn the_model_and_the_kernel_differ_only_where_a_named_kernel_behaviour_explains_
     }
 }
 
+/// VM start (one memslot, all of RAM) and vCPU 0's buffer enabled over the 4 MiB buffer with
+/// stage 1 off (the buffer's VAs are its IPAs), through `s` on `host`.
+fn start_and_enable<S: spe_policy::BackingStrategy>(
+    s: &S,
+    host: &spe_host_kvm::backing::KvmBacking,
+) {
+    use spe_policy::arch::walk::Stage1Regs;
+    use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
+    use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
+    use spe_policy::{Gva, Ipa, IpaRange, Memslot, VcpuId};
+    let slots = [Memslot {
+        slot: 0,
+        range: IpaRange::new(Ipa(0), RAM),
+    }];
+    s.on_event(&Event::VmStart { memslots: &slots }, host, host)
+        .expect("start");
+    let enable = Event::BufferWrite {
+        vcpu: VcpuId(0),
+        reg: BufferReg::Pmblimitr,
+        regs: BufferRegs {
+            pmbptr: Pmbptr::from_bits(BUFFER_IPA),
+            pmblimitr: Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill),
+            ..BufferRegs::default()
+        },
+        stage1: Stage1Regs::default(),
+    };
+    assert_eq!(
+        s.on_event(&enable, host, host).expect("enable"),
+        Outcome::Resume
+    );
+}
+
 /// pin-buffer on the real kernel through `KvmBacking`, with stage 1 off (the buffer's VAs are
 /// its IPAs): the enable pins the buffer with `pin`, a THP collapse of it runs, and the next
 /// write pass counts the stage 2 faults the SPU would have taken. VM stop unpins it all.
@@ -390,32 +422,10 @@ fn through_a_collapse<S: spe_policy::BackingStrategy>(
     pin: spe_policy::config::PinKind,
 ) -> Option<(u64, u64, u64)> {
     use spe_host_kvm::backing::KvmBacking;
-    use spe_policy::arch::walk::Stage1Regs;
-    use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
-    use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
-    use spe_policy::{Gva, Ipa, IpaRange, Memslot, VcpuId};
+    use spe_policy::event::Event;
     let vm = vm_or_skip(&format!("{name} on KvmBacking, {}", pin.as_str()))?;
     let host = KvmBacking::new(vm, pin);
-    let slots = [Memslot {
-        slot: 0,
-        range: IpaRange::new(Ipa(0), RAM),
-    }];
-    s.on_event(&Event::VmStart { memslots: &slots }, &host, &host)
-        .expect("start");
-    let enable = Event::BufferWrite {
-        vcpu: VcpuId(0),
-        reg: BufferReg::Pmblimitr,
-        regs: BufferRegs {
-            pmbptr: Pmbptr::from_bits(BUFFER_IPA),
-            pmblimitr: Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill),
-            ..BufferRegs::default()
-        },
-        stage1: Stage1Regs::default(),
-    };
-    assert_eq!(
-        s.on_event(&enable, &host, &host).expect("enable"),
-        Outcome::Resume
-    );
+    start_and_enable(&s, &host);
     let pinned = host.pinned_bytes();
     let mut vm = host.vm();
     faults_of_a_pass(&mut vm);
@@ -922,10 +932,8 @@ fn pin_buffer_keeps_its_pinned_buffer_writable_through_dirty_log_rounds_on_the_r
     // but the buffer's. The SPU takes no fault in any round, and the buffer stays reported
     // dirty, so the migration sends it again at stop-and-copy.
     use spe_host_kvm::backing::KvmBacking;
-    use spe_policy::arch::walk::Stage1Regs;
-    use spe_policy::arch::{BufferMode, Pmblimitr, Pmbptr};
-    use spe_policy::event::{BufferReg, BufferRegs, Event, Outcome};
-    use spe_policy::{BackingStrategy, Gva, Ipa, IpaRange, Memslot, VcpuId};
+    use spe_policy::event::Event;
+    use spe_policy::{BackingStrategy, Ipa, IpaRange};
     let _one = PINNING.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut vm) = vm_or_skip("pin-buffer through dirty-log rounds on KvmBacking") else {
         return;
@@ -933,26 +941,7 @@ fn pin_buffer_keeps_its_pinned_buffer_writable_through_dirty_log_rounds_on_the_r
     vm.enable_manual_dirty_protect().expect("manual protect");
     let host = KvmBacking::new(vm, spe_policy::config::PinKind::LongTerm);
     let s = spe_policies::PinBuffer::new(spe_policies::PinBufferConfig::default());
-    let slots = [Memslot {
-        slot: 0,
-        range: IpaRange::new(Ipa(0), RAM),
-    }];
-    s.on_event(&Event::VmStart { memslots: &slots }, &host, &host)
-        .expect("start");
-    let enable = Event::BufferWrite {
-        vcpu: VcpuId(0),
-        reg: BufferReg::Pmblimitr,
-        regs: BufferRegs {
-            pmbptr: Pmbptr::from_bits(BUFFER_IPA),
-            pmblimitr: Pmblimitr::for_buffer(Gva(BUFFER_IPA + BUFFER), true, BufferMode::Fill),
-            ..BufferRegs::default()
-        },
-        stage1: Stage1Regs::default(),
-    };
-    assert_eq!(
-        s.on_event(&enable, &host, &host).expect("enable"),
-        Outcome::Resume
-    );
+    start_and_enable(&s, &host);
     faults_of_a_pass(&mut host.vm());
     // Pre-copy starts: the strategy exempts what it holds, then the VMM turns logging on.
     s.on_event(&Event::DirtyLogStart, &host, &host)
