@@ -20,12 +20,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use spe_policies::Policy;
 use spe_policy::arch::walk::Stage1Regs;
-use spe_policy::arch::{Pmbidr, Pmblimitr, Pmbptr, Pmbsr, Sctlr, Tcr, Ttbr};
+use spe_policy::arch::{Pmbidr, Pmbptr, Pmbsr};
 use spe_policy::config::{ByteSize, Limit, SpeConfig, WriteOrderName};
 use spe_policy::event::{
     BufferReg, BufferRegs, DisableReason, Event, InvalidationCause, MigrationMode, Outcome, Refusal,
 };
 use spe_policy::host::{FaultIn, HostBacking, HostError, HostGranule, PageState};
+use spe_policy::saved::{SavedBufferRegs, SavedStage1};
 use spe_policy::{
     BackingStrategy, Granule, GuestMemoryRead, Ipa, IpaRange, Memslot, UnbackedIpa, VcpuId, VmSpec,
 };
@@ -780,23 +781,26 @@ fn memslot(m: &SpeMemslot) -> Memslot {
     }
 }
 
+// The raw C values are the saved layouts' (`spe_policy::saved`), which know the registers.
 fn stage1(s: &SpeStage1) -> Stage1Regs {
-    Stage1Regs {
-        tcr: Tcr::from_bits(s.tcr),
-        ttbr0: Ttbr::from_bits(s.ttbr0),
-        ttbr1: Ttbr::from_bits(s.ttbr1),
-        sctlr: Sctlr::from_bits(s.sctlr),
+    SavedStage1 {
+        tcr: s.tcr,
+        ttbr0: s.ttbr0,
+        ttbr1: s.ttbr1,
+        sctlr: s.sctlr,
         hw_af: s.hw_af,
         hw_dbm: s.hw_dbm,
     }
+    .into()
 }
 
 fn regs(r: &SpeBufferRegs) -> BufferRegs {
-    BufferRegs {
-        pmbptr: Pmbptr::from_bits(r.pmbptr),
-        pmblimitr: Pmblimitr::from_bits(r.pmblimitr),
-        pmbsr: Pmbsr::from_bits(r.pmbsr),
+    SavedBufferRegs {
+        pmbptr: r.pmbptr,
+        pmblimitr: r.pmblimitr,
+        pmbsr: r.pmbsr,
     }
+    .into()
 }
 
 /// An enum value C passed that is none of the enum's.

@@ -801,23 +801,35 @@ impl KvmVm {
 
     /// Turns classic dirty logging on or off for the memslot (`KVM_MEM_LOG_DIRTY_PAGES`).
     pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), KvmError> {
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
-            guest_phys_addr: 0,
-            memory_size: self.ram(),
-            userspace_addr: self.memory.addr as u64,
-        };
-        // SAFETY: the same region as at creation, only the flags change.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
-            KvmError::call(
-                "KVM_SET_USER_MEMORY_REGION(dirty log)",
-                e,
-                "the host refused dirty logging",
-            )
-        })?;
+        self.set_slot(
+            self.ram(),
+            on,
+            "KVM_SET_USER_MEMORY_REGION(dirty log)",
+            "the host refused dirty logging",
+        )?;
         self.dirty_logging = on;
         Ok(())
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION` of slot 0 over the VM's own mapping, `size` bytes (0
+    /// removes it), with dirty logging as `logging` says.
+    fn set_slot(
+        &self,
+        size: u64,
+        logging: bool,
+        call: &'static str,
+        fix: &'static str,
+    ) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: if logging { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: 0,
+            memory_size: size,
+            userspace_addr: self.memory.addr as u64,
+        };
+        // SAFETY: the mapping made at creation (or the slot's removal), which outlives the VM
+        // and is never remapped while the slot exists.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| KvmError::call(call, e, fix))
     }
 
     /// Removes the memslot (size 0: KVM zaps every stage 2 mapping of it) and adds it back
@@ -831,26 +843,12 @@ impl KvmVm {
             });
         }
         for size in [0, self.ram()] {
-            let region = kvm_userspace_memory_region {
-                slot: 0,
-                flags: if self.dirty_logging {
-                    KVM_MEM_LOG_DIRTY_PAGES
-                } else {
-                    0
-                },
-                guest_phys_addr: 0,
-                memory_size: size,
-                userspace_addr: self.memory.addr as u64,
-            };
-            // SAFETY: the same region as at creation (or its removal); the mapping outlives
-            // the VM.
-            unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
-                KvmError::call(
-                    "KVM_SET_USER_MEMORY_REGION(remove / re-add)",
-                    e,
-                    "the host refused the memslot change",
-                )
-            })?;
+            self.set_slot(
+                size,
+                self.dirty_logging,
+                "KVM_SET_USER_MEMORY_REGION(remove / re-add)",
+                "the host refused the memslot change",
+            )?;
         }
         Ok(())
     }
