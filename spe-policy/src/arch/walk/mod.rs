@@ -18,7 +18,7 @@ pub use fault::{FaultCause, FaultKind, Stage1Fault, WalkError};
 pub use range::{MappedRun, RangeLimits, RangeTranslation};
 pub use regime::{Stage1Regs, TxSzOutOfRange, WalkOptions};
 
-use crate::addr::{Granule, Gva, Ipa};
+use crate::addr::{Gva, Ipa};
 use crate::arch::pmbsr::FaultLevel;
 use crate::guest_memory::GuestMemoryRead;
 use regime::{HalfParams, OaLayout};
@@ -44,6 +44,17 @@ impl TablesTouched {
     #[inline(always)]
     fn of(pages: [Ipa; MAX_WALK_DEPTH], n: u8) -> Self {
         TablesTouched { len: n, pages }
+    }
+
+    /// The first `n` pages (all of them if there are fewer), the rest cleared as a walk that
+    /// read only those would leave them.
+    #[inline]
+    pub(crate) fn prefix(&self, n: usize) -> Self {
+        let mut out = TablesTouched::default();
+        let n = n.min(self.len as usize);
+        out.pages[..n].copy_from_slice(&self.pages[..n]);
+        out.len = n as u8;
+        out
     }
 
     #[inline]
@@ -129,6 +140,64 @@ impl WalkState {
     }
 }
 
+/// Where a walk stood at each level (indexed from the start level): the table it read there
+/// and whether a table above removed write access. With the table pages the walk returned,
+/// this is the [`WalkState`] at any level, so the range walk can resume a neighbouring VA
+/// there. Two words a level, written from registers: recording whole states (with their table
+/// lists, just written) stalled every copy on store forwarding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WalkPath {
+    levels: [Option<(u64, bool)>; MAX_WALK_DEPTH],
+}
+
+impl WalkPath {
+    /// Records `s`, the state before reading its level's descriptor.
+    #[inline(always)]
+    fn record(&mut self, p: &HalfParams, s: &WalkState) {
+        if let Some(slot) = self.levels.get_mut((s.level - p.start_level) as usize) {
+            *slot = Some((s.table, s.no_write));
+        }
+    }
+
+    /// The deepest level recorded, as an index from the start level.
+    #[inline]
+    pub(crate) fn deepest(&self) -> Option<usize> {
+        self.levels.iter().rposition(Option::is_some)
+    }
+
+    /// Whether level `i` (from the start level) was recorded.
+    #[inline]
+    pub(crate) fn has(&self, i: usize) -> bool {
+        self.levels.get(i).is_some_and(Option::is_some)
+    }
+
+    /// The state at level `i` (from the start level), given the table pages of the walk that
+    /// recorded it (its first `i` pages are the ones read above that level).
+    #[inline]
+    pub(crate) fn state(
+        &self,
+        p: &HalfParams,
+        i: usize,
+        tables: &TablesTouched,
+    ) -> Option<WalkState> {
+        let (table, no_write) = (*self.levels.get(i)?)?;
+        Some(WalkState {
+            level: p.start_level + i as FaultLevel,
+            table,
+            no_write,
+            tables: tables.prefix(i),
+        })
+    }
+
+    /// Forgets the levels after `i`: they are walked again.
+    #[inline]
+    pub(crate) fn truncate(&mut self, i: usize) {
+        for slot in self.levels.iter_mut().skip(i + 1) {
+            *slot = None;
+        }
+    }
+}
+
 impl<M: GuestMemoryRead> Walker<M> {
     /// A walker over `memory` with the given registers and default options.
     pub fn new(regs: Stage1Regs, memory: M) -> Self {
@@ -164,7 +233,9 @@ impl<M: GuestMemoryRead> Walker<M> {
     pub fn translate(&self, va: Gva) -> Result<Translation, WalkError> {
         match self.params(va).map_err(WalkError::Fault)? {
             None => self.flat(va),
-            Some(p) => self.walk_plain(va, p, WalkState::root(p)),
+            // Decided before a walk state is built: the unrolled walk keeps its own.
+            Some(p) if p.plain_4k_level0 => self.walk_plain_4_levels(va, p, p.root),
+            Some(p) => self.walk_plain(va, p, WalkState::root(p), None),
         }
     }
 
@@ -173,26 +244,31 @@ impl<M: GuestMemoryRead> Walker<M> {
     /// readable and the leaf writable as it is. At the first level that is anything else (a
     /// fault, a block, a table loop, another layout) it hands over to [`Walker::walk_from`]
     /// with the descriptor it has read, so every descriptor is read once, as the SPU does,
-    /// and the full walk decides with every rule in order.
+    /// and the full walk decides with every rule in order. With `states`, records the state
+    /// at each level as [`Walker::walk_from`] does, for the range walk.
     #[inline(always)]
     pub(crate) fn walk_plain(
         &self,
         va: Gva,
         p: &HalfParams,
         mut s: WalkState,
+        mut states: Option<&mut WalkPath>,
     ) -> Result<Translation, WalkError> {
         if p.big_endian || p.layout != OaLayout::Bits48 {
-            return self.walk_full(va, p, s, None);
+            return self.walk_full(va, p, s, states, None);
         }
-        if s.level == 0 && s.tables.len == 0 && p.granule == Granule::K4 {
+        if states.is_none() && p.plain_4k_level0 && s.level == 0 && s.tables.len == 0 {
             return self.walk_plain_4_levels(va, p, s.table);
         }
         loop {
+            if let Some(states) = states.as_deref_mut() {
+                states.record(p, &s);
+            }
             let level = s.level;
             let desc_ipa = s.table | (p.index(va.0, level) << 3);
             let Ok(raw) = self.memory.read_descriptor(Ipa(desc_ipa)) else {
                 // Unreadable: the full walk reads it and reports it.
-                return self.walk_full(va, p, s, None);
+                return self.walk_full(va, p, s, states, None);
             };
             let desc = u64::from_le_bytes(raw);
             let oa = desc & 0x0000_ffff_ffff_f000 & p.page_mask;
@@ -207,7 +283,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                         || (Ipa(oa) != page && !s.tables.contains(Ipa(oa)))
                 };
             if !plain {
-                return self.walk_full(va, p, s, Some(raw));
+                return self.walk_full(va, p, s, states, Some(raw));
             }
             s.tables.push(page);
             if level == 3 {
@@ -223,7 +299,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                     sets_dirty: false,
                 });
             }
-            s.no_write |= p.hierarchical && desc & (1 << 62) != 0;
+            s.no_write |= desc & p.aptable_no_write != 0;
             s.table = oa;
             s.level += 1;
         }
@@ -242,18 +318,19 @@ impl<M: GuestMemoryRead> Walker<M> {
     ) -> Result<Translation, WalkError> {
         let mut pages = [Ipa(0); MAX_WALK_DEPTH];
         let mut table = root;
-        let mut no_write = false;
+        // APTable write removals seen so far: non-zero removes write (one AND a level).
+        let mut no_write = 0u64;
         for level in 0..4u8 {
             let index = (va.0 >> (39 - 9 * u32::from(level))) & 0x1ff;
             let desc_ipa = table | (index << 3);
-            let state = |pages, table, no_write| WalkState {
+            let state = |pages, table, no_write: u64| WalkState {
                 level: level as FaultLevel,
                 table,
-                no_write,
+                no_write: no_write != 0,
                 tables: TablesTouched::of(pages, level),
             };
             let Ok(raw) = self.memory.read_descriptor(Ipa(desc_ipa)) else {
-                return self.walk_full(va, p, state(pages, table, no_write), None);
+                return self.walk_full(va, p, state(pages, table, no_write), None, None);
             };
             let desc = u64::from_le_bytes(raw);
             let oa = desc & 0x0000_ffff_ffff_f000;
@@ -262,12 +339,12 @@ impl<M: GuestMemoryRead> Walker<M> {
             let plain = desc & 0b11 == 0b11
                 && p.oa_in_range(oa)
                 && if level == 3 {
-                    plain_page(desc, no_write)
+                    plain_page(desc, no_write != 0)
                 } else {
                     self.options.allow_recursive_tables || !seen(Ipa(oa))
                 };
             if !plain {
-                return self.walk_full(va, p, state(pages, table, no_write), Some(raw));
+                return self.walk_full(va, p, state(pages, table, no_write), None, Some(raw));
             }
             pages[level as usize] = page;
             if level == 3 {
@@ -283,11 +360,11 @@ impl<M: GuestMemoryRead> Walker<M> {
                     sets_dirty: false,
                 });
             }
-            no_write |= p.hierarchical && desc & (1 << 62) != 0;
+            no_write |= desc & p.aptable_no_write;
             table = oa;
         }
         // Not reached (level 3 returns above); the full walk is the answer that cannot be wrong.
-        self.walk_full(va, p, WalkState::root(p), None)
+        self.walk_full(va, p, WalkState::root(p), None, None)
     }
 
     /// The full walk from `s` for the plain walk's hand-over, out of line: the rare case must
@@ -298,9 +375,10 @@ impl<M: GuestMemoryRead> Walker<M> {
         va: Gva,
         p: &HalfParams,
         s: WalkState,
+        states: Option<&mut WalkPath>,
         pending: Option<[u8; 8]>,
     ) -> Result<Translation, WalkError> {
-        self.walk_from(va, p, s, None, pending)
+        self.walk_from(va, p, s, states, pending)
     }
 
     /// The IPA of `va` when its level 3 table is `s`'s (a neighbour of the page `s` was
@@ -402,7 +480,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         va: Gva,
         p: &HalfParams,
         mut s: WalkState,
-        mut states: Option<&mut [Option<WalkState>; MAX_WALK_DEPTH]>,
+        mut states: Option<&mut WalkPath>,
         mut pending: Option<[u8; 8]>,
     ) -> Result<Translation, WalkError> {
         let fault = |kind, level, cause, tables| {
@@ -416,9 +494,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         };
         loop {
             if let Some(states) = states.as_deref_mut() {
-                if let Some(slot) = states.get_mut((s.level - p.start_level) as usize) {
-                    *slot = Some(s);
-                }
+                states.record(p, &s);
             }
             let level = s.level;
             let desc_ipa = Ipa(s.table | (p.index(va.0, level) << 3));

@@ -4,8 +4,11 @@
 use std::collections::HashSet;
 
 use crate::addr::{Granule, Gva, Ipa};
+use crate::arch::pmbsr::FaultLevel;
 use crate::arch::walk::regime::level_shift;
-use crate::arch::walk::{MAX_WALK_DEPTH, Stage1Fault, Stage1Regs, WalkError, WalkState, Walker};
+use crate::arch::walk::{
+    MAX_WALK_DEPTH, Stage1Fault, Stage1Regs, TablesTouched, WalkError, WalkPath, WalkState, Walker,
+};
 use crate::guest_memory::GuestMemoryRead;
 
 /// Bounds on the work of a range walk, so a guest-controlled range (PMBPTR..PMBLIMITR) cannot
@@ -99,7 +102,9 @@ impl<M: GuestMemoryRead> Walker<M> {
         let mut seen: Option<HashSet<Ipa>> = None;
         // The walk states of the previous VA (the table at each level and how it was reached),
         // for resuming below the levels a neighbouring VA shares: a software walk cache.
-        let mut states: [Option<WalkState>; MAX_WALK_DEPTH] = [None; MAX_WALK_DEPTH];
+        // Kept as a path and the table pages of the last walk.
+        let mut path = WalkPath::default();
+        let mut path_tables = TablesTouched::default();
         let mut prev: Option<(u64, u8)> = None;
         let mut last_params: Option<&super::regime::HalfParams> = None;
         let mut va = start.0;
@@ -115,8 +120,11 @@ impl<M: GuestMemoryRead> Walker<M> {
             // The common step: the next page of the same last-level table as the previous VA
             // (same half, same upper indices, so the same parameters and checks held): resume
             // at that table with one descriptor read, no parameter or resume-level search.
-            let leaf_level = states.iter().rposition(|s| s.is_some());
-            let neighbour = match (prev, last_params, leaf_level.and_then(|i| states[i])) {
+            let leaf_state = last_params.and_then(|p| {
+                let i = path.deepest()?;
+                path.state(p, i, &path_tables)
+            });
+            let neighbour = match (prev, last_params, leaf_state) {
                 (Some((prev_va, _)), Some(p), Some(st))
                     if st.level == 3
                         && (va ^ prev_va) >> (level_shift(p.granule, 3) + p.granule.stride())
@@ -128,16 +136,40 @@ impl<M: GuestMemoryRead> Walker<M> {
             };
             let result = if let Some((p, st)) = neighbour {
                 prev = Some((va, Stage1Regs::ttbr_index(Gva(va))));
-                match self.plain_neighbour(Gva(va), p, &st) {
-                    Ok(ipa) => {
-                        // A plain page: no translation to build, only the run to extend.
-                        let next = (va & p.page_mask).saturating_add(!p.page_mask + 1).min(end);
-                        push_run(&mut out.runs, Gva(va), ipa, next - va);
-                        va = next;
-                        continue;
+                // Every page up to the end of this last-level table (or of the range) is a
+                // neighbour too: one tight loop over them, a descriptor read each.
+                let table_span = level_shift(p.granule, 3) + p.granule.stride();
+                let stop = ((va >> table_span) + 1)
+                    .checked_shl(table_span)
+                    .filter(|&t| t != 0)
+                    .map_or(end, |t| t.min(end));
+                let page = !p.page_mask + 1;
+                let read = loop {
+                    match self.plain_neighbour(Gva(va), p, &st) {
+                        Ok(ipa) => {
+                            // A plain page: no translation to build, only the run to extend.
+                            let next = (va & p.page_mask).saturating_add(page).min(end);
+                            push_run(&mut out.runs, Gva(va), ipa, next - va);
+                            va = next;
+                            if va >= stop {
+                                break None;
+                            }
+                            if out.steps >= limits.max_steps {
+                                return Err(WalkError::RangeTooLarge {
+                                    start,
+                                    len,
+                                    max_steps: limits.max_steps,
+                                });
+                            }
+                            out.steps += 1;
+                        }
+                        // Only the leaf table was read, and it is the previous page's.
+                        Err(read) => break Some(read),
                     }
-                    // Only the leaf table was read, and it is the previous page's.
-                    Err(read) => self.walk_from(Gva(va), p, st, None, read),
+                };
+                match read {
+                    None => continue,
+                    Some(read) => self.walk_from(Gva(va), p, st, None, read),
                 }
             } else {
                 match self.params(Gva(va)) {
@@ -149,34 +181,37 @@ impl<M: GuestMemoryRead> Walker<M> {
                         // agree: the VA bits from level_shift(L) + stride up.
                         let mut resume = 0;
                         if let Some((prev_va, prev_half)) = prev.filter(|(_, h)| *h == half) {
-                            for (i, st) in states.iter().enumerate().skip(1) {
-                                match st {
-                                    Some(st)
-                                        if (va ^ prev_va)
-                                            >> (level_shift(p.granule, st.level)
-                                                + p.granule.stride())
-                                            == 0 =>
-                                    {
-                                        resume = i;
-                                    }
-                                    _ => break,
+                            for i in 1..MAX_WALK_DEPTH {
+                                let level = p.start_level + i as FaultLevel;
+                                if path.has(i)
+                                    && (va ^ prev_va)
+                                        >> (level_shift(p.granule, level) + p.granule.stride())
+                                        == 0
+                                {
+                                    resume = i;
+                                } else {
+                                    break;
                                 }
                             }
                             debug_assert_eq!(prev_half, half);
                         }
-                        let from = match states[resume] {
+                        let from = match path.state(p, resume, &path_tables) {
                             Some(st) if prev.is_some_and(|(_, h)| h == half) => st,
                             _ => WalkState::root(p),
                         };
                         // Levels below the resume point are walked again: forget their old states.
-                        for slot in states.iter_mut().skip(resume + 1) {
-                            *slot = None;
-                        }
-                        let r = self.walk_from(Gva(va), p, from, Some(&mut states), None);
+                        path.truncate(resume);
+                        let r = self.walk_plain(Gva(va), p, from, Some(&mut path));
                         prev = Some((va, half));
                         let touched = match &r {
                             Ok(t) => t.tables_touched.as_slice(),
                             Err(e) => e.tables_touched(),
+                        };
+                        path_tables = match &r {
+                            Ok(t) => t.tables_touched,
+                            Err(WalkError::Fault(f)) => f.tables_touched,
+                            // Any other error ends the range walk below.
+                            Err(_) => TablesTouched::default(),
                         };
                         last_params = Some(p);
                         for page in touched.iter().skip(resume) {

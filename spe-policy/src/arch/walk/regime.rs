@@ -83,6 +83,8 @@ impl Default for WalkOptions {
 pub(crate) struct HalfParams {
     /// VA bits that must all equal VA`[55]` for the VA to be in this half's range.
     pub range_mask: u64,
+    /// What those bits are in range: all ones for TTBR1, all zeros for TTBR0.
+    pub range_expected: u64,
     /// This is the TTBR1 half.
     pub upper: bool,
     /// EPDn = 1.
@@ -102,11 +104,17 @@ pub(crate) struct HalfParams {
     pub start_level: FaultLevel,
     /// Effective output address size in bits.
     pub oa_bits: u32,
+    /// The address bits at and above `oa_bits`: an output address with any of them set is out
+    /// of range (one AND on the walk's hot path instead of a variable shift).
+    pub oa_excess: u64,
     /// 52-bit descriptor layout: 64KB with FEAT_LPA and 52-bit PS (OA`[51:48]` in bits `[15:12]`),
     /// or DS=1 (OA`[51:50]` in bits `[9:8]`, OA`[49:48]` in bits `[49:48]`).
     pub layout: OaLayout,
     /// Hierarchical permissions enabled (HPDn = 0).
     pub hierarchical: bool,
+    /// APTable`[1]` (descriptor bit 62) when hierarchical permissions are enabled, else 0: a
+    /// table descriptor ANDed with it is non-zero when it removes write access below (§3.5).
+    pub aptable_no_write: u64,
     pub big_endian: bool,
     pub hw_af: bool,
     pub hw_dirty: bool,
@@ -115,6 +123,9 @@ pub(crate) struct HalfParams {
     pub pamax_52: bool,
     /// The root table's base, aligned as the architecture aligns it.
     pub root: u64,
+    /// The common regime the walker unrolls: 4 KB granule, level 0 start, little-endian
+    /// tables with 48-bit output addresses.
+    pub plain_4k_level0: bool,
 }
 
 /// Where a descriptor keeps output address bits above 47.
@@ -281,8 +292,10 @@ impl Stage1Regs {
             };
             index_masks[i] = (1u64 << bits) - 1;
         }
+        let big_endian = self.sctlr.ee();
         Ok(HalfParams {
             range_mask,
+            range_expected: if upper { range_mask } else { 0 },
             upper,
             walks_disabled: epd,
             shifts,
@@ -293,14 +306,20 @@ impl Stage1Regs {
             ia_bits,
             start_level,
             oa_bits,
+            oa_excess: !0u64 << oa_bits,
             layout,
             hierarchical: !hpd,
-            big_endian: self.sctlr.ee(),
+            aptable_no_write: if hpd { 0 } else { 1 << 62 },
+            big_endian,
             hw_af,
             hw_dirty: hw_af && self.hw_dbm && tcr.hd(),
             ds,
             pamax_52: pamax == 52,
             root: base,
+            plain_4k_level0: granule == Granule::K4
+                && start_level == 0
+                && !big_endian
+                && layout == OaLayout::Bits48,
         })
     }
 }
@@ -327,13 +346,12 @@ impl HalfParams {
     /// Whether `va` is inside this half's VA range (spec sheet §3.2).
     #[inline]
     pub fn contains(&self, va: Gva) -> bool {
-        let field = va.0 & self.range_mask;
-        field == if self.upper { self.range_mask } else { 0 }
+        va.0 & self.range_mask == self.range_expected
     }
 
     /// Whether `addr` fits the output address size.
     #[inline]
     pub fn oa_in_range(&self, addr: u64) -> bool {
-        addr >> self.oa_bits == 0
+        addr & self.oa_excess == 0
     }
 }

@@ -784,6 +784,14 @@ mod plain_walk_agrees {
                     Ok(Some(p)) => w.walk_from(va, p, WalkState::root(p), None, None),
                 };
                 prop_assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+                // The range walk's recording walk: same answer, same state at every level.
+                if let Ok(Some(p)) = w.params(va) {
+                    let (mut plain_states, mut full_states) = (WalkPath::default(), WalkPath::default());
+                    let plain = w.walk_plain(va, p, WalkState::root(p), Some(&mut plain_states));
+                    let full = w.walk_from(va, p, WalkState::root(p), Some(&mut full_states), None);
+                    prop_assert_eq!(format!("{plain:?}"), format!("{full:?}"));
+                    prop_assert_eq!(format!("{plain_states:?}"), format!("{full_states:?}"));
+                }
             }
         }
     }
@@ -798,7 +806,7 @@ mod plain_walk_agrees {
         let w = Walker::new(r, &ram);
         let p = w.params(va).expect("params").expect("stage 1 on");
         let t = w
-            .walk_plain(Gva(va.0 + 0x1040), p, WalkState::root(p))
+            .walk_plain(Gva(va.0 + 0x1040), p, WalkState::root(p), None)
             .expect("the walk answers");
         assert_eq!(t.ipa, Ipa(0x8000_1040));
         assert_eq!(t.tables_touched.as_slice().len(), 4);
