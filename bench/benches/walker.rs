@@ -1,5 +1,5 @@
 //! Stage 1 walker cost against its baseline: a 4-level 4KB walk vs the four dependent loads it
-//! needs, from the same memory, in the same run (target: within 10x). Also a 64KiB..64MiB
+//! needs, from the same memory, in the same run (target: within 5x). Also a 64KiB..64MiB
 //! buffer range walk vs per-page walks of the same range.
 
 use std::hint::black_box;
