@@ -109,14 +109,7 @@ impl<M: GuestMemoryRead> Walker<M> {
         let mut last_params: Option<&super::regime::HalfParams> = None;
         let mut va = start.0;
         while va < end {
-            if out.steps >= limits.max_steps {
-                return Err(WalkError::RangeTooLarge {
-                    start,
-                    len,
-                    max_steps: limits.max_steps,
-                });
-            }
-            out.steps += 1;
+            count_step(&mut out.steps, limits, start, len)?;
             // The common step: the next page of the same last-level table as the previous VA
             // (same half, same upper indices, so the same parameters and checks held): resume
             // at that table with one descriptor read, no parameter or resume-level search.
@@ -154,14 +147,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                             if va >= stop {
                                 break None;
                             }
-                            if out.steps >= limits.max_steps {
-                                return Err(WalkError::RangeTooLarge {
-                                    start,
-                                    len,
-                                    max_steps: limits.max_steps,
-                                });
-                            }
-                            out.steps += 1;
+                            count_step(&mut out.steps, limits, start, len)?;
                         }
                         // Only the leaf table was read, and it is the previous page's.
                         Err(read) => break Some(read),
@@ -255,6 +241,21 @@ impl<M: GuestMemoryRead> Walker<M> {
         }
         Ok(out)
     }
+}
+
+/// Counts one leaf lookup of the range walk of `start..start + len`, or refuses it past the
+/// limit.
+#[inline(always)]
+fn count_step(steps: &mut u64, limits: RangeLimits, start: Gva, len: u64) -> Result<(), WalkError> {
+    if *steps >= limits.max_steps {
+        return Err(WalkError::RangeTooLarge {
+            start,
+            len,
+            max_steps: limits.max_steps,
+        });
+    }
+    *steps += 1;
+    Ok(())
 }
 
 /// Adds `len` bytes at `va` -> `ipa` to `runs`, extending the last run when both continue it.

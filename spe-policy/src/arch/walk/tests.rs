@@ -701,6 +701,34 @@ fn a_huge_guest_range_is_refused_by_the_step_limit() {
 }
 
 #[test]
+fn the_step_limit_counts_every_page_a_range_walk_reads_in_one_last_level_table() {
+    // Pages after the first in a last-level table are one descriptor read each in the range
+    // walk's inner loop: each is still a step against the limit.
+    let (mut b, r) = lower(Granule::K4, 16);
+    b.map_pages(
+        Gva(0x40_0000),
+        (0..64u64).map(|i| Ipa(0x8000_0000 + i * 0x3000)),
+        LEAF_RW,
+    )
+    .expect("map");
+    let w = Walker::new(r, b.ram());
+    let all = w
+        .translate_range(Gva(0x40_0000), 64 << 12, RangeLimits { max_steps: 64 })
+        .expect("64 pages, 64 steps");
+    assert_eq!(
+        (all.steps, all.runs.len(), all.mapped_bytes()),
+        (64, 64, 64 << 12)
+    );
+    let err = w
+        .translate_range(Gva(0x40_0000), 64 << 12, RangeLimits { max_steps: 63 })
+        .expect_err("one step short");
+    assert!(
+        matches!(err, WalkError::RangeTooLarge { max_steps: 63, .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_output_address_limit_is_the_smaller_of_ips_and_pamax() {
     // Issue 15: the limit was min(IPS, 48|52), so a 40- or 44-bit PA machine could not be
     // modelled. IPS says 48 bits; PAMax 40 refuses an output at 2^40 with an address size
