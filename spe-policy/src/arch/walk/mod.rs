@@ -540,7 +540,7 @@ impl<M: GuestMemoryRead> Walker<M> {
                     });
                 }
                 // APTable[1] (bit 62) removes write access below this table (§3.5).
-                s.no_write |= p.hierarchical && desc & (1 << 62) != 0;
+                s.no_write |= desc & p.aptable_no_write != 0;
                 s.table = next;
                 s.level += 1;
                 continue;

@@ -189,18 +189,14 @@ impl<M: GuestMemoryRead> Walker<M> {
                         path.truncate(resume);
                         let r = self.walk_plain(Gva(va), p, from, Some(&mut path));
                         prev = Some((va, half));
-                        let touched = match &r {
-                            Ok(t) => t.tables_touched.as_slice(),
-                            Err(e) => e.tables_touched(),
-                        };
                         path_tables = match &r {
                             Ok(t) => t.tables_touched,
                             Err(WalkError::Fault(f)) => f.tables_touched,
-                            // Any other error ends the range walk below.
+                            // Any other error ends the range walk below, with nothing returned.
                             Err(_) => TablesTouched::default(),
                         };
                         last_params = Some(p);
-                        for page in touched.iter().skip(resume) {
+                        for page in path_tables.as_slice().iter().skip(resume) {
                             if out.tables_touched.last() == Some(page) {
                                 continue;
                             }

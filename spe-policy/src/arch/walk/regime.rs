@@ -102,18 +102,16 @@ pub(crate) struct HalfParams {
     /// Input address bits, 64 - TnSZ (after any clamp).
     pub ia_bits: u32,
     pub start_level: FaultLevel,
-    /// Effective output address size in bits.
-    pub oa_bits: u32,
-    /// The address bits at and above `oa_bits`: an output address with any of them set is out
-    /// of range (one AND on the walk's hot path instead of a variable shift).
+    /// The address bits at and above the effective output address size: an output address
+    /// with any of them set is out of range (one AND on the walk's hot path instead of a
+    /// variable shift).
     pub oa_excess: u64,
     /// 52-bit descriptor layout: 64KB with FEAT_LPA and 52-bit PS (OA`[51:48]` in bits `[15:12]`),
     /// or DS=1 (OA`[51:50]` in bits `[9:8]`, OA`[49:48]` in bits `[49:48]`).
     pub layout: OaLayout,
-    /// Hierarchical permissions enabled (HPDn = 0).
-    pub hierarchical: bool,
-    /// APTable`[1]` (descriptor bit 62) when hierarchical permissions are enabled, else 0: a
-    /// table descriptor ANDed with it is non-zero when it removes write access below (§3.5).
+    /// APTable`[1]` (descriptor bit 62) when hierarchical permissions are enabled (HPDn = 0),
+    /// else 0: a table descriptor ANDed with it is non-zero when it removes write access below
+    /// (§3.5).
     pub aptable_no_write: u64,
     pub big_endian: bool,
     pub hw_af: bool,
@@ -305,10 +303,8 @@ impl Stage1Regs {
             granule,
             ia_bits,
             start_level,
-            oa_bits,
             oa_excess: !0u64 << oa_bits,
             layout,
-            hierarchical: !hpd,
             aptable_no_write: if hpd { 0 } else { 1 << 62 },
             big_endian,
             hw_af,
