@@ -71,6 +71,11 @@ pub enum KvmError {
 }
 
 impl KvmError {
+    /// The failure of the libc call just made, with the errno it left.
+    pub(crate) fn last_os(call: &'static str, fix: &'static str) -> Self {
+        Self::call(call, std::io::Error::last_os_error(), fix)
+    }
+
     pub(crate) fn call(
         call: &'static str,
         err: impl Into<std::io::Error>,
@@ -131,9 +136,8 @@ impl HostMemory {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 "mmap(guest RAM)",
-                std::io::Error::last_os_error(),
                 "lower the RAM size or raise the address-space limit",
             ));
         }
@@ -193,7 +197,7 @@ impl HostMemory {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(KvmError::call(call, std::io::Error::last_os_error(), fix));
+            return Err(KvmError::last_os(call, fix));
         }
         Ok(HostMemory {
             base: base.cast(),
@@ -405,9 +409,8 @@ impl KvmVm {
             )
         };
         if ring == libc::MAP_FAILED {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 "mmap(vcpu dirty ring)",
-                std::io::Error::last_os_error(),
                 "the dirty ring must be enabled before the vCPU is created",
             ));
         }
@@ -453,9 +456,8 @@ impl KvmVm {
         // SAFETY: a plain ioctl on our VM fd, no argument.
         let r = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_RESET_DIRTY_RINGS) };
         if r < 0 {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 "KVM_RESET_DIRTY_RINGS",
-                std::io::Error::last_os_error(),
                 "the VM must have a dirty ring",
             ));
         }
@@ -588,9 +590,8 @@ impl KvmVm {
             )
         };
         if r != 0 {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 "fallocate(guest_memfd, PUNCH_HOLE)",
-                std::io::Error::last_os_error(),
                 "the range must be page-aligned and inside the guest_memfd",
             ));
         }
@@ -747,11 +748,7 @@ impl KvmVm {
         let mut vec = [0u8; 1];
         // SAFETY: one page of our own mapping, one result byte.
         if unsafe { libc::mincore(addr, PAGE as usize, vec.as_mut_ptr()) } != 0 {
-            return Err(KvmError::call(
-                "mincore",
-                std::io::Error::last_os_error(),
-                "the range must be mapped",
-            ));
+            return Err(KvmError::last_os("mincore", "the range must be mapped"));
         }
         Ok(vec[0] & 1 != 0)
     }
@@ -773,7 +770,7 @@ impl KvmVm {
     ) -> Result<(), KvmError> {
         let addr = self.host_range(ipa, len)?;
         if f(addr, len as usize) != 0 {
-            return Err(KvmError::call(call, std::io::Error::last_os_error(), fix));
+            return Err(KvmError::last_os(call, fix));
         }
         Ok(())
     }
@@ -932,9 +929,8 @@ impl KvmVm {
         // SAFETY: `clear` points at a bitmap of num_pages bits that lives across the call.
         let r = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_CLEAR_DIRTY_LOG as _, &clear) };
         if r != 0 {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 "KVM_CLEAR_DIRTY_LOG(slot 0)",
-                std::io::Error::last_os_error(),
                 "enable manual dirty protect and dirty logging first",
             ));
         }

@@ -73,9 +73,8 @@ fn ioctl<T>(
     // SAFETY: `arg` is the structure `request` takes (above, field for field), alive for the
     // call; the fd is a userfaultfd we own.
     if unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) } != 0 {
-        return Err(KvmError::call(
+        return Err(KvmError::last_os(
             call,
-            std::io::Error::last_os_error(),
             "needs userfaultfd (root, or vm.unprivileged_userfaultfd = 1)",
         ));
     }
@@ -123,9 +122,8 @@ impl PostCopy {
         let raw =
             unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
         if raw < 0 {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 "userfaultfd",
-                std::io::Error::last_os_error(),
                 "needs root or vm.unprivileged_userfaultfd = 1",
             ));
         }

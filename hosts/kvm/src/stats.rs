@@ -33,9 +33,8 @@ impl Stats {
         // SAFETY: an ioctl without argument on a KVM fd the caller owns.
         let stats = unsafe { libc::ioctl(fd, KVM_GET_STATS_FD as _) };
         if stats < 0 {
-            return Err(KvmError::call(
+            return Err(KvmError::last_os(
                 call,
-                std::io::Error::last_os_error(),
                 "needs Linux 5.14 or later (KVM_CAP_BINARY_STATS_FD)",
             ));
         }
